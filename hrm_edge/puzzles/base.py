@@ -1,0 +1,152 @@
+"""Common puzzle interface: the error type, the abstract codec and the task registry.
+
+A *codec* turns the text of one puzzle into the exact token ids an official HRM
+checkpoint reads (a 1-D ``int64`` array of ``seq_len`` ids), turns token ids back
+into text, and checks a predicted answer. Everything in ``hrm_edge.puzzles`` uses
+only numpy and the standard library, so it runs on devices without torch.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["KNOWN_TASKS", "Codec", "PuzzleError", "get_codec"]
+
+KNOWN_TASKS: tuple[str, ...] = ("sudoku", "sudoku6", "maze", "maze:<n>", "arc")
+
+
+class PuzzleError(ValueError):
+    """A puzzle (or a token array claiming to be one) is malformed.
+
+    The message is always a single line that names what is wrong and where,
+    e.g. ``"sudoku puzzle 3: expected 81 cells, got 80"``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def where(task: str, index: int | None) -> str:
+    """Message prefix ``"<task> puzzle <index>"`` (``index`` is 1-based, may be None)."""
+    return f"{task} puzzle" if index is None else f"{task} puzzle {index}"
+
+
+def strip_comments(text: str) -> list[str]:
+    """Lines of ``text`` without line endings, dropping lines whose first non-blank char is ``#``."""
+    return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+
+
+class Codec(abc.ABC):
+    """Text <-> token-id conversion and answer checking for one task.
+
+    Attributes:
+        task: task name as accepted by :func:`get_codec` (e.g. ``"sudoku"``).
+        seq_len: number of token positions of one puzzle.
+        vocab_size: number of token ids (ids are ``0 .. vocab_size-1``).
+        pad_id: the padding id (always 0 in the official datasets).
+    """
+
+    task: str
+    seq_len: int
+    vocab_size: int
+    pad_id: int = 0
+
+    @abc.abstractmethod
+    def split(self, text: str) -> list[str]:
+        """Split a file's text (or a CLI string) into the texts of individual puzzles.
+
+        Comment lines are ignored and blank lines separate multi-line grids; the
+        pieces are returned unvalidated (:meth:`encode` validates them).
+        """
+
+    @abc.abstractmethod
+    def encode(self, text: str, *, index: int | None = None) -> np.ndarray:
+        """Validate one puzzle text and return its token ids, ``int64`` shape ``[seq_len]``.
+
+        ``index`` (1-based) only decorates error messages. Raises :class:`PuzzleError`.
+        """
+
+    @abc.abstractmethod
+    def decode(self, tokens: np.ndarray) -> str:
+        """Token ids ``[seq_len]`` -> canonical compact text; inverse of :meth:`encode`."""
+
+    @abc.abstractmethod
+    def format_grid(self, tokens: np.ndarray) -> str:
+        """Token ids ``[seq_len]`` -> human-readable multi-line grid (no trailing newline)."""
+
+    @abc.abstractmethod
+    def check(self, inputs: np.ndarray, prediction: np.ndarray) -> bool:
+        """Whether ``prediction`` (ids ``[seq_len]``) validly answers ``inputs`` (ids ``[seq_len]``).
+
+        Never raises because of the prediction: garbage (wrong shape, dtype or ids)
+        gives ``False``.
+        """
+
+    def encode_many(self, texts: Iterable[str]) -> np.ndarray:
+        """Encode several puzzle texts; returns ``int64 [N, seq_len]``. Errors name the 1-based index."""
+        rows = [self.encode(t, index=i) for i, t in enumerate(texts, start=1)]
+        if not rows:
+            return np.zeros((0, self.seq_len), dtype=np.int64)
+        return np.stack(rows)
+
+    def as_tokens(self, tokens: np.ndarray, what: str = "tokens") -> np.ndarray:
+        """Validate an id array (any integer dtype, any shape with ``seq_len`` elements) -> int64 [seq_len].
+
+        Raises :class:`PuzzleError` on a wrong size, a non-integer dtype or ids outside the vocabulary.
+        """
+        arr = np.asarray(tokens)
+        if arr.size != self.seq_len:
+            raise PuzzleError(f"{self.task} {what}: expected {self.seq_len} token ids, got {arr.size}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise PuzzleError(f"{self.task} {what}: expected integer token ids, got dtype {arr.dtype}")
+        flat = arr.reshape(-1).astype(np.int64)
+        bad = np.flatnonzero((flat < 0) | (flat >= self.vocab_size))
+        if bad.size:
+            i = int(bad[0])
+            raise PuzzleError(
+                f"{self.task} {what}: token id {int(flat[i])} at position {i} is outside 0..{self.vocab_size - 1}"
+            )
+        return flat
+
+    def try_tokens(self, tokens: np.ndarray) -> np.ndarray | None:
+        """Like :meth:`as_tokens` but returns None instead of raising (for predictions)."""
+        try:
+            return self.as_tokens(tokens)
+        except (PuzzleError, TypeError, ValueError):
+            return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task={self.task!r}, seq_len={self.seq_len}, vocab_size={self.vocab_size})"
+
+
+def get_codec(task: str) -> Codec:
+    """Codec for a task name.
+
+    Known tasks: ``"sudoku"`` (9x9, official ids), ``"sudoku6"`` (6x6, 2x3 boxes),
+    ``"maze"`` (30x30, official ids), ``"maze:<n>"`` (n x n maze, 2 <= n <= 30, same ids),
+    ``"arc"`` (30x30 canvas, official ids). Raises :class:`PuzzleError` for anything else.
+    """
+    from hrm_edge.puzzles.arc import ArcCodec
+    from hrm_edge.puzzles.maze import MAX_MAZE_SIZE, MIN_MAZE_SIZE, MazeCodec
+    from hrm_edge.puzzles.sudoku import SudokuCodec
+
+    name = str(task).strip().lower()
+    if name == "sudoku":
+        return SudokuCodec(3, 3)
+    if name == "sudoku6":
+        return SudokuCodec(2, 3)
+    if name == "maze":
+        return MazeCodec(30)
+    if name.startswith("maze:"):
+        size_text = name.split(":", 1)[1]
+        if not size_text.isdigit() or not MIN_MAZE_SIZE <= int(size_text) <= MAX_MAZE_SIZE:
+            raise PuzzleError(
+                f"task {task!r}: maze size must be an integer {MIN_MAZE_SIZE}..{MAX_MAZE_SIZE}, e.g. 'maze:15'"
+            )
+        return MazeCodec(int(size_text))
+    if name == "arc":
+        return ArcCodec()
+    raise PuzzleError(f"unknown task {task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
