@@ -151,6 +151,11 @@ def solve_in_batches(runner: SegmentRunner, tokens: np.ndarray, puzzle_ids: np.n
     parts = [run_act(runner, tokens[i:i + batch_size], puzzle_ids[i:i + batch_size], policy, max_steps,
                      record_steps, record_logits)
              for i in range(0, len(tokens), batch_size)]
+    return concat_results(parts)
+
+
+def concat_results(parts: list[SolveResult]) -> SolveResult:
+    """Concatenate the results of consecutive chunks of puzzles."""
     if len(parts) == 1:
         return parts[0]
 

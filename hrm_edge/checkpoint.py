@@ -1,11 +1,17 @@
-"""Load HRM checkpoints in every layout users have, and write hrm-edge's own single file.
+"""Load HRM and TRM checkpoints in every layout users have, and write hrm-edge's own single file.
 
 Accepted by `load_checkpoint(path)`:
-- the official training layout (github sapientinc/HRM): a `step_<N>` (or `checkpoint`) file,
-  or the directory holding it, with `all_config.yaml` beside it and optionally a
-  `dataset.json` (beside it, in `train/`, or under the config's `data_path`);
-- hrm-edge's single file `*.pt`: {"format": "hrm-edge", config, state_dict, task, provenance};
+- the official training layouts (github sapientinc/HRM for HRM, github
+  SamsungSAILMontreal/TinyRecursiveModels for TRM): a `step_<N>` (or `checkpoint`) file, or
+  the directory holding it, with `all_config.yaml` beside it and optionally a `dataset.json`
+  (beside it, in `train/`, or under the config's `data_path` / first of `data_paths`);
+- hrm-edge's single file `*.pt`: {"format": "hrm-edge", family, config, state_dict, task, provenance};
 - a `*.safetensors` file with a `*.json` config of the same stem beside it.
+
+The model family ("hrm" / "trm") comes from `arch.name` in the official layout, from the
+"family" field of hrm-edge's formats, and otherwise from the weight names (TRM has
+`inner.L_level.*` but no `inner.H_level.*`); `provenance["family"]` and
+`provenance["family_from"]` say which and how.
 
 Every torch file is read with `torch.load(..., weights_only=True)`: no arbitrary code is
 ever unpickled. Every problem raises `CheckpointError` with one line naming the key or field.
@@ -20,7 +26,7 @@ import pickletools
 import re
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +34,10 @@ import torch
 import yaml
 
 from hrm_edge.errors import CheckpointError
-from hrm_edge.model.config import HRM_ARCH_NAME, HRMConfig
+from hrm_edge.model import create_model
+from hrm_edge.model.config import CONFIG_CLASSES, FAMILIES, HRM_ARCH_NAME, TRM_ARCH_NAME, HRMConfig, TRMConfig
 from hrm_edge.model.hrm import HRM
+from hrm_edge.model.trm import TRM
 
 FORMAT = "hrm-edge"
 FORMAT_VERSION = 1
@@ -42,7 +50,12 @@ TASK_SHAPES: dict[str, tuple[int, int]] = {
     "arc": (900, 12),
 }
 
-_CONFIG_FIELDS = {f for f in HRMConfig.__dataclass_fields__}
+# The HRM copy shipped in the TRM repository; identical to the original HRM when `mlp_t` is off.
+TRM_REPO_HRM_ARCH_NAME = "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1"
+# arch.name of each supported official model -> family.
+ARCH_FAMILIES: dict[str, str] = {HRM_ARCH_NAME: "hrm", TRM_ARCH_NAME: "trm", TRM_REPO_HRM_ARCH_NAME: "hrm"}
+# arch.name the official layout is written with, per family.
+FAMILY_ARCH_NAMES: dict[str, str] = {"hrm": HRM_ARCH_NAME, "trm": TRM_ARCH_NAME}
 _ARCH_META_FIELDS = {"name", "loss"}
 
 
@@ -50,8 +63,8 @@ _ARCH_META_FIELDS = {"name", "loss"}
 class Checkpoint:
     """A loaded model with what is known about it."""
 
-    model: HRM
-    config: HRMConfig
+    model: HRM | TRM
+    config: HRMConfig | TRMConfig
     task: str | None
     provenance: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
@@ -131,10 +144,48 @@ def _check_tensors(state_dict: dict[str, Any], where: Path) -> None:
             raise CheckpointError(f"{where}: weight {key!r} contains NaN or Inf values")
 
 
-def build_model(config: HRMConfig, state_dict: dict[str, torch.Tensor], where: Path) -> HRM:
-    """An HRM in eval mode with `state_dict` loaded strictly; mismatches name the key."""
+def family_from_keys(state_dict: dict[str, Any]) -> str | None:
+    """"hrm" if any `inner.H_level.` key, "trm" if `inner.L_level.` keys only, else None."""
+    if any(k.startswith("inner.H_level.") for k in state_dict):
+        return "hrm"
+    if any(k.startswith("inner.L_level.") for k in state_dict):
+        return "trm"
+    return None
+
+
+_KEYS_EVIDENCE = {"hrm": "it has inner.H_level.* weights",
+                  "trm": "it has inner.L_level.* weights and no inner.H_level.*"}
+
+
+def _check_family_of_keys(where: Path, family: str, state_dict: dict[str, Any]) -> None:
+    found = family_from_keys(state_dict)
+    if found is not None and found != family:
+        raise CheckpointError(f"{where}: the config is for model family {family!r} but the weights are "
+                              f"{found!r} ({_KEYS_EVIDENCE[found]})")
+
+
+def _resolve_family(where: Path, state_dict: dict[str, Any], *declared: Any) -> tuple[str, str]:
+    """(family, how it was found) from the declared "family" fields (None = absent), else from the keys."""
+    if any(d is not None and not isinstance(d, str) for d in declared):
+        raise CheckpointError(f"{where}: the model family field must be a string like 'hrm' or 'trm'")
+    values = {d for d in declared if d is not None}
+    if len(values) > 1:
+        raise CheckpointError(f"{where}: conflicting model family fields {sorted(map(str, values))}")
+    if values:
+        family = values.pop()
+        if family not in FAMILIES:
+            raise CheckpointError(f"{where}: unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+        return family, "family field"
+    found = family_from_keys(state_dict)
+    return (found, "keys") if found else ("hrm", "default")
+
+
+def build_model(config: HRMConfig | TRMConfig, state_dict: dict[str, torch.Tensor], where: Path) -> HRM | TRM:
+    """An HRM or TRM (by the config's family) in eval mode with `state_dict` loaded strictly;
+    mismatches name the key."""
     _check_tensors(state_dict, where)
-    model = HRM(config)
+    _check_family_of_keys(where, config.family, state_dict)
+    model = create_model(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -187,13 +238,25 @@ def _load_official(file: Path, seq_len: int | None, task: str | None) -> Checkpo
     if not isinstance(arch, dict):
         raise CheckpointError(f"{cfg_path}: no 'arch:' section")
     name = arch.get("name")
-    if name != HRM_ARCH_NAME:
-        raise CheckpointError(f"{cfg_path}: unsupported arch.name {name!r} (supported: {HRM_ARCH_NAME})")
+    if name is not None and name not in ARCH_FAMILIES:
+        raise CheckpointError(f"{cfg_path}: unsupported arch.name {name!r} (supported: {', '.join(ARCH_FAMILIES)})")
+    if name == TRM_REPO_HRM_ARCH_NAME and arch.get("mlp_t"):
+        raise CheckpointError(f"{cfg_path}: arch {name!r} with mlp_t: true is not supported (its HRM "
+                              "without mlp_t is)")
 
     raw = _torch_load(file)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file}: expected a state_dict, found a {type(raw).__name__}")
     state_dict = strip_prefixes(raw)
+    if name is not None:
+        family, family_from = ARCH_FAMILIES[name], "arch.name"
+        _check_family_of_keys(file, family, state_dict)
+    else:
+        family, family_from = family_from_keys(state_dict), "keys"
+        if family is None:
+            raise CheckpointError(f"{cfg_path}: no arch.name, and the weights have neither inner.H_level.* (HRM) "
+                                  "nor inner.L_level.* (TRM) keys")
+    cls = CONFIG_CLASSES[family]
     emb = state_dict.get("inner.embed_tokens.embedding_weight")
     if emb is None:
         raise CheckpointError(f"{file}: checkpoint is missing weight 'inner.embed_tokens.embedding_weight'")
@@ -211,10 +274,18 @@ def _load_official(file: Path, seq_len: int | None, task: str | None) -> Checkpo
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{ds_path}: not valid JSON ({exc.msg})") from None
 
+    field_names = {f.name for f in fields(cls)}
+    arch_fields = {k: v for k, v in arch.items() if k in field_names}
+    # The official default is 0 (no puzzle embedding); the table's width is the ground truth.
+    arch_fields.setdefault("puzzle_emb_ndim", int(pz.shape[1]) if pz is not None and pz.ndim == 2 else 0)
+    seq_weights = _seq_len_from_weights(cls, arch_fields, state_dict)
+
     if "seq_len" in dataset:
         seq, seq_from = int(dataset["seq_len"]), str(ds_path)
     elif seq_len is not None:
         seq, seq_from = seq_len, "--seq-len"
+    elif seq_weights is not None:
+        seq, seq_from = seq_weights
     elif task is not None and task.split(":")[0] in TASK_SHAPES:
         seq = int(task.split(":")[1]) ** 2 if ":" in task else TASK_SHAPES[task][0]
         seq_from = f"task preset {task!r}"
@@ -227,22 +298,42 @@ def _load_official(file: Path, seq_len: int | None, task: str | None) -> Checkpo
                               f"inner.embed_tokens.embedding_weight rows ({vocab_size})")
     num_ids = int(pz.shape[0]) if pz is not None else int(dataset.get("num_puzzle_identifiers", 1))
 
-    fields = {k: v for k, v in arch.items() if k in _CONFIG_FIELDS}
-    ignored = sorted(k for k in arch if k not in _CONFIG_FIELDS and k not in _ARCH_META_FIELDS)
-    fields.update(seq_len=seq, vocab_size=vocab_size, num_puzzle_identifiers=num_ids)
-    if "expansion" in fields:
-        fields["expansion"] = float(fields["expansion"])
-    config = HRMConfig.from_dict(fields)
+    ignored = sorted(k for k in arch if k not in field_names and k not in _ARCH_META_FIELDS)
+    arch_fields.update(seq_len=seq, vocab_size=vocab_size, num_puzzle_identifiers=num_ids)
+    if "expansion" in arch_fields:
+        arch_fields["expansion"] = float(arch_fields["expansion"])
+    config = cls.from_dict(arch_fields)
     model = build_model(config, state_dict, file)
     step = re.fullmatch(r"step_(\d+)", file.name)
     return Checkpoint(
         model=model, config=config, task=task or guess_task(seq, vocab_size),
         provenance={
-            "format": "official", "path": str(file), "sha256": sha256_file(file),
+            "format": "official", "family": family, "family_from": family_from, "arch_name": name,
+            "path": str(file), "sha256": sha256_file(file),
             "step": int(step.group(1)) if step else None, "config_file": str(cfg_path),
             "dataset_json": str(ds_path) if ds_path else None, "seq_len_from": seq_from,
             "ignored_arch_fields": ignored, "loss": arch.get("loss"),
         })
+
+
+def _seq_len_from_weights(cls: type[HRMConfig] | type[TRMConfig], arch_fields: dict[str, Any],
+                          state_dict: dict[str, torch.Tensor]) -> tuple[int, str] | None:
+    """(seq_len, the key it came from) when a weight's shape spans the positions: learned position
+    embeddings [P, D] (both families) or TRM's token-mixing MLP [P, inter]; seq_len = P - prefix."""
+    for key in ("inner.embed_pos.embedding_weight", "inner.L_level.layers.0.mlp_t.down_proj.weight"):
+        w = state_dict.get(key)
+        if isinstance(w, torch.Tensor) and w.ndim == 2:
+            break
+    else:
+        return None
+    defaults = {f.name: f.default for f in fields(cls)}
+    hidden = int(arch_fields.get("hidden_size", defaults["hidden_size"]))
+    ndim = int(arch_fields["puzzle_emb_ndim"])
+    prefix = int(arch_fields.get("puzzle_emb_len", 0)) if cls is TRMConfig else 0
+    if prefix == 0:  # HRM always, TRM when 0: ceil(puzzle_emb_ndim / hidden_size)
+        prefix = -(-ndim // hidden)
+    seq = int(w.shape[0]) - prefix
+    return (seq, f"weight {key!r}") if seq > 0 else None
 
 
 # ---------------------------------------------------------------------------- hrm-edge formats
@@ -262,10 +353,12 @@ def _load_single_file(file: Path, task: str | None) -> Checkpoint:
     for key in ("config", "state_dict"):
         if not isinstance(raw.get(key), dict):
             raise CheckpointError(f"{file}: hrm-edge checkpoint has no {key!r} dict")
-    config = HRMConfig.from_dict(raw["config"])
+    family, family_from = _resolve_family(file, raw["state_dict"], raw.get("family"), raw["config"].get("family"))
+    config = CONFIG_CLASSES[family].from_dict({k: v for k, v in raw["config"].items() if k != "family"})
     model = build_model(config, raw["state_dict"], file)
     provenance = dict(raw.get("provenance") or {})
-    provenance.update(format="hrm-edge", path=str(file), sha256=sha256_file(file))
+    provenance.update(format="hrm-edge", family=family, family_from=family_from, path=str(file),
+                      sha256=sha256_file(file))
     return Checkpoint(model=model, config=config, task=task or raw.get("task"), provenance=provenance,
                       card=dict(raw.get("card") or {}))
 
@@ -285,16 +378,22 @@ def _load_safetensors(file: Path, task: str | None) -> Checkpoint:
         state_dict = load_file(str(file))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{file}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    config = HRMConfig.from_dict(meta.get("config", meta))
-    model = build_model(config, strip_prefixes(state_dict), file)
+    state_dict = strip_prefixes(state_dict)
+    cfg = meta.get("config", meta)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: 'config' is not a dict")
+    family, family_from = _resolve_family(cfg_path, state_dict, meta.get("family"), cfg.get("family"))
+    config = CONFIG_CLASSES[family].from_dict({k: v for k, v in cfg.items() if k != "family"})
+    model = build_model(config, state_dict, file)
     provenance = dict(meta.get("provenance") or {})
-    provenance.update(format="safetensors", path=str(file), sha256=sha256_file(file))
+    provenance.update(format="safetensors", family=family, family_from=family_from, path=str(file),
+                      sha256=sha256_file(file))
     return Checkpoint(model=model, config=config, task=task or meta.get("task"), provenance=provenance,
                       card=dict(meta.get("card") or {}))
 
 
 def load_checkpoint(path: str | Path, seq_len: int | None = None, task: str | None = None) -> Checkpoint:
-    """Load any supported checkpoint layout (see module docstring) into an eval-mode HRM on CPU."""
+    """Load any supported checkpoint layout (see module docstring) into an eval-mode HRM or TRM on CPU."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
@@ -311,13 +410,14 @@ def load_checkpoint(path: str | Path, seq_len: int | None = None, task: str | No
     return _load_official(path, seq_len, task)
 
 
-def save_checkpoint(path: str | Path, model: HRM, task: str | None, provenance: dict[str, Any] | None = None,
+def save_checkpoint(path: str | Path, model: HRM | TRM, task: str | None, provenance: dict[str, Any] | None = None,
                     card: dict[str, Any] | None = None) -> Path:
-    """Write hrm-edge's single file (`.pt`) or a `.safetensors` + `.json` pair, atomically."""
+    """Write hrm-edge's single file (`.pt`) or a `.safetensors` + `.json` pair, atomically.
+    The model family is recorded at the top level and in the config dict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": "hrm",
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": model.config.family,
             "config": model.config.to_dict(), "task": task, "provenance": provenance or {}, "card": card or {}}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -338,27 +438,35 @@ def save_checkpoint(path: str | Path, model: HRM, task: str | None, provenance: 
     return path
 
 
-def write_official_layout(directory: str | Path, model: HRM, step: int, data_path: str = "data",
+def write_official_layout(directory: str | Path, model: HRM | TRM, step: int, data_path: str = "data",
                           extra_config: dict[str, Any] | None = None, compiled: bool = True) -> Path:
-    """Write `step_<N>` + `all_config.yaml` as the official trainer does (keys under
-    `_orig_mod.model.` when compiled, else `model.`; H_init/L_init in bf16), plus the dataset's
-    `dataset.json`, which the official builder keeps in `<data_path>/train/`, beside them."""
+    """Write `step_<N>` + `all_config.yaml` as the official trainer of the model's family does
+    (keys under `_orig_mod.model.` when compiled, else `model.`; H_init/L_init in the forward
+    dtype, bf16 by default, as both official models create them; HRM: `data_path`; TRM:
+    `data_paths: [data_path]`), plus the dataset's `dataset.json`, which the official builder
+    keeps in `<data_path>/train/`, beside them. TRM runs with `ema=True` save the EMA copy
+    under the same names, so one writer serves both."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     prefix = "_orig_mod.model." if compiled else "model."
+    init_dtype = getattr(torch, cfg.forward_dtype)
     state = {}
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
         if key in ("inner.H_init", "inner.L_init"):
-            value = value.to(torch.bfloat16)
+            value = value.to(init_dtype)
         state[prefix + key] = value
     torch.save(state, directory / f"step_{step}")
     arch = {k: v for k, v in cfg.to_dict().items()
-            if k not in ("seq_len", "vocab_size", "num_puzzle_identifiers", "batch_size")}
-    arch.update(name=HRM_ARCH_NAME, loss={"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"})
-    all_config = {"arch": arch, "data_path": data_path, "global_batch_size": cfg.batch_size,
-                  **(extra_config or {})}
+            if k not in ("family", "seq_len", "vocab_size", "num_puzzle_identifiers", "batch_size")}
+    arch.update(name=FAMILY_ARCH_NAMES[cfg.family],
+                loss={"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"})
+    if cfg.family == "trm":
+        data = {"data_paths": [data_path], "data_paths_test": [], "ema": False}
+    else:
+        data = {"data_path": data_path}
+    all_config = {"arch": arch, **data, "global_batch_size": cfg.batch_size, **(extra_config or {})}
     (directory / "all_config.yaml").write_text(yaml.safe_dump(all_config, sort_keys=True))
     dataset = {"pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": cfg.vocab_size,
                "seq_len": cfg.seq_len, "num_puzzle_identifiers": cfg.num_puzzle_identifiers,

@@ -61,6 +61,9 @@ class TrainConfig:
     min_givens: int = 17
     givens_span: int = 20
     curriculum_acc: float = 0.8
+    # Share of each refill drawn from the whole range [min_givens, lo + span], so hard puzzles
+    # are seen from the start.
+    hard_fraction: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,7 +147,8 @@ class Trainer:
         self.sampler.rng.bit_generator.state = json.loads(state["np_rng"])
         self.history = json.loads(state["history"])
         batch = state.get("batch")
-        if batch is not None and batch["tokens"].shape == self.tokens.shape:  # same batch size: continue the in-flight puzzles
+        # same batch size: continue the in-flight puzzles exactly
+        if batch is not None and batch["tokens"].shape == self.tokens.shape:
             self.tokens, self.labels, self.steps = batch["tokens"], batch["labels"], batch["steps"]
             self.halted, self.z_H, self.z_L = batch["halted"], batch["z_H"], batch["z_L"]
 
@@ -157,7 +161,11 @@ class Trainer:
         n2 = self.model.config.seq_len
         lo = self.lo
         hi = min(lo + self.cfg.givens_span, n2 - 4)
-        inputs, labels, _ = self.sampler.sample(len(idx), lo, hi)
+        hard = self.sampler.rng.random(len(idx)) < self.cfg.hard_fraction
+        inputs, labels = np.empty((len(idx), n2), np.int64), np.empty((len(idx), n2), np.int64)
+        for mask, low in ((hard, self.cfg.min_givens), (~hard, lo)):
+            if mask.any():
+                inputs[mask], labels[mask], _ = self.sampler.sample(int(mask.sum()), low, hi)
         self.tokens[idx] = torch.from_numpy(inputs).to(self.device)
         self.labels[idx] = torch.from_numpy(labels).to(self.device)
         self.steps[idx] = 0

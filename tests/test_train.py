@@ -9,7 +9,7 @@ import torch
 from hrm_edge.checkpoint import load_checkpoint
 from hrm_edge.model.config import preset_config
 from hrm_edge.puzzles import SudokuCodec, count_solutions
-from hrm_edge.train import Trainer, TrainConfig, log_stablemax, token_loss
+from hrm_edge.train import TrainConfig, Trainer, log_stablemax, token_loss
 from hrm_edge.train_data import SudokuSampler, generated_pool
 
 

@@ -1,7 +1,13 @@
-"""HRM configuration: the official `arch:` fields of `all_config.yaml`, plus dataset shapes.
+"""Model configurations: the official `arch:` fields of `all_config.yaml`, plus dataset shapes.
 
-Field names match the public training code (github sapientinc/HRM) so a config
-read from `all_config.yaml` + `dataset.json` maps onto this dataclass one to one.
+Two families share one driving interface (see `hrm_edge.model.create_model`):
+- `HRMConfig`: the Hierarchical Reasoning Model (github sapientinc/HRM);
+- `TRMConfig`: the Tiny Recursive Model (arXiv 2510.04871, github SamsungSAILMontreal/TinyRecursiveModels).
+
+Field names match the public training code, so a config read from `all_config.yaml` +
+`dataset.json` maps onto the dataclass one to one. Each config knows its `family`
+("hrm" / "trm", a class constant); `to_dict` records it and `config_from_dict` picks the
+class from it (no key: "hrm", the format before TRM existed).
 This module imports no torch: bundles and device runtimes read configs too.
 """
 
@@ -9,13 +15,55 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from hrm_edge.errors import CheckpointError
 
 HRM_ARCH_NAME = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"
+TRM_ARCH_NAME = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
 POS_ENCODINGS = ("rope", "learned")
+TRM_POS_ENCODINGS = ("rope", "learned", "none")
 FORWARD_DTYPES = ("float32", "bfloat16", "float16")
+FAMILIES = ("hrm", "trm")
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _swiglu_inter(expansion: float, width: int) -> int:
+    """SwiGLU inner width of the official layers: round(expansion * width * 2/3) rounded up to 256."""
+    return _round_up(round(expansion * width * 2 / 3), 256)
+
+
+def _check_positive(config: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(f"config field {name!r} must be a positive integer, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise CheckpointError(f"config field {name!r} must be one of {choices}, got {value!r}")
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    """Build `cls` from a dict; unknown keys raise, so a typo never silently becomes a default.
+
+    A "family" key is accepted when it names `cls`'s family."""
+    data = dict(data)
+    family = data.pop("family", cls.family)
+    if family != cls.family:
+        raise CheckpointError(f"config is for model family {family!r}, not {cls.family!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise CheckpointError(f"config has unknown field(s): {', '.join(unknown)}")
+    missing = sorted(n for n in ("seq_len", "vocab_size", "num_puzzle_identifiers") if n not in data)
+    if missing:
+        raise CheckpointError(f"config is missing field(s): {', '.join(missing)}")
+    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -25,6 +73,8 @@ class HRMConfig:
     `seq_len`, `vocab_size` and `num_puzzle_identifiers` come from the dataset
     (`dataset.json`) in the official layout, the rest from `all_config.yaml`'s `arch:`.
     """
+
+    family: ClassVar[str] = "hrm"
 
     seq_len: int
     vocab_size: int
@@ -46,11 +96,8 @@ class HRMConfig:
     batch_size: int = 1  # training batch; meaningless at inference, kept for round trips
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size", "num_heads",
-                     "H_layers", "L_layers", "H_cycles", "L_cycles", "halt_max_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CheckpointError(f"config field {name!r} must be a positive integer, got {value!r}")
+        _check_positive(self, ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size", "num_heads",
+                               "H_layers", "L_layers", "H_cycles", "L_cycles", "halt_max_steps"))
         if self.puzzle_emb_ndim < 0:
             raise CheckpointError(f"config field 'puzzle_emb_ndim' must be >= 0, got {self.puzzle_emb_ndim}")
         if self.hidden_size % self.num_heads:
@@ -80,7 +127,7 @@ class HRMConfig:
     @property
     def mlp_inter(self) -> int:
         """SwiGLU inner width: round(expansion * hidden * 2/3) rounded up to a multiple of 256."""
-        return -(-round(self.expansion * self.hidden_size * 2 / 3) // 256) * 256
+        return _swiglu_inter(self.expansion, self.hidden_size)
 
     def parameter_count(self) -> int:
         """Trainable parameters (puzzle embedding, H_init and L_init are buffers, not counted)."""
@@ -103,19 +150,149 @@ class HRMConfig:
         return batch * ((passes_l + passes_h) * per_block + heads)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields plus "family": "hrm"."""
+        return {"family": self.family, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HRMConfig:
         """Build from a dict; unknown keys raise, so a typo never silently becomes a default."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise CheckpointError(f"config has unknown field(s): {', '.join(unknown)}")
-        missing = sorted(n for n in ("seq_len", "vocab_size", "num_puzzle_identifiers") if n not in data)
-        if missing:
-            raise CheckpointError(f"config is missing field(s): {', '.join(missing)}")
-        return cls(**data)
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TRMConfig:
+    """Shapes and hyper-parameters of one TRM (TinyRecursiveReasoningModel_ACTV1).
+
+    Defaults are those of the official `config/arch/trm.yaml` (the attention variant, 7M
+    parameters on Sudoku), except the dataset fields. TRM differences from HRM:
+    - one network, `L_level` (L_layers blocks), updates both z_L and z_H; `H_layers` is kept
+      for round trips of `all_config.yaml` but ignored, as in the official code;
+    - `puzzle_emb_len` positions are prepended explicitly (16 by default). The official code
+      derives ceil(puzzle_emb_ndim / hidden_size) when it is 0; this config stores that derived
+      value instead of the 0 (same model), so `puzzle_emb_len` is always the true prefix length;
+    - `mlp_t`: each block mixes positions with a SwiGLU over the sequence axis (width
+      `total_len`, inner `mlp_t_inter`) instead of self-attention; used with `pos_encodings`
+      "none" on fixed-size puzzles;
+    - `no_ACT_continue`: halting is "q_halt > 0" and the q_continue logit is unused (the
+      model's `heads` then returns q_continue = 0 so "q_halt > q_continue" keeps that meaning).
+    """
+
+    family: ClassVar[str] = "trm"
+
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    H_layers: int = 0  # ignored by the model (official field, kept for round trips)
+    L_layers: int = 2
+    H_cycles: int = 3
+    L_cycles: int = 6
+    puzzle_emb_ndim: int = 512
+    puzzle_emb_len: int = 16
+    pos_encodings: str = "rope"
+    mlp_t: bool = False
+    no_ACT_continue: bool = True  # noqa: N815 (the official field name)
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    forward_dtype: str = "bfloat16"
+    batch_size: int = 1  # training batch; meaningless at inference, kept for round trips
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size", "num_heads",
+                               "L_layers", "H_cycles", "L_cycles", "halt_max_steps"))
+        for name in ("H_layers", "puzzle_emb_ndim", "puzzle_emb_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CheckpointError(f"config field {name!r} must be an integer >= 0, got {value!r}")
+        for name in ("mlp_t", "no_ACT_continue"):
+            if not isinstance(getattr(self, name), bool):
+                raise CheckpointError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
+        _check_choice("pos_encodings", self.pos_encodings, TRM_POS_ENCODINGS)
+        _check_choice("forward_dtype", self.forward_dtype, FORWARD_DTYPES)
+        if (not self.mlp_t or self.pos_encodings == "rope") and self.hidden_size % self.num_heads:
+            raise CheckpointError(
+                f"config: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.puzzle_emb_len == 0:  # the official rule for 0: ceil(puzzle_emb_ndim / hidden_size)
+            object.__setattr__(self, "puzzle_emb_len", -(-self.puzzle_emb_ndim // self.hidden_size))
+        if self.puzzle_emb_ndim == 0 and self.puzzle_emb_len > 0:
+            raise CheckpointError(
+                f"config: puzzle_emb_len {self.puzzle_emb_len} needs puzzle_emb_ndim > 0 (the prefix positions "
+                "are filled by the puzzle embedding); set puzzle_emb_len 0 for no prefix")
+        if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden_size:
+            raise CheckpointError(
+                f"config: puzzle_emb_ndim {self.puzzle_emb_ndim} does not fit in puzzle_emb_len "
+                f"{self.puzzle_emb_len} x hidden_size {self.hidden_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def total_len(self) -> int:
+        """Positions the network sees: seq_len + puzzle_emb_len."""
+        return self.seq_len + self.puzzle_emb_len
+
+    @property
+    def mlp_inter(self) -> int:
+        """Channel SwiGLU inner width: round(expansion * hidden * 2/3) rounded up to a multiple of 256."""
+        return _swiglu_inter(self.expansion, self.hidden_size)
+
+    @property
+    def mlp_t_inter(self) -> int:
+        """Token-mixing SwiGLU inner width (mlp_t): the same rule applied to total_len."""
+        return _swiglu_inter(self.expansion, self.total_len)
+
+    def parameter_count(self) -> int:
+        """Trainable parameters (puzzle embedding, H_init and L_init are buffers, not counted)."""
+        h, inter, p = self.hidden_size, self.mlp_inter, self.total_len
+        block = h * 2 * inter + inter * h  # channel SwiGLU
+        if self.mlp_t:
+            block += p * 2 * self.mlp_t_inter + self.mlp_t_inter * p
+        else:
+            block += h * 3 * h + h * h
+        count = self.L_layers * block
+        count += 2 * self.vocab_size * h  # embed_tokens + lm_head
+        count += 2 * h + 2  # q_head weight + bias
+        if self.pos_encodings == "learned":
+            count += p * h
+        return count
+
+    def segment_flops(self, batch: int = 1) -> int:
+        """Multiply-adds x 2 of one ACT segment at `batch` (GEMMs and attention; norms ignored)."""
+        h, inter, p = self.hidden_size, self.mlp_inter, self.total_len
+        per_block = 2 * p * (h * 2 * inter + inter * h)
+        if self.mlp_t:
+            per_block += 2 * h * (p * 2 * self.mlp_t_inter + self.mlp_t_inter * p)
+        else:
+            per_block += 2 * p * (h * 3 * h + h * h) + 2 * 2 * p * p * h
+        passes = self.H_cycles * (self.L_cycles + 1) * self.L_layers
+        heads = 2 * p * h * self.vocab_size + 2 * h * 2
+        return batch * (passes * per_block + heads)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields plus "family": "trm"."""
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TRMConfig:
+        """Build from a dict; unknown keys raise, so a typo never silently becomes a default."""
+        return _from_dict(cls, data)
+
+
+ModelConfig = HRMConfig | TRMConfig
+CONFIG_CLASSES: dict[str, type[HRMConfig] | type[TRMConfig]] = {"hrm": HRMConfig, "trm": TRMConfig}
+
+
+def config_from_dict(data: dict[str, Any]) -> HRMConfig | TRMConfig:
+    """An `HRMConfig` or `TRMConfig` chosen by the dict's "family" key ("hrm" when absent)."""
+    family = data.get("family", "hrm")
+    if family not in CONFIG_CLASSES:
+        raise CheckpointError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    return CONFIG_CLASSES[family].from_dict(data)
 
 
 # Named configs for `hrm-edge init` (seeded weights) and `hrm-edge train`.
@@ -131,11 +308,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A few-kilobyte model for tests and smoke runs.
     "sudoku-tiny": dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, hidden_size=32, num_heads=2,
                         H_layers=1, L_layers=1, H_cycles=2, L_cycles=2, puzzle_emb_ndim=32, halt_max_steps=4),
+    # TRM presets carry "family": "trm".
+    # The paper's Sudoku-Extreme TRM-MLP (README `pretrain_mlp_t_sudoku`: mlp_t, no positions,
+    # L_layers 2, H_cycles 3, L_cycles 6): 5,028,866 parameters.
+    "trm-sudoku-5m": dict(family="trm", seq_len=81, vocab_size=11, num_puzzle_identifiers=1, mlp_t=True,
+                          pos_encodings="none"),
+    # Its attention twin (README `pretrain_att_sudoku`, RoPE): 6,828,034 parameters.
+    "trm-sudoku-att-7m": dict(family="trm", seq_len=81, vocab_size=11, num_puzzle_identifiers=1),
+    # The CPU-trainable demo: hidden 128, 2 mlp_t layers, 3 x (4 + 1) network passes per segment,
+    # 8 segments (694,274 parameters; 2.3 GFLOP per segment, about 3x sudoku-demo per CPU training step).
+    "trm-sudoku-demo": dict(family="trm", seq_len=81, vocab_size=11, num_puzzle_identifiers=1, hidden_size=128,
+                            num_heads=4, L_layers=2, H_cycles=3, L_cycles=4, puzzle_emb_ndim=128, mlp_t=True,
+                            pos_encodings="none", halt_max_steps=8),
+    # An 89k-parameter TRM for tests and smoke runs (the 32-wide puzzle row is zero-padded to 2 positions).
+    "trm-sudoku-tiny": dict(family="trm", seq_len=81, vocab_size=11, num_puzzle_identifiers=1, hidden_size=32,
+                            num_heads=2, L_layers=1, H_cycles=2, L_cycles=2, puzzle_emb_ndim=32, puzzle_emb_len=2,
+                            mlp_t=True, pos_encodings="none", halt_max_steps=4),
 }
 
 
-def preset_config(name: str, **overrides: Any) -> HRMConfig:
-    """An `HRMConfig` from a named preset, with field overrides."""
+def preset_config(name: str, **overrides: Any) -> HRMConfig | TRMConfig:
+    """The config of a named preset (an `HRMConfig` or, for "trm-*", a `TRMConfig`), with field overrides."""
     if name not in PRESETS:
         raise CheckpointError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-    return HRMConfig.from_dict({**PRESETS[name], **overrides})
+    return config_from_dict({**PRESETS[name], **overrides})

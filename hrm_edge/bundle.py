@@ -1,0 +1,130 @@
+"""The deployable bundle: a directory of ONNX graphs, `manifest.json`, the initial carry and
+golden reference outputs. Reading and verifying a bundle needs only numpy (no torch).
+
+Layout (every file but the manifest is listed with its sha256 in `manifest["files"]`):
+
+    manifest.json       schema_version, model config, task, graphs, halting defaults, versions
+    carry_init.npz      H_init, L_init: fp32 [hidden_size]
+    reference.npz       golden outputs of the PyTorch reference (see `REFERENCE_FIELDS`)
+    <graph>.onnx        one file per graph, described in manifest["graphs"][<name>]
+
+A graph entry: {"file", "kind": "segment" | "unrolled" | "act_loop" | "embed", "precision":
+"fp32" | "fp16" | "int8", "k" (segments per call, unrolled only), "opset", "inputs", "outputs"
+(name -> {"dtype", "shape"}), "target" (int8: "cpu" | "tensorrt")}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm_edge.errors import HrmEdgeError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CARRY_INIT = "carry_init.npz"
+REFERENCE = "reference.npz"
+# reference.npz: inputs int64 [N, S], puzzle_ids int64 [N], labels int64 [N, S] (0 = none),
+# predictions int64 [N, S] and steps int32 [N] under manifest["reference"]["policy"],
+# step_predictions int64 [T, N, S], step_q_halt / step_q_continue fp32 [T, N] and
+# step_logits fp32 [T, N, S, V] of a `fixed` run to T = max_steps.
+REFERENCE_FIELDS = ("inputs", "puzzle_ids", "labels", "predictions", "steps", "step_predictions", "step_q_halt",
+                    "step_q_continue", "step_logits")
+
+
+class BundleError(HrmEdgeError):
+    """A bundle that is missing, tampered with, truncated or from an unsupported schema."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """An opened bundle: its directory and parsed manifest (hashes already checked if `verified`)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    verified: bool = False
+    _carry: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["model"]["config"]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]["name"]
+
+    @property
+    def graphs(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["graphs"]
+
+    def graph_path(self, name: str) -> Path:
+        if name not in self.graphs:
+            raise BundleError(f"{self.path}: no graph {name!r}; available: {', '.join(sorted(self.graphs))}")
+        return self.path / self.graphs[name]["file"]
+
+    def carry_init(self) -> tuple[np.ndarray, np.ndarray]:
+        """(H_init, L_init), fp32 [hidden_size] each."""
+        if self._carry is None:
+            with np.load(self.path / CARRY_INIT) as f:
+                self._carry = {k: f[k].astype(np.float32) for k in ("H_init", "L_init")}
+        return self._carry["H_init"], self._carry["L_init"]
+
+    def reference(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / REFERENCE) as f:
+            return {k: f[k] for k in f.files}
+
+
+def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
+    """Open a bundle directory, checking the schema and (by default) every file's sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path}: no {MANIFEST}; not an hrm-edge bundle")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int):
+        raise BundleError(f"{mpath}: no integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise BundleError(f"{mpath}: schema_version {version} is newer than this hrm-edge reads ({SCHEMA_VERSION}); "
+                          "upgrade hrm-edge on this device")
+    for key in ("model", "task", "graphs", "files"):
+        if key not in manifest:
+            raise BundleError(f"{mpath}: missing field {key!r}")
+    bundle = Bundle(path, manifest)
+    if verify_hashes:
+        verify_files(bundle)
+    return bundle
+
+
+def verify_files(bundle: Bundle) -> None:
+    """Every file named in the manifest exists and has its recorded sha256."""
+    for name, digest in bundle.manifest["files"].items():
+        f = bundle.path / name
+        if not f.is_file():
+            raise BundleError(f"{bundle.path}: missing file {name}")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise BundleError(f"{bundle.path}: {name} has sha256 {actual[:12]}..., the manifest says {digest[:12]}... "
+                              "(tampered or truncated)")
+    for gname, entry in bundle.graphs.items():
+        if entry["file"] not in bundle.manifest["files"]:
+            raise BundleError(f"{bundle.path}: graph {gname!r} file {entry['file']} has no recorded sha256")
+    bundle.verified = True

@@ -1,0 +1,149 @@
+"""Compare a candidate runtime's ACT results with the PyTorch reference's (numpy only).
+
+Both sides ran their own closed ACT loop on the same puzzles, so a candidate whose error
+grows step by step also halts at other steps: `compare` reports per-step logit errors (over
+the puzzles both sides still ran), token, exact-solution and halting-step agreement, and
+accuracy against labels for both. `gate` turns that into pass/fail against thresholds.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from hrm_edge.act import SolveResult
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Pass thresholds. `max_logit_rel` (max over steps of max|Δlogit| / max|reference logit|)
+    None = not gated (graphs that return no per-step logits, reduced precisions)."""
+
+    max_logit_rel: float | None = 1e-5
+    min_exact_agreement: float = 1.0
+    min_halting_agreement: float = 1.0
+    max_accuracy_drop: float = 0.0
+
+
+# Documented defaults per precision (README "Parity gates"). The fp32 logit gate is relative to
+# the logits' scale: trained HRMs emit logits of magnitude ~100, where fp32 rounding alone (torch
+# fp32 against torch fp64) already differs by 1e-4 to 3e-4 absolute.
+DEFAULT_GATES: dict[str, Gates] = {
+    "fp32": Gates(max_logit_rel=1e-5, min_exact_agreement=1.0, min_halting_agreement=1.0, max_accuracy_drop=0.0),
+    "fp16": Gates(max_logit_rel=None, min_exact_agreement=0.99, min_halting_agreement=0.95, max_accuracy_drop=0.005),
+    "int8": Gates(max_logit_rel=None, min_exact_agreement=0.99, min_halting_agreement=0.95, max_accuracy_drop=0.005),
+}
+
+
+def compare(reference: SolveResult, candidate: SolveResult, labels: np.ndarray | None) -> dict[str, Any]:
+    """Metrics of candidate vs reference on N puzzles (see module docstring)."""
+    n = len(reference.steps)
+    out: dict[str, Any] = {"puzzles": n}
+    same_rows = (reference.predictions == candidate.predictions).all(-1)
+    out["token_agreement"] = float((reference.predictions == candidate.predictions).mean())
+    out["exact_agreement"] = float(same_rows.mean())
+    out["halting_agreement"] = float((reference.steps == candidate.steps).mean())
+    out["mean_steps_reference"] = float(reference.steps.mean())
+    out["mean_steps_candidate"] = float(candidate.steps.mean())
+    if labels is not None:
+        ref_acc = float((reference.predictions == labels).all(-1).mean())
+        cand_acc = float((candidate.predictions == labels).all(-1).mean())
+        out.update(accuracy_reference=ref_acc, accuracy_candidate=cand_acc, accuracy_drop=ref_acc - cand_acc)
+    per_step: list[dict[str, float | int]] = []
+    if reference.step_logits is not None and candidate.step_logits is not None:
+        T = min(len(reference.step_logits), len(candidate.step_logits))
+        for t in range(T):
+            a, b = reference.step_logits[t], candidate.step_logits[t]
+            both = ~np.isnan(a).any(axis=(1, 2)) & ~np.isnan(b).any(axis=(1, 2))
+            if not both.any():
+                break
+            diff = np.abs(a[both] - b[both])
+            scale = np.abs(a[both]).max()
+            per_step.append({"step": t + 1, "puzzles": int(both.sum()), "max_abs": float(diff.max()),
+                             "mean_abs": float(diff.mean()), "rel": float(diff.max() / max(scale, 1e-12))})
+        out["max_logit_abs"] = max((s["max_abs"] for s in per_step), default=None)
+        out["max_logit_rel"] = max((s["rel"] for s in per_step), default=None)
+    else:
+        out["max_logit_abs"] = out["max_logit_rel"] = None
+    if reference.step_predictions is not None and candidate.step_predictions is not None:
+        T = min(len(reference.step_predictions), len(candidate.step_predictions))
+        for t, entry in enumerate(per_step[:T]):
+            both = ~np.isnan(reference.step_q_halt[t]) & ~np.isnan(candidate.step_q_halt[t])
+            entry["token_agreement"] = float(
+                (reference.step_predictions[t][both] == candidate.step_predictions[t][both]).mean())
+    out["per_step"] = per_step
+    return out
+
+
+def gate(metrics: dict[str, Any], gates: Gates) -> list[dict[str, Any]]:
+    """One record per gate: name, value, threshold, passed."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, threshold: float, ok: bool) -> None:
+        checks.append({"name": name, "value": value, "threshold": threshold, "passed": bool(ok)})
+
+    if gates.max_logit_rel is not None:
+        v = metrics.get("max_logit_rel")
+        add("max_logit_rel", v, gates.max_logit_rel, v is not None and v <= gates.max_logit_rel)
+    add("exact_agreement", metrics["exact_agreement"], gates.min_exact_agreement,
+        metrics["exact_agreement"] >= gates.min_exact_agreement)
+    add("halting_agreement", metrics["halting_agreement"], gates.min_halting_agreement,
+        metrics["halting_agreement"] >= gates.min_halting_agreement)
+    if "accuracy_drop" in metrics:
+        add("accuracy_drop", metrics["accuracy_drop"], gates.max_accuracy_drop,
+            metrics["accuracy_drop"] <= gates.max_accuracy_drop + 1e-12)
+    return checks
+
+
+def junit_xml(suite: str, checks: list[dict[str, Any]]) -> str:
+    """A JUnit XML report: one testcase per gate, failures carry value and threshold."""
+    failures = sum(not c["passed"] for c in checks)
+    root = ET.Element("testsuite", name=suite, tests=str(len(checks)), failures=str(failures))
+    for c in checks:
+        case = ET.SubElement(root, "testcase", classname=suite, name=c["name"])
+        if not c["passed"]:
+            ET.SubElement(case, "failure", message=f"{c['name']} = {c['value']} (threshold {c['threshold']})")
+    return ET.tostring(root, encoding="unicode")
+
+
+def plot_parity(report: dict[str, Any], path: str) -> None:
+    """PNG: per-step logit error (log scale) and the agreement metrics against their gates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report["metrics"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [s["step"] for s in m["per_step"]]
+    if steps:
+        ax1.semilogy(steps, [max(s["max_abs"], 1e-12) for s in m["per_step"]], marker="o", label="max |Δlogit|")
+        ax1.semilogy(steps, [max(s["mean_abs"], 1e-12) for s in m["per_step"]], marker="s", label="mean |Δlogit|")
+        ax1.legend()
+    else:
+        ax1.text(0.5, 0.5, "graph returns no per-step logits", ha="center", va="center", transform=ax1.transAxes)
+    ax1.set_xlabel("ACT step")
+    ax1.set_title(f"{report['candidate']} vs {report['reference']}")
+    ax1.grid(alpha=0.3)
+    names = ["token_agreement", "exact_agreement", "halting_agreement"]
+    values = [100 * m[k] for k in names]
+    passed = {c["name"]: c["passed"] for c in report["gates"]}
+    colors = [{True: "tab:green", False: "tab:red"}.get(passed.get(n), "tab:grey") for n in names]
+    ax2.bar([n.replace("_", "\n") for n in names], values, color=colors)
+    ax2.set_ylim(min([*values, 90]) - 1, 100.5)
+    ax2.set_ylabel("%")
+    ax2.set_title(f"{m['puzzles']} puzzles, closed loop")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def with_overrides(base: Gates, logits_available: bool, **overrides: float | None) -> Gates:
+    """`base` with the non-None overrides applied; no logit gate where the graph returns no logits."""
+    values = {**asdict(base), **{k: v for k, v in overrides.items() if v is not None}}
+    if not logits_available:
+        values["max_logit_rel"] = None
+    return Gates(**values)
