@@ -58,8 +58,7 @@ def reference_outputs(ck: Checkpoint, golden: PuzzleSet, policy: str, max_steps:
     """Golden outputs of the fp32 PyTorch reference on CPU (fields: hrm_edge.bundle.REFERENCE_FIELDS)."""
     from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
-    model = ck.model.set_compute_dtype("float32")
-    runner = TorchSegmentRunner(model, "cpu")
+    runner = TorchSegmentRunner(ck.model, "cpu")
     recorded = solve_in_batches(runner, golden.inputs, golden.puzzle_ids, parse_policy("fixed"), max_steps,
                                 batch_size=64, record_logits=True)
     by_policy = solve_in_batches(runner, golden.inputs, golden.puzzle_ids, parse_policy(policy), max_steps,
@@ -71,17 +70,20 @@ def reference_outputs(ck: Checkpoint, golden: PuzzleSet, policy: str, max_steps:
             "step_q_continue": recorded.step_q_continue, "step_logits": recorded.step_logits}
 
 
-def _export_graph(ck: Checkpoint, spec: GraphSpec, path: Path, opset: int, max_steps: int) -> None:
+def _export_graph(ck: Checkpoint, spec: GraphSpec, path: Path, opset: int, max_steps: int,
+                  exported: dict[str, Path]) -> None:
+    """Export one graph; unrolled and loop graphs are composed from the segment graph of the
+    same precision in `exported` (exported first when missing), so each weight is traced once."""
     from hrm_edge.export import graphs
 
     dtype = {"fp32": "float32", "fp16": "float16"}[spec.precision]
-    model = ck.model.set_compute_dtype("float32")
+    segment = exported.get(f"segment.{spec.precision}")
     if spec.kind == "segment":
-        graphs.export_segment(model, path, opset=opset, dtype=dtype)
+        graphs.export_segment(ck.model, path, opset=opset, dtype=dtype)
     elif spec.kind == "unrolled":
-        graphs.export_unrolled(model, path, k=spec.k, opset=opset, dtype=dtype)
+        graphs.export_unrolled(ck.model, path, k=spec.k, opset=opset, dtype=dtype, segment=segment)
     elif spec.kind == "act_loop":
-        graphs.export_act_loop(model, path, max_steps=max_steps, opset=opset, dtype=dtype)
+        graphs.export_act_loop(ck.model, path, max_steps=max_steps, opset=opset, dtype=dtype, segment=segment)
     else:
         raise BundleError(f"unknown graph kind {spec.kind!r}")
 
@@ -106,11 +108,13 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
     try:
         t_start = time.perf_counter()
         graphs: dict[str, dict[str, Any]] = {}
-        for spec in specs:
+        exported: dict[str, Path] = {}
+        for spec in sorted(specs, key=lambda sp: sp.kind != "segment"):
             t0 = time.perf_counter()
             path = tmp / f"{spec.name}.onnx"
             log(f"exporting {spec.name} ...")
-            _export_graph(ck, spec, path, opset, steps)
+            _export_graph(ck, spec, path, opset, steps, exported)
+            exported[spec.name] = path
             check_graph(path)
             summary = graph_summary(path)
             graphs[spec.name] = {"file": path.name, "kind": spec.kind, "precision": spec.precision, "k": spec.k,

@@ -38,14 +38,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hrm_edge.errors import HrmEdgeError
 from hrm_edge.runtimes.trt_runtime import (
     current_device,
     import_cudart,
     import_tensorrt,
     sidecar_path,
 )
-
-from hrm_edge.errors import HrmEdgeError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BUILD_FLAGS = ("STRONGLY_TYPED",)

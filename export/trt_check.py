@@ -161,6 +161,7 @@ class _Graph:
     consts: dict[str, Any] = field(default_factory=dict)  # name -> numpy array (initializers, Constant nodes)
     nodes: list[tuple[str, int, Any]] = field(default_factory=list)  # (scope, index, node)
     graph_io: set[str] = field(default_factory=set)
+    consumers: dict[str, list[str]] = field(default_factory=dict)  # tensor name -> op types reading it
 
 
 def _iter_scopes(graph: Any, scope: str = "") -> Iterator[tuple[str, Any]]:
@@ -216,6 +217,8 @@ def _analyse(model: Any) -> _Graph:
                 g.consts[init.name] = None
         for i, node in enumerate(graph.node):
             g.nodes.append((scope, i, node))
+            for name in node.input:
+                g.consumers.setdefault(name, []).append(node.op_type)
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 for attr in node.attribute:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
@@ -405,6 +408,9 @@ class _Checker:
             t = self._type_of(name)
             if t is None:
                 continue
+            if (op == "Constant" and (t in self.rules["quantized_types"] or t == "UINT8")
+                    and set(self.g.consumers.get(name, [])) <= {"QuantizeLinear", "DequantizeLinear"}):
+                continue  # quantized weights / zero points feeding Q/DQ: checked in check_qdq
             if t in self.rules["cast_down_types"]:
                 self.add("warning", label, op, f"{role} {name!r} is {t}; TensorRT casts it down to FP32")
             elif types and t not in types:

@@ -162,11 +162,11 @@ def init(preset: str, output: str, seed: int) -> None:
 
     from hrm_edge.checkpoint import guess_task, save_checkpoint
     from hrm_edge.model.config import preset_config
-    from hrm_edge.model.hrm import HRM
+    from hrm_edge.model import create_model
 
     config = preset_config(preset)
     torch.manual_seed(seed)
-    model = HRM(config)
+    model = create_model(config)
     task = guess_task(config.seq_len, config.vocab_size)
     out = save_checkpoint(output, model, task, provenance={"init": preset, "seed": seed},
                           card={"weights": f"random (seed {seed}); untrained, for speed tests only"})

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from hrm_edge.act import parse_policy, solve_in_batches
 from hrm_edge.checkpoint import save_checkpoint, write_official_layout
-from hrm_edge.model.config import HRMConfig
-from hrm_edge.model.hrm import HRM
+from hrm_edge.model.config import HRMConfig, TRMConfig
+from hrm_edge.model import create_model
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 from hrm_edge.train_data import SudokuSampler
 
@@ -91,12 +91,12 @@ def _interrupt(signum: int, frame: Any) -> None:
 class Trainer:
     """Owns the model, optimizer, the persistent ACT batch and the run directory."""
 
-    def __init__(self, model_config: HRMConfig, cfg: TrainConfig, sampler: SudokuSampler, run_dir: Path,
+    def __init__(self, model_config: HRMConfig | TRMConfig, cfg: TrainConfig, sampler: SudokuSampler, run_dir: Path,
                  val: tuple[np.ndarray, np.ndarray] | None = None, device: str = "cpu") -> None:
         self.cfg, self.sampler, self.run_dir, self.val, self.device = cfg, sampler, Path(run_dir), val, device
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        self.model = HRM(model_config, compute_dtype=model_config.forward_dtype).to(device).train()
+        self.model = create_model(model_config, compute_dtype=model_config.forward_dtype).to(device).train()
         self.step = 0
         self.puzzles_seen = 0
         self.elapsed = 0.0
@@ -190,13 +190,15 @@ class Trainer:
             explore = torch.rand(len(halted), device=self.device) < mcfg.halt_exploration_prob
             min_steps = explore * torch.randint(2, mcfg.halt_max_steps + 1, halted.shape, device=self.device)
             halted = halted & (self.steps >= min_steps)
-            x_next = self.model.embed(self.tokens, ids)
-            nz_H, _ = self.model.reason(self.z_H, self.z_L, x_next)
-            _, nq_halt, nq_cont = self.model.heads(nz_H)
-            target_cont = torch.sigmoid(torch.where(last, nq_halt, torch.maximum(nq_halt, nq_cont)))
+            target_cont = None
+            if not getattr(mcfg, "no_ACT_continue", False):  # TRM's default halts on q_halt alone
+                nz_H, _ = self.model.reason(self.z_H, self.z_L, x.detach())
+                _, nq_halt, nq_cont = self.model.heads(nz_H)
+                target_cont = torch.sigmoid(torch.where(last, nq_halt, torch.maximum(nq_halt, nq_cont)))
         lm = (token_loss(logits, self.labels, cfg.loss).sum(-1) / (self.labels != 0).sum(-1).clamp_min(1)).sum()
         q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, correct.float(), reduction="sum")
-        q_cont_loss = F.binary_cross_entropy_with_logits(q_cont, target_cont, reduction="sum")
+        q_cont_loss = (F.binary_cross_entropy_with_logits(q_cont, target_cont, reduction="sum")
+                       if target_cont is not None else torch.zeros((), device=self.device))
         loss = (lm + 0.5 * (q_halt_loss + q_cont_loss)) / len(self.tokens)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

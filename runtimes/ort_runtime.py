@@ -183,6 +183,8 @@ class _CarryRunner:
         self._z_dtype = _ORT_DTYPES.get(inputs["z_H"].type, np.float32)
         h_init, l_init = np.asarray(h_init).reshape(-1), np.asarray(l_init).reshape(-1)
         shape = inputs["z_H"].shape
+        if total_len is None and not isinstance(shape[1], int):
+            raise OnnxModelError(f"{type(self).__name__}: the graph's carry length is {shape[1]!r}: pass total_len")
         self.total_len = int(total_len if total_len is not None else shape[1])
         self.hidden_size = h_init.shape[0]
         if l_init.shape != h_init.shape or (isinstance(shape[2], int) and shape[2] != self.hidden_size):

@@ -454,18 +454,24 @@ class TrtSegmentRunner:
         # it reads the carry set `parity` and writes the other one, so repeating it is harmless.
         if not self.context.execute_async_v3(self._stream_handle):
             raise EngineError(f"{self.loaded.path}: execute_async_v3 failed")
-        cuda_call(rt.cudaStreamBeginCapture(self._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-        ok = self.context.execute_async_v3(self._stream_handle)
-        graph = cuda_call(rt.cudaStreamEndCapture(self._stream))
-        if not ok or graph is None:
+        graph = None
+        try:
+            cuda_call(rt.cudaStreamBeginCapture(self._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+            try:
+                ok = self.context.execute_async_v3(self._stream_handle)
+            finally:
+                graph = cuda_call(rt.cudaStreamEndCapture(self._stream))
+            if not ok:
+                raise CudaError("execute_async_v3 failed while capturing")
+            return graph, cuda_call(rt.cudaGraphInstantiate(graph, 0))
+        except HrmEdgeError as exc:
             if graph is not None:
-                cuda_call(rt.cudaGraphDestroy(graph))
-            warnings.warn("TensorRT could not run this engine inside a CUDA graph capture; running without CUDA "
-                          "graphs", RuntimeWarning, stacklevel=3)
+                with contextlib.suppress(HrmEdgeError):
+                    cuda_call(rt.cudaGraphDestroy(graph))
+            warnings.warn(f"TensorRT could not run this engine inside a CUDA graph capture ({exc}); running "
+                          "without CUDA graphs", RuntimeWarning, stacklevel=3)
             self.use_cuda_graph = False
             return None
-        exec_graph = cuda_call(rt.cudaGraphInstantiate(graph, 0))
-        return graph, exec_graph
 
     # SegmentRunner
 

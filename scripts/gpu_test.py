@@ -175,9 +175,9 @@ def time_runner(runner: Any, tokens: Any, pids: Any, iters: int, warmup: int = 3
 def torch_precision_study(model: Any, pset: Any, label: str, quick: bool, device: str = "cuda") -> dict[str, Any]:
     import numpy as np
     import torch
-    from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
     from hrm_edge.act import parse_policy, solve_in_batches
+    from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
     model = model.to(device).eval()
     cfg = model.config
@@ -229,9 +229,8 @@ def tensorrt_study(env: dict[str, Any], ckpt: Path, bundle_dir: Path, quick: boo
     import numpy as np
 
     bootstrap_imports()
-    from hrm_edge.runtimes.trt_runtime import TrtSegmentRunner, engine_dir_name, load_engine, version_tuple
-
     from hrm_edge.bundle import open_bundle
+    from hrm_edge.runtimes.trt_runtime import TrtSegmentRunner, engine_dir_name, load_engine, version_tuple
 
     out: dict[str, Any] = {"steps": [], "engines": {}, "failures": []}
 
@@ -307,9 +306,9 @@ def tensorrt_study(env: dict[str, Any], ckpt: Path, bundle_dir: Path, quick: boo
 def _torch_same_model(bundle: Any, quick: bool) -> dict[str, Any]:
     """PyTorch CUDA eager time per segment of the bundle's source checkpoint (fp32, bf16)."""
     import numpy as np
-    from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
     from hrm_edge.checkpoint import load_checkpoint
+    from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
     src = bundle.manifest.get("source_checkpoint", {}).get("path")
     if not src or not Path(src).exists():

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
 from hrm_edge.export.trt_check import (
     TrtCheckError,
     available_versions,
@@ -19,7 +21,6 @@ from hrm_edge.export.trt_check import (
     resolve_version,
     summarize,
 )
-from onnx import TensorProto, helper, numpy_helper
 
 VERSIONS = ("10.3", "10.13")
 SEGMENT_INPUTS = ("tokens", "puzzle_ids", "z_H", "z_L")
@@ -249,3 +250,38 @@ def test_cli_check_trt(tmp_path, segment_graph):
     record = json.loads(res.output.splitlines()[0])
     assert not record["ok"] and record["findings"][0]["node"] == "determinant"
     assert "1 error(s) in 1 of 1 graph(s)" in str(res.exception)
+
+
+def test_weight_and_activation_qdq_pattern_passes():
+    """INT8 weights as a Constant feeding DequantizeLinear (per-channel) and a Q/DQ pair on the
+    activations, zero points as Constant nodes: the explicit-quantization pattern TensorRT takes."""
+    const = [("wq", np.ones((4, 4), np.int8)), ("ws", np.full(4, 0.1, np.float32)), ("wz", np.zeros(4, np.int8)),
+             ("xs", np.array(0.1, np.float32)), ("xz", np.array(0, np.int8))]
+    nodes = [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(v, n), name=f"{n}_const")
+             for n, v in const]
+    nodes += [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0, name="dq_w"),
+              helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q_x"),
+              helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dq_x"),
+              helper.make_node("MatMul", ["xd", "w"], ["y"], name="mm")]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, ["batch", 4])], [_vi("y", TensorProto.FLOAT, ["batch", 4])])
+    for version in VERSIONS:
+        assert check_trt(model, version) == []
+
+
+def test_stacked_batch_output_passes_and_loop_rules():
+    model = _model([helper.make_node("Unsqueeze", ["x", "axes"], ["y"], name="stack")],
+                   [_vi("x", TensorProto.FLOAT, ["batch", 4])], [_vi("y", TensorProto.FLOAT, [1, "batch", 4])],
+                   [numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    assert check_trt(model, "10.3") == []
+    # A Loop with a scan output and a run-time trip count: TensorRT needs a static scan length.
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"]),
+         helper.make_node("Identity", ["v_in"], ["scan"])], "body",
+        [_vi("i", TensorProto.INT64, []), _vi("c_in", TensorProto.BOOL, []), _vi("v_in", TensorProto.FLOAT, [4])],
+        [_vi("c_out", TensorProto.BOOL, []), _vi("v_out", TensorProto.FLOAT, [4]), _vi("scan", TensorProto.FLOAT, [4])])
+    loop = helper.make_node("Loop", ["n", "cond", "v0"], ["v_final", "scans"], body=body, name="the_loop")
+    model = _model([loop], [_vi("n", TensorProto.INT64, []), _vi("cond", TensorProto.BOOL, []),
+                            _vi("v0", TensorProto.FLOAT, [4])],
+                   [_vi("v_final", TensorProto.FLOAT, [4]), _vi("scans", TensorProto.FLOAT, [None, 4])])
+    errors = _errors(check_trt(model, "10.3"))
+    assert any(f.node == "the_loop" and "scan output" in f.message for f in errors)

@@ -1,5 +1,7 @@
-"""TensorRT runtime and builder: what runs without TensorRT (imports, errors, sidecar logic, trtexec
-command, device-side compaction plan, CLI wiring) and one end-to-end test for a GPU with TensorRT."""
+"""TensorRT runtime and builder without TensorRT: imports, errors, sidecar logic, trtexec command,
+device-side compaction plan, CLI wiring; `build_engine`, `load_engine` and `TrtSegmentRunner` against
+an in-process stand-in for TensorRT and the CUDA runtime (ONNX Runtime plays the engine); and one
+end-to-end test on a real GPU with TensorRT, skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ import importlib.util
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from hrm_edge.errors import HrmEdgeError
 from hrm_edge.export.trt_build import TARGETS, EngineBuildError, parse_batch, trtexec_command
 from hrm_edge.runtimes.trt_runtime import (
     EngineError,
@@ -25,8 +30,6 @@ from hrm_edge.runtimes.trt_runtime import (
     sidecar_mismatch,
     sidecar_path,
 )
-
-from hrm_edge.errors import HrmEdgeError
 
 SHAPES = {"tokens": ["batch", 81], "puzzle_ids": ["batch"], "z_H": ["batch", 82, 512], "z_L": ["batch", 82, 512]}
 HERE = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
@@ -239,13 +242,13 @@ def test_engine_matches_onnxruntime(tmp_path, use_cuda_graph):
     if reason:
         pytest.skip(f"end-to-end TensorRT test {reason}")
     import torch
-    from hrm_edge.export.trt_build import build_engine
-    from hrm_edge.runtimes.trt_runtime import TrtSegmentRunner
     from test_trt_check import _export_segment  # tests/ is on sys.path (pytest's prepend import mode)
 
     from hrm_edge.act import parse_policy, run_act
+    from hrm_edge.export.trt_build import build_engine
     from hrm_edge.model.config import preset_config
     from hrm_edge.model.hrm import HRM
+    from hrm_edge.runtimes.trt_runtime import TrtSegmentRunner
 
     onnx_path = tmp_path / "segment_fp32.onnx"
     _export_segment(onnx_path)
@@ -280,3 +283,472 @@ def test_engine_matches_onnxruntime(tmp_path, use_cuda_graph):
         ref = run_act(ort_runner, tokens, pids, policy, 3, record_steps=True)
         np.testing.assert_allclose(ours.step_q_halt, ref.step_q_halt, atol=2e-3, rtol=2e-3)
         assert (ours.predictions == ref.predictions).mean() > 0.99
+
+
+# --- the runner's bookkeeping against an in-process stand-in for TensorRT and the CUDA runtime ----------
+# Host memory plays device memory, ONNX Runtime plays the engine, a recorded closure plays a CUDA
+# graph. This exercises TrtSegmentRunner's own logic (bindings, ping-pong carry, copies back, keep,
+# graph capture and re-capture) where no GPU exists; it says nothing about real TensorRT behaviour.
+
+
+class _FakeCudart:
+
+    class _Stream:
+        def __int__(self) -> int:
+            return 1234
+
+    class _Props:
+        name, major, minor = b"Fake GPU\0\0", 8, 7
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.cudaError_t = SimpleNamespace(cudaSuccess=0)
+        self.cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2,
+                                              cudaMemcpyDeviceToDevice=3)
+        self.cudaStreamCaptureMode = SimpleNamespace(cudaStreamCaptureModeGlobal=0)
+        self.ctypes = ctypes
+        self.memory: dict[int, object] = {}
+        self.capturing: list | None = None
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def cudaSetDevice(self, device):
+        return (0,)
+
+    def cudaGetDeviceProperties(self, device):
+        return 0, self._Props()
+
+    def cudaGetErrorString(self, err):
+        return 0, b"fake error"
+
+    def cudaMalloc(self, n):
+        buf = self.ctypes.create_string_buffer(n)
+        addr = self.ctypes.addressof(buf)
+        self.memory[addr] = buf
+        return 0, addr
+
+    def cudaMallocHost(self, n):
+        return self.cudaMalloc(n)
+
+    def cudaFree(self, ptr):
+        del self.memory[ptr]
+        return (0,)
+
+    def cudaFreeHost(self, ptr):
+        return self.cudaFree(ptr)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        self._count("memcpy")
+        def op():
+            self.ctypes.memmove(dst, src, n)
+
+        if self.capturing is not None:
+            self.capturing.append(op)
+        else:
+            op()
+        return (0,)
+
+    def cudaStreamCreate(self):
+        return 0, self._Stream()
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaStreamDestroy(self, stream):
+        return (0,)
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.capturing = []
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):
+        ops, self.capturing = self.capturing, None
+        return 0, ops
+
+    def cudaGraphInstantiate(self, graph, flags):
+        self._count("instantiate")
+        return 0, list(graph)
+
+    def cudaGraphLaunch(self, exec_graph, stream):
+        self._count("launch")
+        for op in exec_graph:
+            op()
+        return (0,)
+
+    def cudaGraphExecDestroy(self, exec_graph):
+        return (0,)
+
+    def cudaGraphDestroy(self, graph):
+        return (0,)
+
+
+def _fake_tensorrt(cudart: _FakeCudart, onnx_path, max_batch: int = 8):
+    import ctypes
+    import types
+
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    np_types = {1: np.dtype(np.float32), 7: np.dtype(np.int64), 10: np.dtype(np.float16)}
+    io = {}
+    for vi, mode in [(v, "in") for v in model.graph.input] + [(v, "out") for v in model.graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+        io[vi.name] = (mode, np_types[vi.type.tensor_type.elem_type], dims)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.3.0"
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.nptype = lambda t: t
+
+    class Logger:
+        WARNING, VERBOSE = 2, 4
+
+        def __init__(self, level):
+            self.level = level
+
+    class Context:
+        def __init__(self):
+            self.shapes, self.addresses = {}, {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+            return True
+
+        def _run(self, addresses, shapes):
+            feeds = {}
+            for name, (mode, dt, _) in io.items():
+                if mode == "in":
+                    n = int(np.prod(shapes[name])) * dt.itemsize
+                    raw = (ctypes.c_byte * n).from_address(addresses[name])
+                    feeds[name] = np.frombuffer(raw, dtype=dt).reshape(shapes[name]).copy()
+            outs = session.run(None, feeds)
+            for out, vi in zip(outs, model.graph.output, strict=True):
+                out = np.ascontiguousarray(out, dtype=io[vi.name][1])
+                ctypes.memmove(addresses[vi.name], out.ctypes.data, out.nbytes)
+
+        def execute_async_v3(self, stream_handle):
+            assert stream_handle == 1234
+            addresses, shapes = dict(self.addresses), dict(self.shapes)
+            if cudart.capturing is not None:
+                cudart.capturing.append(lambda: self._run(addresses, shapes))
+            else:
+                self._run(addresses, shapes)
+            return True
+
+    class Engine:
+        num_io_tensors = len(io)
+
+        def get_tensor_name(self, i):
+            return list(io)[i]
+
+        def get_tensor_mode(self, name):
+            return io[name][0]
+
+        def get_tensor_dtype(self, name):
+            return io[name][1]
+
+        def get_tensor_shape(self, name):
+            return io[name][2]
+
+        def get_tensor_profile_shape(self, name, profile):
+            dims = io[name][2]
+            return [[b, *dims[1:]] for b in (1, 4, max_batch)]
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine() if data == b"fake engine" else None
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    _add_fake_builder(trt, np_types)
+    return trt
+
+
+def _add_fake_builder(trt, np_types) -> None:
+    """Builder-side stand-ins: the parser reads the ONNX file with onnx, the build returns b"fake engine"."""
+    import onnx
+
+    trt.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=5)
+    trt.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
+    trt.LayerType = SimpleNamespace(QUANTIZE="quantize", OTHER="other")
+    trt.DataType = SimpleNamespace(HALF="half", FLOAT="float")
+    trt.built = []
+
+    class IProgressMonitor:
+        def __init__(self):
+            pass
+
+    class Tensor(SimpleNamespace):
+        pass
+
+    class Network:
+        def __init__(self, flags):
+            self.flags, self.inputs, self.layers = flags, [], []
+
+        num_inputs = property(lambda self: len(self.inputs))
+        num_layers = property(lambda self: len(self.layers))
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+        def get_layer(self, i):
+            return self.layers[i]
+
+    class ParserError:
+        def __init__(self, node, name, op, desc):
+            self._v = (node, name, op, desc)
+
+        def node(self):
+            return self._v[0]
+
+        def node_name(self):
+            return self._v[1]
+
+        def node_operator(self):
+            return self._v[2]
+
+        def desc(self):
+            return self._v[3]
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network, self.errors = network, []
+
+        num_errors = property(lambda self: len(self.errors))
+
+        def get_error(self, i):
+            return self.errors[i]
+
+        def parse_from_file(self, path):
+            model = onnx.load(path)
+            for i, node in enumerate(model.graph.node):
+                if node.op_type == "Det":
+                    self.errors.append(ParserError(i, node.name, node.op_type, "no importer registered for op: Det"))
+            inits = {t.name for t in model.graph.initializer}
+            for vi in model.graph.input:
+                if vi.name not in inits:
+                    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+                    self.network.inputs.append(Tensor(name=vi.name, shape=dims))
+            half = any(vi.type.tensor_type.elem_type == 10 for vi in model.graph.value_info) or any(
+                t.data_type == 10 for t in model.graph.initializer)
+            for node in model.graph.node:
+                kind = trt.LayerType.QUANTIZE if node.op_type == "QuantizeLinear" else trt.LayerType.OTHER
+                dtype = trt.DataType.HALF if half else trt.DataType.FLOAT
+                self.network.layers.append(SimpleNamespace(type=kind, num_outputs=1,
+                                                           get_output=lambda j, d=dtype: SimpleNamespace(dtype=d)))
+            return not self.errors
+
+    class TimingCache:
+        def __init__(self, data):
+            self.data = bytes(data) or b"cache"
+
+        def serialize(self):
+            return self.data + b"+"
+
+    class Config:
+        def __init__(self):
+            self.pools, self.profiles, self.progress_monitor, self.cache = {}, [], None, None
+
+        def set_memory_pool_limit(self, pool, size):
+            self.pools[pool] = size
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+            return 0
+
+        def create_timing_cache(self, data):
+            return TimingCache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = (list(lo), list(opt), list(hi))
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            if config.progress_monitor is not None:
+                config.progress_monitor.phase_start("Building engine", None, 2)
+                assert config.progress_monitor.step_complete("Building engine", 0) is True
+                config.progress_monitor.phase_finish("Building engine")
+            trt.built.append((network, config))
+            return b"fake engine"
+
+    trt.IProgressMonitor, trt.OnnxParser, trt.Builder = IProgressMonitor, OnnxParser, Builder
+
+
+@pytest.fixture(scope="module")
+def segment_onnx(tmp_path_factory):
+    pytest.importorskip("torch", reason="exports a real segment graph")
+    from test_trt_check import _export_segment  # tests/ is on sys.path (pytest's prepend import mode)
+
+    path = tmp_path_factory.mktemp("fake_gpu") / "segment.onnx"
+    _export_segment(path)
+    return path
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch, segment_onnx):
+    import types
+
+    onnx_path = segment_onnx
+    cudart = _FakeCudart()
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    cuda.bindings = bindings
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(cudart, onnx_path))
+    engine = tmp_path / "segment.engine"
+    engine.write_bytes(b"fake engine")
+    sidecar = {"tensorrt_version": "10.3.0", "gpu_name": "Fake GPU", "compute_capability": "8.7",
+               "engine_sha256": hashlib.sha256(b"fake engine").hexdigest()}
+    sidecar_path(engine).write_text(json.dumps(sidecar))
+    return types.SimpleNamespace(onnx=onnx_path, engine=engine, cudart=cudart, sidecar=sidecar)
+
+
+def test_load_engine_checks_against_the_running_gpu(fake_gpu):
+    loaded = load_engine(fake_gpu.engine)
+    assert loaded.sidecar["gpu_name"] == "Fake GPU" and loaded.engine.num_io_tensors == 9
+    sidecar_path(fake_gpu.engine).write_text(json.dumps({**fake_gpu.sidecar, "gpu_name": "Orin"}))
+    with pytest.raises(EngineError, match=r"GPU 'Orin'.*hrm-edge build"):
+        load_engine(fake_gpu.engine)
+    sidecar_path(fake_gpu.engine).write_text(json.dumps(fake_gpu.sidecar))
+    fake_gpu.engine.write_bytes(b"fake enginX")
+    with pytest.raises(EngineError, match="corrupt or truncated"):
+        load_engine(fake_gpu.engine)
+    with pytest.raises(EngineError, match="cannot deserialize"):
+        load_engine(fake_gpu.engine, verify_sha256=False)
+
+
+@pytest.mark.parametrize("use_cuda_graph", [False, True])
+def test_runner_bookkeeping_matches_onnxruntime(fake_gpu, use_cuda_graph):
+    import torch
+
+    from hrm_edge.act import parse_policy, run_act
+    from hrm_edge.model.config import preset_config
+    from hrm_edge.model.hrm import HRM
+    from hrm_edge.runtimes.trt_runtime import TrtSegmentRunner
+
+    torch.manual_seed(0)
+    model = HRM(preset_config("sudoku-tiny"))
+    cfg = model.config
+    h, l_ = model.inner.H_init.numpy(), model.inner.L_init.numpy()
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, cfg.vocab_size, size=(7, cfg.seq_len)).astype(np.int64)
+    pids = np.zeros(7, np.int64)
+    runner = TrtSegmentRunner(fake_gpu.engine, h, l_, cfg.total_len, use_cuda_graph=use_cuda_graph)
+    ref = _OrtRunner(fake_gpu.onnx, h, l_, cfg.total_len)
+    assert (runner.min_batch, runner.max_batch) == (1, 8)
+    for r in (runner, ref):
+        r.start(tokens, pids)
+    for _ in range(3):
+        (a_h, a_c), (b_h, b_c) = runner.step(), ref.step()
+        np.testing.assert_allclose(a_h, b_h, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a_c, b_c, rtol=1e-5, atol=1e-5)
+    rows = np.array([0, 1, 2, 4, 6])
+    np.testing.assert_allclose(runner.logits(rows), ref.logits(rows), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(runner.predictions(rows), ref.predictions(rows))
+    for r in (runner, ref):
+        r.keep(rows)
+    np.testing.assert_allclose(runner.logits(np.arange(5)), ref.logits(np.arange(5)), rtol=1e-5, atol=1e-5)
+    for r in (runner, ref):
+        r.keep(np.array([1, 3, 4]))
+    (a_h, _), (b_h, _) = runner.step(), ref.step()
+    np.testing.assert_allclose(a_h, b_h, rtol=1e-5, atol=1e-5)
+    for policy in ("fixed", "q", "threshold:0.4"):
+        ours = run_act(runner, tokens, pids, parse_policy(policy), 4, record_steps=True)
+        theirs = run_act(ref, tokens, pids, parse_policy(policy), 4, record_steps=True)
+        np.testing.assert_array_equal(ours.steps, theirs.steps)
+        np.testing.assert_array_equal(ours.predictions, theirs.predictions)
+        np.testing.assert_allclose(ours.step_q_halt, theirs.step_q_halt, rtol=1e-5, atol=1e-5)
+    if use_cuda_graph:
+        assert fake_gpu.cudart.calls["instantiate"] >= 2 and fake_gpu.cudart.calls["launch"] > 0
+    with pytest.raises(EngineError, match=r"outside the engine's profile 1\.\.8"):
+        runner.start(np.zeros((9, cfg.seq_len), np.int64), np.zeros(9, np.int64))
+    runner.close()
+    assert not fake_gpu.cudart.memory  # every device and pinned buffer freed
+
+
+def test_build_engine_writes_engine_sidecar_and_timing_cache(fake_gpu, tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hrm_edge.export.trt_build import build_engine
+
+    engine = tmp_path / "engines" / "fake-gpu-trt10.3.0" / "segment.engine"
+    cache = tmp_path / "engines" / "timing.cache"
+    side = build_engine(fake_gpu.onnx, engine, "fp32", "orin-nano", batch=(1, 4, 8), timing_cache=cache,
+                        extra_sidecar={"bundle_graph": "segment.fp32"})
+    trt = sys.modules["tensorrt"]
+    network, config = trt.built[-1]
+    assert network.flags == 1 << 5 and config.pools == {"workspace": 1024 << 20}
+    (profile,) = config.profiles
+    assert profile.shapes["z_H"] == ([1, 82, 32], [4, 82, 32], [8, 82, 32])
+    assert profile.shapes["puzzle_ids"] == ([1], [4], [8])
+    assert engine.read_bytes() == b"fake engine" and cache.read_bytes() == b"cache+"
+    on_disk = json.loads(sidecar_path(engine).read_text())
+    assert on_disk == side
+    assert side["tensorrt_version"] == "10.3.0" and side["gpu_name"] == "Fake GPU"
+    assert side["compute_capability"] == "8.7" and side["precision"] == "fp32" and side["target"] == "orin-nano"
+    assert side["build_flags"] == ["STRONGLY_TYPED"] and side["batch"] == {"min": 1, "opt": 4, "max": 8}
+    assert side["engine_sha256"] == hashlib.sha256(b"fake engine").hexdigest()
+    assert side["onnx_sha256"] == hashlib.sha256(fake_gpu.onnx.read_bytes()).hexdigest()
+    assert side["bundle_graph"] == "segment.fp32" and side["hrm_edge_version"] and side["created"]
+    assert side["trtexec"].startswith("trtexec ") and "--maxShapes=tokens:8x81" in side["trtexec"]
+    assert "Building engine" in capsys.readouterr().err
+    loaded = load_engine(engine)  # the runtime takes what the builder wrote
+    assert loaded.sidecar["engine_sha256"] == side["engine_sha256"]
+    build_engine(fake_gpu.onnx, engine, "fp32", "desktop", timing_cache=cache, progress=False)
+    assert cache.read_bytes() == b"cache++"  # the cache was loaded and extended
+
+    with pytest.raises(EngineBuildError, match="computes in fp32, not fp16"):
+        build_engine(fake_gpu.onnx, engine, "fp16", "desktop")
+    bad = tmp_path / "det.onnx"
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"], name="determinant")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), bad)
+    with pytest.raises(EngineBuildError, match="cannot parse it: node 0 'determinant' \\(Det\\): no importer"):
+        build_engine(bad, tmp_path / "det.engine", "fp32")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), bad)
+    with pytest.raises(EngineBuildError, match="dynamic non-batch dimension"):
+        build_engine(bad, tmp_path / "det.engine", "fp32")
