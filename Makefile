@@ -27,7 +27,8 @@ demo: install
 bench: install
 	$(BIN)/python -m hrm_edge.bench --out bench/results
 
-gpu-test: install
+# No `install` prerequisite: GPU machines bring their own CUDA torch and may have no network.
+gpu-test:
 	bash scripts/gpu_test.sh
 
 clean:

@@ -53,19 +53,34 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     keep, folded = [], 0
-    new_inits = []
+    new_inits: list[onnx.TensorProto] = []
+    rename: dict[str, str] = {}
+    made: set[str] = set()
     for node in g.node:
         if node.op_type == "Transpose" and len(node.input) == 1 and node.input[0] in inits:
             w = numpy_helper.to_array(inits[node.input[0]])
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(w, perm)), node.output[0]))
+            name = f"{node.input[0]}__T"  # keeps the module name (site labels read it)
+            rename[node.output[0]] = name
+            if name not in made:
+                made.add(name)
+                new_inits.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(w, perm)), name))
             folded += 1
         else:
             keep.append(node)
     if folded:
+        for node in keep:
+            for i, name in enumerate(node.input):
+                node.input[i] = rename.get(name, name)
+        for out in g.output:
+            if out.name in rename:  # a weight transpose that is a graph output: keep it as an Identity
+                keep.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name]))
         del g.node[:]
         g.node.extend(keep)
         g.initializer.extend(new_inits)
+        stale = [v for v in g.value_info if v.name in rename]
+        for v in stale:
+            g.value_info.remove(v)
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
         unused = [t for t in g.initializer if t.name not in used]
         for t in unused:

@@ -39,44 +39,77 @@ def cli() -> None:
     """Deploy Hierarchical Reasoning Model (HRM) checkpoints: solve, inspect, convert, train."""
 
 
-@cli.command()
-@click.argument("ckpt", type=click.Path(exists=True))
-@click.option("--task", help="Puzzle codec: sudoku, sudoku6, maze, maze:<n>, arc (default: from the checkpoint).")
-@click.option("--puzzle", multiple=True, help="A puzzle as text (repeatable).")
-@click.option("--file", "file", type=str, help="File with puzzles, one per line or blank-line separated; - = stdin.")
-@click.option("--policy", default="q", show_default=True, help="Halting policy: fixed | q | threshold:<p>.")
-@click.option("--max-steps", type=click.IntRange(1), help="Segment cap (default: the model's halt_max_steps).")
-@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1 ...")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per puzzle instead of grids.")
-def solve(ckpt: str, task: str | None, puzzle: tuple[str, ...], file: str | None, policy: str,
-          max_steps: int | None, device: str, dtype: str, batch_size: int, seq_len: int | None,
-          as_json: bool) -> None:
-    """Solve puzzles with the PyTorch reference model of CKPT."""
-
+def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str, dtype: str):
+    """(task, max_steps, solve(tokens, policy, steps, batch) -> SolveResult, label) for a checkpoint."""
     from hrm_edge.act import solve_in_batches
     from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
-    halting = parse_policy(policy)
     ck = load_for_cli(ckpt, task, seq_len)
-    task = task or ck.task
-    if task is None:
-        raise click.UsageError("the checkpoint does not say its task: pass --task")
-    codec = get_codec(task)
-    if codec.seq_len != ck.config.seq_len:
-        raise HrmEdgeError(f"task {task!r} has seq_len {codec.seq_len}, the checkpoint expects {ck.config.seq_len}")
-    texts = _read_puzzle_texts(codec, puzzle, file)
-    tokens = np.stack([codec.encode(t, index=i + 1) for i, t in enumerate(texts)])
     try:
         model = ck.model.to(device).set_compute_dtype(dtype)
     except (RuntimeError, AssertionError) as exc:
         raise HrmEdgeError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
     runner = TorchSegmentRunner(model, device)
-    steps = max_steps or ck.config.halt_max_steps
+
+    def run(tokens: np.ndarray, policy, steps: int, batch: int):
+        return solve_in_batches(runner, tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
+
+    return task or ck.task, ck.config.seq_len, ck.config.halt_max_steps, run, f"torch {device} {dtype}"
+
+
+def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | None):
+    """The same for a bundle, on ONNX Runtime or TensorRT (no torch)."""
+    from hrm_edge.bundle import open_bundle
+    from hrm_edge.runtimes.bundle_runner import GraphSolver
+
+    b = open_bundle(path)
+    if graph is None:
+        preferred = ("segment.int8-cpu", "segment.fp32") if runtime == "ort" else ("segment.fp16",)
+        graph = next((g for g in preferred if g in b.graphs), next(iter(b.graphs)))
+    solver = GraphSolver(b, graph, runtime, engine=engine)
+
+    def run(tokens: np.ndarray, policy, steps: int, batch: int):
+        return solver.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
+
+    return b.task, int(b.config["seq_len"]), int(b.manifest["halting"]["max_steps"]), run, f"{runtime} {graph}"
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--task", help="Puzzle codec: sudoku, sudoku6, maze, maze:<n>, arc (default: from the model).")
+@click.option("--puzzle", multiple=True, help="A puzzle as text (repeatable).")
+@click.option("--file", "file", type=str, help="File with puzzles, one per line or blank-line separated; - = stdin.")
+@click.option("--policy", default="q", show_default=True, help="Halting policy: fixed | q | threshold:<p>.")
+@click.option("--max-steps", type=click.IntRange(1), help="Segment cap (default: the model's halt_max_steps).")
+@click.option("--device", default="cpu", show_default=True, help="torch device (checkpoints): cpu, cuda, cuda:1 ...")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="(checkpoints)")
+@click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="(bundles)")
+@click.option("--graph", help="Bundle graph (default: segment.int8-cpu, else segment.fp32; trt: segment.fp16).")
+@click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (bundles, runtime trt).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per puzzle instead of grids.")
+def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | None, policy: str,
+          max_steps: int | None, device: str, dtype: str, runtime: str, graph: str | None, engine: str | None,
+          batch_size: int, seq_len: int | None, as_json: bool) -> None:
+    """Solve puzzles with MODEL: a checkpoint (PyTorch reference) or an exported bundle directory
+    (ONNX Runtime or TensorRT; needs no torch)."""
+    halting = parse_policy(policy)
+    if Path(model).is_dir() and (Path(model) / "manifest.json").is_file():
+        found_task, model_seq, default_steps, run, label = _bundle_solver(model, graph, runtime, engine)
+    else:
+        found_task, model_seq, default_steps, run, label = _torch_solver(model, task, seq_len, device, dtype)
+    task = task or found_task
+    if task is None:
+        raise click.UsageError("the model does not say its task: pass --task")
+    codec = get_codec(task)
+    if codec.seq_len != model_seq:
+        raise HrmEdgeError(f"task {task!r} has seq_len {codec.seq_len}, the model expects {model_seq}")
+    texts = _read_puzzle_texts(codec, puzzle, file)
+    tokens = np.stack([codec.encode(t, index=i + 1) for i, t in enumerate(texts)])
+    steps = max_steps or default_steps
     t0 = time.perf_counter()
-    result = solve_in_batches(runner, tokens, np.zeros(len(tokens), np.int64), halting, steps, batch_size)
+    result = run(tokens, halting, steps, batch_size)
     elapsed = time.perf_counter() - t0
     solved = 0
     for i in range(len(texts)):
@@ -93,12 +126,12 @@ def solve(ckpt: str, task: str | None, puzzle: tuple[str, ...], file: str | None
         click.echo()
     summary = {"puzzles": len(texts), "valid": solved, "policy": str(halting), "max_steps": steps,
                "mean_segments": float(result.steps.mean()), "seconds": round(elapsed, 4),
-               "ms_per_puzzle": round(1000 * elapsed / len(texts), 2), "device": device, "dtype": dtype}
+               "ms_per_puzzle": round(1000 * elapsed / len(texts), 2), "runtime": label}
     if as_json:
         click.echo(json.dumps({"summary": summary}))
     else:
         click.echo(f"{solved}/{len(texts)} valid, mean {summary['mean_segments']:.2f} segments, "
-                   f"{elapsed:.2f} s ({summary['ms_per_puzzle']} ms/puzzle, {device} {dtype}, policy {halting})")
+                   f"{elapsed:.2f} s ({summary['ms_per_puzzle']} ms/puzzle, {label}, policy {halting})")
 
 
 @cli.command()
@@ -161,8 +194,8 @@ def init(preset: str, output: str, seed: int) -> None:
     import torch
 
     from hrm_edge.checkpoint import guess_task, save_checkpoint
-    from hrm_edge.model.config import preset_config
     from hrm_edge.model import create_model
+    from hrm_edge.model.config import preset_config
 
     config = preset_config(preset)
     torch.manual_seed(seed)
@@ -174,10 +207,10 @@ def init(preset: str, output: str, seed: int) -> None:
 
 
 def _register_commands() -> None:
-    from hrm_edge import cli_bundle, cli_train
+    from hrm_edge import cli_bundle, cli_train, cli_trt
 
     for command in (cli_train.eval_cmd, cli_train.train, cli_bundle.export_cmd, cli_bundle.verify,
-                    cli_bundle.parity):
+                    cli_bundle.parity, cli_trt.build, cli_trt.check_trt):
         cli.add_command(command)
 
 

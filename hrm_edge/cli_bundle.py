@@ -50,11 +50,14 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--max-steps", type=click.IntRange(1), help="Default segment cap (default: halt_max_steps).")
 @click.option("--opset", type=click.IntRange(18, 20), default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
+              help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
 def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, unroll: tuple[int, ...],
                act_loop: bool, golden_data: str | None, golden_count: int, policy: str, max_steps: int | None,
-               opset: int, force: bool) -> None:
+               opset: int, force: bool, target: str) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
     from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
+    from hrm_edge.export.device_bundle import add_device_files, write_tarball
 
     parse_policy(policy)
     ck = load_for_cli(ckpt, task, seq_len)
@@ -69,8 +72,14 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
     specs += [GraphSpec("unrolled", "fp32", k) for k in unroll]
     if act_loop:
         specs.append(GraphSpec("act_loop", "fp32"))
+    if target == "jetson" and not fp16:
+        raise click.UsageError("--target jetson needs the FP16 graph (TensorRT builds FP16 engines from it)")
+    extra = add_device_files if target == "jetson" else None
     out = write_bundle(ck, Path(output), specs, golden, policy=policy, max_steps=max_steps, opset=opset, force=force,
-                       log=lambda m: click.echo(m, err=True))
+                       log=lambda m: click.echo(m, err=True), extra_steps=extra)
+    if target == "jetson":
+        tarball = write_tarball(out)
+        click.echo(f"wrote {tarball} ({tarball.stat().st_size / 1e6:.1f} MB)", err=True)
     manifest = json.loads((out / "manifest.json").read_text())
     sizes = ", ".join(f"{n} {g['bytes'] / 1e6:.2f} MB" for n, g in manifest["graphs"].items())
     click.echo(f"wrote {out}: {sizes}; {manifest['export_seconds']} s")

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from hrm_edge.act import parse_policy, solve_in_batches
 from hrm_edge.checkpoint import save_checkpoint, write_official_layout
-from hrm_edge.model.config import HRMConfig, TRMConfig
 from hrm_edge.model import create_model
+from hrm_edge.model.config import HRMConfig, TRMConfig
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 from hrm_edge.train_data import SudokuSampler
 
