@@ -133,3 +133,50 @@ def quantize_graph(fp32: str | Path, out: str | Path, settings: QuantSettings, r
     with contextlib.suppress(Exception):
         check_graph(out)
     return out
+
+
+def swiglu_pairs(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The SwiGLU blocks of the graph: for each down_proj weight, its gate_up weight and every
+    down_proj MatMul that uses it (activation input names). Found from the weight names."""
+    inits = {t.name for t in model.graph.initializer}
+    pairs: dict[str, dict[str, Any]] = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = node.input[1]
+        if ".mlp.down_proj.weight" in w:
+            gu = w.replace(".mlp.down_proj.weight", ".mlp.gate_up_proj.weight")
+            if gu in inits:
+                entry = pairs.setdefault(w, {"down": w, "gate_up": gu, "inputs": []})
+                entry["inputs"].append(node.input[0])
+    return list(pairs.values())
+
+
+def smooth_swiglu(model: onnx.ModelProto, act_absmax: dict[str, np.ndarray], alpha: float = 0.5) -> dict[str, Any]:
+    """SmoothQuant for SwiGLU, folded exactly into the weights (no new ops).
+
+    The input of down_proj, silu(gate) * up, has a few channels ~30x larger than the rest (the
+    classic SwiGLU outliers), which an 8-bit per-tensor activation scale cannot resolve. Channel j
+    is divided by s_j = amax_j^alpha / wmax_j^(1 - alpha) (amax_j: its calibration |max| over every
+    call site and ACT step; wmax_j: |max| of down_proj's row j) by scaling column j of the `up`
+    half of gate_up_proj by 1/s_j, and down_proj's row j is multiplied by s_j: the fp32 function is
+    unchanged (up to rounding). `act_absmax`: down weight name -> per-channel |max| [I]."""
+    inits = {t.name: t for t in model.graph.initializer}
+    info = {}
+    for pair in swiglu_pairs(model):
+        amax = act_absmax.get(pair["down"])
+        if amax is None:
+            continue
+        wd = numpy_helper.to_array(inits[pair["down"]]).astype(np.float32)  # [I, D]
+        wgu = numpy_helper.to_array(inits[pair["gate_up"]]).astype(np.float32)  # [D, 2I]
+        inter = wd.shape[0]
+        wmax = np.abs(wd).max(axis=1)
+        s = np.power(np.maximum(amax, 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1 - alpha)
+        s = np.clip(s, 1e-3, 1e3).astype(np.float32)
+        wd = wd * s[:, None]
+        wgu[:, inter:] = wgu[:, inter:] / s[None, :]
+        inits[pair["down"]].CopyFrom(numpy_helper.from_array(wd, pair["down"]))
+        inits[pair["gate_up"]].CopyFrom(numpy_helper.from_array(wgu, pair["gate_up"]))
+        info[pair["down"]] = {"max_scale": float(s.max()), "min_scale": float(s.min()),
+                              "act_absmax_before": float(amax.max()), "act_absmax_after": float((amax / s).max())}
+    return info
