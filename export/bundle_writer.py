@@ -6,6 +6,7 @@ renamed into place only when complete, so an interrupted export leaves nothing h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import numpy as np
 
 from hrm_edge import __version__
 from hrm_edge.act import parse_policy, solve_in_batches
-from hrm_edge.bundle import CARRY_INIT, MANIFEST, REFERENCE, SCHEMA_VERSION, BundleError, sha256_file
+from hrm_edge.bundle import CARRY_INIT, MANIFEST, REFERENCE, SCHEMA_VERSION, BundleError, remap_ids, sha256_file
 from hrm_edge.checkpoint import Checkpoint
 from hrm_edge.puzzles.datasets import PuzzleSet
 
@@ -54,15 +55,17 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def reference_outputs(ck: Checkpoint, golden: PuzzleSet, policy: str, max_steps: int) -> dict[str, np.ndarray]:
-    """Golden outputs of the fp32 PyTorch reference on CPU (fields: hrm_edge.bundle.REFERENCE_FIELDS)."""
+def reference_outputs(ck: Checkpoint, golden: PuzzleSet, policy: str, max_steps: int,
+                      kept_ids: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Golden outputs of the fp32 PyTorch reference on CPU (fields: hrm_edge.bundle.REFERENCE_FIELDS).
+    Puzzle ids are stored as the original identifiers; `kept_ids` maps them for a pruned model."""
     from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
     runner = TorchSegmentRunner(ck.model, "cpu")
-    recorded = solve_in_batches(runner, golden.inputs, golden.puzzle_ids, parse_policy("fixed"), max_steps,
+    ids = golden.puzzle_ids if kept_ids is None else remap_ids(golden.puzzle_ids, kept_ids)
+    recorded = solve_in_batches(runner, golden.inputs, ids, parse_policy("fixed"), max_steps,
                                 batch_size=64, record_logits=True)
-    by_policy = solve_in_batches(runner, golden.inputs, golden.puzzle_ids, parse_policy(policy), max_steps,
-                                 batch_size=64)
+    by_policy = solve_in_batches(runner, golden.inputs, ids, parse_policy(policy), max_steps, batch_size=64)
     labels = golden.labels if golden.labels is not None else np.zeros_like(golden.inputs)
     return {"inputs": golden.inputs, "puzzle_ids": golden.puzzle_ids, "labels": labels,
             "predictions": by_policy.predictions, "steps": by_policy.steps,
@@ -90,9 +93,12 @@ def _export_graph(ck: Checkpoint, spec: GraphSpec, path: Path, opset: int, max_s
 
 def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
                  max_steps: int | None = None, opset: int = 18, force: bool = False,
+                 keep_puzzle_ids: list[int] | None = None,
                  log: Callable[[str], None] = print,
                  extra_steps: Callable[[Path, dict[str, Any]], None] | None = None) -> Path:
     """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
+
+    `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
 
     `extra_steps(tmp_dir, manifest)` may add files and graphs (e.g. INT8) before hashing."""
     from hrm_edge.export.onnx_utils import check_graph, graph_summary
@@ -103,6 +109,14 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
     if ck.task is None:
         raise BundleError("the checkpoint does not say its task: pass --task")
     steps = max_steps or ck.config.halt_max_steps
+    puzzle_rows = None
+    if keep_puzzle_ids is not None:
+        from hrm_edge.export.puzzle_rows import prune_puzzle_embeddings
+
+        full_rows = ck.config.num_puzzle_identifiers
+        ck = dataclasses.replace(ck, model=prune_puzzle_embeddings(ck.model, keep_puzzle_ids))
+        ck.config = ck.model.config
+        puzzle_rows = {"kept_original_ids": keep_puzzle_ids, "original_rows": full_rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -128,7 +142,7 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
         l_init = ck.model.inner.L_init.detach().float().cpu().numpy()
         np.savez(tmp / CARRY_INIT, H_init=h_init, L_init=l_init)
         log(f"running the PyTorch reference on {len(golden)} golden puzzles ...")
-        np.savez_compressed(tmp / REFERENCE, **reference_outputs(ck, golden, policy, steps))
+        np.savez_compressed(tmp / REFERENCE, **reference_outputs(ck, golden, policy, steps, keep_puzzle_ids))
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -138,6 +152,7 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
             "halting": {"default_policy": policy, "max_steps": steps},
             "graphs": graphs,
             "carry_init": CARRY_INIT,
+            "puzzle_rows": puzzle_rows,
             "reference": {"file": REFERENCE, "puzzles": len(golden), "policy": policy, "max_steps": steps,
                           "source": f"{golden.task} {golden.split}", "runtime": "torch cpu float32"},
             "source_checkpoint": {k: ck.provenance.get(k) for k in ("format", "path", "sha256", "step")},

@@ -37,6 +37,7 @@ Needs `onnx` and numpy only (no torch).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,7 +196,7 @@ class _Builder:
             for node in g.node:
                 self.names.update(node.output)
                 self.names.add(node.name)
-        self._shared: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+        self._shared: dict[tuple[int, tuple[int, ...], str], str] = {}
         self.counter = Counter()
 
     def fresh(self, stem: str) -> str:
@@ -209,7 +210,7 @@ class _Builder:
     def shared_const(self, stem: str, value: np.ndarray) -> str:
         """An initializer of the main graph holding `value`, created once per distinct value."""
         value = np.ascontiguousarray(value)
-        key = (value.dtype.num, value.shape, value.tobytes())
+        key = (value.dtype.num, value.shape, hashlib.sha256(value.tobytes()).hexdigest())
         if key not in self._shared:
             name = self.fresh(stem)
             self.main.initializer.append(numpy_helper.from_array(value, name))
@@ -604,25 +605,75 @@ def _match_attention(view: _View, softmax: onnx.NodeProto, rope: bool):
 
 
 # ----------------------------------------------------------------------------------------------
+# pass 4: split projections (MatMul -> Split on the last axis becomes one MatMul per chunk)
+
+
+def _split_projections(model: onnx.ModelProto, b: _Builder, ranks: dict[str, int], report: FuseReport) -> None:
+    for g, outer in _walk_graphs(model):
+        view = _View(g, outer)
+        plan = _Plan()
+        for split in list(g.node):
+            if split.op_type != "Split" or split.domain not in ("", "ai.onnx"):
+                continue
+            mm = view.prod(split.input[0], "MatMul")
+            if mm is None or mm.input[1] not in view.consts or view.only_consumer(mm.output[0]) is not split:
+                continue
+            w = view.const(mm.input[1])
+            rank = ranks.get(mm.output[0])
+            axis = int(_attr(split, "axis", 0))
+            if w is None or w.ndim != 2 or rank is None or axis not in (-1, rank - 1):
+                continue
+            n_out = len(split.output)
+            if len(split.input) > 1 and split.input[1]:
+                sizes = view.const(split.input[1])
+                if sizes is None:
+                    continue
+                sizes = [int(s) for s in sizes.reshape(-1)]
+            elif w.shape[1] % n_out == 0:
+                sizes = [w.shape[1] // n_out] * n_out
+            else:
+                continue
+            if sum(sizes) != w.shape[1]:
+                continue
+            start = 0
+            new = []
+            for size, out in zip(sizes, split.output, strict=True):
+                chunk = b.shared_const(mm.input[1].rsplit("/", 1)[-1] + f".cols{start}", w[:, start:start + size])
+                start += size
+                if out:
+                    new.append(helper.make_node("MatMul", [mm.input[0], chunk], [out], name=b.fresh("proj")))
+            plan.insert[id(mm)].extend(new)
+            plan.remove.update((id(mm), id(split)))
+            report.counts["split_projections"] += 1
+        if plan.remove:
+            plan.apply(g)
+
+
+# ----------------------------------------------------------------------------------------------
 # shapes: the hidden width of every value the norm pass needs
 
 
-def _widths(model: onnx.ModelProto) -> dict[str, int]:
-    """Last-dimension size of every value shape inference types statically (all graphs)."""
+def _shapes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """(last-dimension size, rank) of every value shape inference types (all graphs)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # contrib ops or odd graphs: fall back to what is declared
         inferred = model
-    out: dict[str, int] = {}
+    widths: dict[str, int] = {}
+    ranks: dict[str, int] = {}
     for g in iter_graphs(inferred.graph):
         for v in (*g.input, *g.output, *g.value_info):
+            if not v.type.tensor_type.HasField("shape"):
+                continue
             dims = v.type.tensor_type.shape.dim
+            ranks[v.name] = len(dims)
             if dims and dims[-1].HasField("dim_value"):
-                out[v.name] = dims[-1].dim_value
+                widths[v.name] = dims[-1].dim_value
         for t in g.initializer:
+            ranks[t.name] = len(t.dims)
             if t.dims:
-                out[t.name] = int(t.dims[-1])
-    return out
+                widths[t.name] = int(t.dims[-1])
+    return widths, ranks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -630,13 +681,15 @@ def _widths(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def fuse_model(model: onnx.ModelProto, *, rmsnorm: bool = True, skip: bool = True, attention: bool = True,
-               rope: bool = True, fold_transposes: bool = True) -> tuple[onnx.ModelProto, FuseReport]:
+               rope: bool = True, fold_transposes: bool = True, split_projections: bool = True
+               ) -> tuple[onnx.ModelProto, FuseReport]:
     """Return a fused copy of `model` and what was fused (the input proto is not modified).
 
     rmsnorm / skip: fuse RMSNorm (with the residual Add into SkipSimplifiedLayerNormalization when
     `skip`); attention / rope: fuse attention (with RoPE into RotaryEmbedding when `rope`; with
     `rope=False` an attention with RoPE is left unfused); fold_transposes: constant weight
-    transposes into initializers."""
+    transposes into initializers; split_projections: a constant-weight MatMul whose output is only
+    split on its last axis (qkv, gate|up) becomes one MatMul per chunk (no Split copy)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     before = sum(len(g.node) for g in iter_graphs(model.graph))
     report = FuseReport(counts=Counter(), fused_ops={}, nodes_before=before, nodes_after=before)
@@ -646,8 +699,11 @@ def fuse_model(model: onnx.ModelProto, *, rmsnorm: bool = True, skip: bool = Tru
     if attention:
         _fuse_attention(model, b, rope, report)
         _dce(model)
+    if split_projections:
+        _split_projections(model, b, _shapes(model)[1], report)
+        _dce(model)
     if rmsnorm:
-        _fuse_rmsnorm(model, b, _widths(model), skip, report)
+        _fuse_rmsnorm(model, b, _shapes(model)[0], skip, report)
     _dce(model)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))

@@ -82,9 +82,24 @@ class Bundle:
                 self._carry = {k: f[k].astype(np.float32) for k in ("H_init", "L_init")}
         return self._carry["H_init"], self._carry["L_init"]
 
+    def model_puzzle_ids(self, puzzle_ids: np.ndarray) -> np.ndarray:
+        """Original puzzle identifiers -> the ids this bundle's graphs take (pruned tables remap)."""
+        rows = self.manifest.get("puzzle_rows")
+        return np.asarray(puzzle_ids, np.int64) if not rows else remap_ids(puzzle_ids, rows["kept_original_ids"])
+
     def reference(self) -> dict[str, np.ndarray]:
         with np.load(self.path / REFERENCE) as f:
             return {k: f[k] for k in f.files}
+
+
+def remap_ids(puzzle_ids: np.ndarray, kept: list[int]) -> np.ndarray:
+    """Original puzzle identifiers -> rows of a pruned puzzle-embedding table (kept[i] -> i)."""
+    lookup = {orig: row for row, orig in enumerate(kept)}
+    missing = sorted({int(i) for i in np.asarray(puzzle_ids).ravel()} - set(lookup))
+    if missing:
+        raise BundleError(f"puzzle id {missing[0]} was not kept in this bundle (kept: {len(kept)} ids; "
+                          "re-export with --puzzle-ids / --arc-tasks)")
+    return np.array([lookup[int(i)] for i in np.asarray(puzzle_ids).ravel()], np.int64)
 
 
 def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:

@@ -50,11 +50,15 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--max-steps", type=click.IntRange(1), help="Default segment cap (default: halt_max_steps).")
 @click.option("--opset", type=click.IntRange(18, 20), default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--puzzle-ids", help="Keep only these puzzle-embedding rows (comma-separated original ids; 0 is kept).")
+@click.option("--arc-tasks", help="Keep the rows of these ARC tasks and their augmentations (comma-separated).")
+@click.option("--identifiers", type=click.Path(exists=True), help="The dataset's identifiers.json (for --arc-tasks).")
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
 def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, unroll: tuple[int, ...],
                act_loop: bool, golden_data: str | None, golden_count: int, policy: str, max_steps: int | None,
-               opset: int, force: bool, target: str) -> None:
+               opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None, identifiers: str | None,
+               target: str) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
     from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
@@ -75,8 +79,18 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
     if target == "jetson" and not fp16:
         raise click.UsageError("--target jetson needs the FP16 graph (TensorRT builds FP16 engines from it)")
     extra = add_device_files if target == "jetson" else None
+    kept = None
+    if puzzle_ids or arc_tasks:
+        from hrm_edge.export.puzzle_rows import select_ids
+
+        try:
+            ids = [int(x) for x in puzzle_ids.split(",")] if puzzle_ids else []
+        except ValueError:
+            raise click.UsageError(f"--puzzle-ids {puzzle_ids!r}: expected comma-separated integers") from None
+        kept = select_ids(ck.config.num_puzzle_identifiers, ids, arc_tasks.split(",") if arc_tasks else (),
+                          identifiers)
     out = write_bundle(ck, Path(output), specs, golden, policy=policy, max_steps=max_steps, opset=opset, force=force,
-                       log=lambda m: click.echo(m, err=True), extra_steps=extra)
+                       log=lambda m: click.echo(m, err=True), extra_steps=extra, keep_puzzle_ids=kept)
     if target == "jetson":
         tarball = write_tarball(out)
         click.echo(f"wrote {tarball} ({tarball.stat().st_size / 1e6:.1f} MB)", err=True)

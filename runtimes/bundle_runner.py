@@ -57,7 +57,9 @@ class GraphSolver:
 
     def solve(self, tokens: np.ndarray, puzzle_ids: np.ndarray, policy: HaltingPolicy, max_steps: int,
               batch_size: int = 64, record_logits: bool = False) -> SolveResult:
-        """Solve N puzzles; `record_logits` (segment graphs only) also returns per-step logits."""
+        """Solve N puzzles (original puzzle ids); `record_logits` (segment graphs only) also returns
+        per-step logits."""
+        puzzle_ids = self.bundle.model_puzzle_ids(puzzle_ids)
         if self.kind == "segment":
             return solve_in_batches(self._runner, tokens, puzzle_ids, policy, max_steps, batch_size,
                                     record_steps=record_logits, record_logits=record_logits)
