@@ -22,8 +22,9 @@ import numpy as np
 
 from hrm_edge import __version__
 from hrm_edge.act import parse_policy, solve_in_batches
-from hrm_edge.bundle import CARRY_INIT, MANIFEST, REFERENCE, SCHEMA_VERSION, BundleError, remap_ids, sha256_file
+from hrm_edge.bundle import CARRY_INIT, MANIFEST, REFERENCE, SCHEMA_VERSION, BundleError, remap_ids
 from hrm_edge.checkpoint import Checkpoint
+from hrm_edge.files import sha256_file
 from hrm_edge.puzzles.datasets import PuzzleSet
 
 

@@ -26,7 +26,6 @@ sha256 of the source graph and of the engine, the hrm-edge version and the build
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.files import sha256_file
 from hrm_edge.runtimes.trt_runtime import (
     current_device,
     import_cudart,
@@ -102,14 +102,6 @@ def _preset(target: str) -> TargetPreset:
     if target not in TARGETS:
         raise EngineBuildError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     return TARGETS[target]
-
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _hrm_edge_version() -> str:
@@ -377,8 +369,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
         "input_shapes": shapes,
         "timing_cache": str(timing_cache) if timing_cache else None,
         "onnx": str(onnx_path),
-        "onnx_sha256": _sha256(onnx_path),
-        "engine_sha256": _sha256(engine_path),
+        "onnx_sha256": sha256_file(onnx_path),
+        "engine_sha256": sha256_file(engine_path),
         "engine_bytes": engine_path.stat().st_size,
         "hrm_edge_version": _hrm_edge_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,6 @@ A graph entry: {"file", "kind": "segment" | "unrolled" | "act_loop" | "embed", "
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.files import sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -39,14 +39,6 @@ REFERENCE_FIELDS = ("inputs", "puzzle_ids", "labels", "predictions", "steps", "s
 
 class BundleError(HrmEdgeError):
     """A bundle that is missing, tampered with, truncated or from an unsupported schema."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

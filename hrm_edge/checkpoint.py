@@ -19,7 +19,6 @@ ever unpickled. Every problem raises `CheckpointError` with one line naming the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickletools
@@ -34,6 +33,7 @@ import torch
 import yaml
 
 from hrm_edge.errors import CheckpointError
+from hrm_edge.files import sha256_file
 from hrm_edge.model import create_model
 from hrm_edge.model.config import CONFIG_CLASSES, FAMILIES, HRM_ARCH_NAME, TRM_ARCH_NAME, HRMConfig, TRMConfig
 from hrm_edge.model.hrm import HRM
@@ -68,14 +68,6 @@ class Checkpoint:
     task: str | None
     provenance: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pickle_bytes(path: Path) -> bytes | None:

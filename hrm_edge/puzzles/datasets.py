@@ -15,7 +15,6 @@ data format, and its ``files`` map gives the sha256 of every file, checked on lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hrm_edge.files import sha256_file
 from hrm_edge.puzzles.arc import ArcCodec
 from hrm_edge.puzzles.base import Codec, PuzzleError, get_codec
 from hrm_edge.puzzles.maze import MazeCodec
@@ -73,15 +73,6 @@ class PuzzleSet:
     def codec(self) -> Codec:
         """The codec of this set's task."""
         return get_codec(self.task)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def format_sudoku_pair(codec: SudokuCodec, puzzle: np.ndarray, solution: np.ndarray | None) -> str:
