@@ -174,8 +174,11 @@ class ReasoningModule(nn.Module):
         return hidden
 
 
-class HRMInner(nn.Module):
-    """Embeddings, the H and L modules, the heads and the initial carry (official `inner`)."""
+class ModelIO(nn.Module):
+    """What every recurrent-reasoning family shares (official names): token, puzzle and position
+    embeddings, the LM and Q heads, and the learned initial carry H_init / L_init. Subclasses
+    create their reasoning modules, then call `init_carry_and_q_head()`: the official order of
+    creation, so a seed gives the same weights as the official code."""
 
     def __init__(self, config: HRMConfig) -> None:
         super().__init__()
@@ -191,10 +194,12 @@ class HRMInner(nn.Module):
             cos, sin = rope_cos_sin(config.total_len, config.head_dim, config.rope_theta)
             self.rope_cos = nn.Buffer(cos, persistent=False)
             self.rope_sin = nn.Buffer(sin, persistent=False)
-        else:
+        elif config.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(config.total_len, D, init_std=1.0 / self.embed_scale)
-        self.H_level = ReasoningModule(config, config.H_layers)
-        self.L_level = ReasoningModule(config, config.L_layers)
+
+    def init_carry_and_q_head(self) -> None:
+        D = self.config.hidden_size
+        # The official code creates these in forward_dtype (bf16 on disk); kept fp32 here.
         self.H_init = nn.Buffer(trunc_normal_(torch.empty(D), std=1.0), persistent=True)
         self.L_init = nn.Buffer(trunc_normal_(torch.empty(D), std=1.0), persistent=True)
         with torch.no_grad():  # Q-head starts near "never halt" for stable bootstrapping
@@ -202,18 +207,29 @@ class HRMInner(nn.Module):
             self.q_head.bias.fill_(-5.0)
 
 
-class HRM(nn.Module):
-    """HRM ACT v1. `segment` is the pure function (carry, inputs) -> (carry, logits, q) that
-    every runtime and every exported graph reproduces; the ACT loop lives in `hrm_edge.act`.
-    """
+class HRMInner(ModelIO):
+    """The official `inner`: shared I/O plus the slow H and fast L reasoning modules."""
+
+    def __init__(self, config: HRMConfig) -> None:
+        super().__init__(config)
+        self.H_level = ReasoningModule(config, config.H_layers)
+        self.L_level = ReasoningModule(config, config.L_layers)
+        self.init_carry_and_q_head()
+
+
+class RecurrentModel(nn.Module):
+    """The driving interface every runtime and exported graph reproduces: `embed`,
+    `initial_carry`, `reason` (family specific), `heads`, and `segment`, the pure function
+    (carry, inputs) -> (carry, logits, q). The ACT loop lives in `hrm_edge.act`."""
+
+    inner: ModelIO
 
     def __init__(self, config: HRMConfig, compute_dtype: str | None = None) -> None:
         super().__init__()
         self.config = config
-        self.inner = HRMInner(config)
         self.compute_dtype = _DTYPES[compute_dtype or "float32"]
 
-    def set_compute_dtype(self, dtype: str | torch.dtype) -> HRM:
+    def set_compute_dtype(self, dtype: str | torch.dtype) -> RecurrentModel:
         """Activation dtype of the forward pass ("float32", "bfloat16", "float16")."""
         self.compute_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
         return self
@@ -223,7 +239,8 @@ class HRM(nn.Module):
         return (inner.rope_cos, inner.rope_sin) if self.config.pos_encodings == "rope" else None
 
     def embed(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
-        """Input embedding x [B, P, D] from tokens [B, S] int and puzzle_ids [B] int."""
+        """Input embedding x [B, P, D] from tokens [B, S] int and puzzle_ids [B] int: the puzzle
+        row, zero-padded to puzzle_emb_len * D, fills the first puzzle_emb_len positions."""
         cfg, inner, dtype = self.config, self.inner, self.compute_dtype
         x = inner.embed_tokens(tokens, dtype)
         if cfg.puzzle_emb_ndim > 0:
@@ -236,7 +253,8 @@ class HRM(nn.Module):
             x = 0.707106781 * (x + inner.embed_pos.embedding_weight.to(dtype))
         return inner.embed_scale * x
 
-    def initial_carry(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_carry(self, batch: int, device: torch.device | str | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_H, z_L), each [batch, P, D] in the compute dtype, broadcast from H_init / L_init."""
         shape = (batch, self.config.total_len, self.config.hidden_size)
         z_H = self.inner.H_init.to(device=device, dtype=self.compute_dtype).expand(shape).contiguous()
@@ -245,20 +263,7 @@ class HRM(nn.Module):
 
     def reason(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
                one_step_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The H/L recurrence of one segment. With `one_step_grad`, only the last L and H
-        updates build a graph (the training recipe); the numbers are the same either way."""
-        cfg, inner, cos_sin = self.config, self.inner, self._cos_sin()
-        last = cfg.H_cycles * cfg.L_cycles - 1
-        n = 0
-        for i in range(cfg.H_cycles):
-            for _ in range(cfg.L_cycles):
-                with torch.set_grad_enabled(torch.is_grad_enabled() and (not one_step_grad or n == last)):
-                    z_L = inner.L_level(z_L, z_H + x, cos_sin)
-                n += 1
-            with torch.set_grad_enabled(
-                    torch.is_grad_enabled() and (not one_step_grad or i == cfg.H_cycles - 1)):
-                z_H = inner.H_level(z_H, z_L, cos_sin)
-        return z_H, z_L
+        raise NotImplementedError
 
     def heads(self, z_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """logits [B, S, V] (compute dtype), q_halt [B] fp32, q_continue [B] fp32."""
@@ -278,3 +283,28 @@ class HRM(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class HRM(RecurrentModel):
+    """HRM ACT v1: a fast L module nested in a slow H module (see the module docstring)."""
+
+    def __init__(self, config: HRMConfig, compute_dtype: str | None = None) -> None:
+        super().__init__(config, compute_dtype)
+        self.inner = HRMInner(config)
+
+    def reason(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
+               one_step_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The H/L recurrence of one segment. With `one_step_grad`, only the last L and H
+        updates build a graph (the training recipe); the numbers are the same either way."""
+        cfg, inner, cos_sin = self.config, self.inner, self._cos_sin()
+        last = cfg.H_cycles * cfg.L_cycles - 1
+        n = 0
+        for i in range(cfg.H_cycles):
+            for _ in range(cfg.L_cycles):
+                with torch.set_grad_enabled(torch.is_grad_enabled() and (not one_step_grad or n == last)):
+                    z_L = inner.L_level(z_L, z_H + x, cos_sin)
+                n += 1
+            with torch.set_grad_enabled(
+                    torch.is_grad_enabled() and (not one_step_grad or i == cfg.H_cycles - 1)):
+                z_H = inner.H_level(z_H, z_L, cos_sin)
+        return z_H, z_L

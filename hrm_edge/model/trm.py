@@ -35,24 +35,11 @@ of `hrm_edge.act` ("q": q_halt > q_continue, "threshold:p", "fixed") keeps its m
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hrm_edge.model.config import TRMConfig
-from hrm_edge.model.hrm import (
-    _DTYPES,
-    Attention,
-    CastedEmbedding,
-    CastedLinear,
-    PuzzleEmbedding,
-    SwiGLU,
-    rms_norm,
-    rope_cos_sin,
-    trunc_normal_,
-)
+from hrm_edge.model.hrm import Attention, CastedLinear, ModelIO, RecurrentModel, SwiGLU, rms_norm
 
 
 class TokenSwiGLU(SwiGLU):
@@ -104,77 +91,22 @@ class TRMReasoningModule(nn.Module):
         return hidden
 
 
-class TRMInner(nn.Module):
-    """Embeddings, the network `L_level`, the heads and the initial carry (official `inner`)."""
+class TRMInner(ModelIO):
+    """The official `inner`: shared I/O plus the one network `L_level`."""
 
     def __init__(self, config: TRMConfig) -> None:
-        super().__init__()
-        self.config = config
-        D = config.hidden_size
-        self.embed_scale = math.sqrt(D)
-        self.embed_tokens = CastedEmbedding(config.vocab_size, D, init_std=1.0 / self.embed_scale)
-        self.lm_head = CastedLinear(D, config.vocab_size, bias=False)
-        self.q_head = CastedLinear(D, 2, bias=True)
-        if config.puzzle_emb_ndim > 0:
-            self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim)
-        if config.pos_encodings == "rope":
-            cos, sin = rope_cos_sin(config.total_len, config.head_dim, config.rope_theta)
-            self.rope_cos = nn.Buffer(cos, persistent=False)
-            self.rope_sin = nn.Buffer(sin, persistent=False)
-        elif config.pos_encodings == "learned":
-            self.embed_pos = CastedEmbedding(config.total_len, D, init_std=1.0 / self.embed_scale)
+        super().__init__(config)
         self.L_level = TRMReasoningModule(config)
-        # Official: created in forward_dtype (so stored as bf16 by default); kept fp32 here.
-        self.H_init = nn.Buffer(trunc_normal_(torch.empty(D), std=1.0), persistent=True)
-        self.L_init = nn.Buffer(trunc_normal_(torch.empty(D), std=1.0), persistent=True)
-        with torch.no_grad():  # Q-head starts near "never halt" (sigmoid(-5)) for stable bootstrapping
-            self.q_head.weight.zero_()
-            self.q_head.bias.fill_(-5.0)
+        self.init_carry_and_q_head()
 
 
-class TRM(nn.Module):
-    """TRM ACT v1 with HRM's driving interface: `embed`, `initial_carry`, `reason`, `heads`,
-    `segment` (= `forward`), `set_compute_dtype`, `parameter_count`. Tell the families apart by
-    `model.config.family` ("hrm" / "trm")."""
+class TRM(RecurrentModel):
+    """TRM ACT v1 with HRM's driving interface (`hrm_edge.model.hrm.RecurrentModel`). Tell the
+    families apart by `model.config.family` ("hrm" / "trm")."""
 
     def __init__(self, config: TRMConfig, compute_dtype: str | None = None) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config, compute_dtype)
         self.inner = TRMInner(config)
-        self.compute_dtype = _DTYPES[compute_dtype or "float32"]
-
-    def set_compute_dtype(self, dtype: str | torch.dtype) -> TRM:
-        """Activation dtype of the forward pass ("float32", "bfloat16", "float16")."""
-        self.compute_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-        return self
-
-    def _cos_sin(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        inner = self.inner
-        return (inner.rope_cos, inner.rope_sin) if self.config.pos_encodings == "rope" else None
-
-    def embed(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
-        """Input embedding x [B, P, D] from tokens [B, S] int and puzzle_ids [B] int.
-
-        The puzzle row (puzzle_emb_ndim wide) is zero-padded to puzzle_emb_len * D and laid
-        out as the first puzzle_emb_len positions."""
-        cfg, inner, dtype = self.config, self.inner, self.compute_dtype
-        x = inner.embed_tokens(tokens, dtype)
-        if cfg.puzzle_emb_ndim > 0:
-            pe = inner.puzzle_emb(puzzle_ids, dtype)
-            pad = cfg.puzzle_emb_len * cfg.hidden_size - cfg.puzzle_emb_ndim
-            if pad > 0:
-                pe = F.pad(pe, (0, pad))
-            x = torch.cat((pe.view(-1, cfg.puzzle_emb_len, cfg.hidden_size), x), dim=-2)
-        if cfg.pos_encodings == "learned":
-            x = 0.707106781 * (x + inner.embed_pos.embedding_weight.to(dtype))
-        return inner.embed_scale * x
-
-    def initial_carry(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_H, z_L), each [batch, P, D] in the compute dtype, broadcast from H_init / L_init."""
-        shape = (batch, self.config.total_len, self.config.hidden_size)
-        z_H = self.inner.H_init.to(device=device, dtype=self.compute_dtype).expand(shape).contiguous()
-        z_L = self.inner.L_init.to(device=device, dtype=self.compute_dtype).expand(shape).contiguous()
-        return z_H, z_L
 
     def reason(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
                one_step_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,21 +127,7 @@ class TRM(nn.Module):
 
         With `no_ACT_continue` q_continue is 0 (the official code ignores that logit and halts
         on q_halt > 0), so "q_halt > q_continue" is the official rule."""
-        logits = self.inner.lm_head(z_H)[:, self.config.puzzle_emb_len:]
-        q = self.inner.q_head(z_H[:, 0]).float()
-        q_halt = q[..., 0]
-        q_continue = torch.zeros_like(q_halt) if self.config.no_ACT_continue else q[..., 1]
+        logits, q_halt, q_continue = super().heads(z_H)
+        if self.config.no_ACT_continue:
+            q_continue = torch.zeros_like(q_halt)
         return logits, q_halt, q_continue
-
-    def segment(self, z_H: torch.Tensor, z_L: torch.Tensor, tokens: torch.Tensor, puzzle_ids: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One ACT segment: (z_H, z_L, tokens, puzzle_ids) -> (z_H', z_L', logits, q_halt, q_continue)."""
-        z_H, z_L = self.reason(z_H, z_L, self.embed(tokens, puzzle_ids))
-        return (z_H, z_L, *self.heads(z_H))
-
-    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, tokens: torch.Tensor, puzzle_ids: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.segment(z_H, z_L, tokens, puzzle_ids)
-
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
