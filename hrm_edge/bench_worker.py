@@ -132,7 +132,7 @@ def _r(v: float, digits: int = 4) -> float:
     v = float(v)
     if not math.isfinite(v) or v == 0:
         return v
-    return round(v, max(0, digits - int(math.floor(math.log10(abs(v)))) - 1))
+    return round(v, max(0, digits - math.floor(math.log10(abs(v))) - 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,25 +365,26 @@ def run_rows(job: dict[str, Any]) -> dict[str, Any]:
     load_s = time.perf_counter() - t_load
     batch = job["batch"]
     pset = _puzzles(job["puzzles"])
-    seq = pset.inputs.shape[1]
-    rng = np.random.default_rng(0)
     reps = -(-batch // len(pset.inputs))
     tokens = np.concatenate([pset.inputs] * reps)[:batch]
     ids = np.concatenate([pset.puzzle_ids] * reps)[:batch]
-    del rng, seq
     micro = job["micro"]
     # warm up (allocations, ORT arena, oneDNN primitive caches), then the micro-benchmark
     driver.setup_micro(tokens, ids)
     t0 = time.perf_counter()
-    for _ in range(micro.get("warmup", 2)):
+    driver.segment_call()
+    first = time.perf_counter() - t0
+    warm_until = time.perf_counter() + min(1.0, 0.25 * micro["seconds"])
+    calls = 1
+    while calls < micro.get("warmup", 2) or time.perf_counter() < warm_until:
         driver.segment_call()
-    first = (time.perf_counter() - t0) / max(1, micro.get("warmup", 2))
-    est = max(first, 1e-4)
+        calls += 1
     min_iters = micro.get("min_iters", 3)
     max_iters = max(min_iters, int(micro.get("max_iters", 200)))
     loop = timed_loop(driver.segment_call, micro["seconds"], min_iters, max_iters)
     seg = summarize(loop["times"], loop["foreign"], scale=driver.segments_per_call)
-    result: dict[str, Any] = {"load_s": _r(load_s), "warmup_call_ms": _r(1e3 * est), "segment": seg,
+    result: dict[str, Any] = {"load_s": _r(load_s), "first_call_ms": _r(1e3 * first), "warmup_calls": calls,
+                              "segment": seg,
                               "segments_per_call": driver.segments_per_call, "policies": {}}
     if job.get("e2e"):
         n = len(pset.inputs)
@@ -445,9 +446,8 @@ def run_peak(job: dict[str, Any]) -> dict[str, Any]:
     a16, b16 = a.bfloat16(), b.bfloat16()
     out["torch_bf16_gflops"], out["torch_bf16_contention"] = _best_rate(lambda: torch.mm(a16, b16), flop, 3, sec)
 
-    def session(nodes: list[Any], inputs: list[Any], inits: list[Any]) -> Any:
-        graph = helper.make_graph(nodes, "peak", inputs, [helper.make_tensor_value_info("y", TensorProto.UNDEFINED,
-                                                                                        None)], inits)
+    def session(nodes: list[Any], inputs: list[Any], inits: list[Any], out_type: int) -> Any:
+        graph = helper.make_graph(nodes, "peak", inputs, [helper.make_tensor_value_info("y", out_type, None)], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -460,12 +460,12 @@ def run_peak(job: dict[str, Any]) -> dict[str, Any]:
     s8 = session([helper.make_node("MatMulInteger", ["x", "w", "xz", "wz"], ["y"])],
                  [helper.make_tensor_value_info("x", TensorProto.UINT8, [n, n])],
                  [numpy_helper.from_array(w8, "w"), numpy_helper.from_array(np.array(128, np.uint8), "xz"),
-                  numpy_helper.from_array(np.array(0, np.int8), "wz")])
+                  numpy_helper.from_array(np.array(0, np.int8), "wz")], TensorProto.INT32)
     out["ort_int8_gops"], out["ort_int8_contention"] = _best_rate(lambda: s8.run(None, {"x": x8}), flop, 3, sec)
     x32 = rng.standard_normal((n, n), dtype=np.float32)
     s32 = session([helper.make_node("MatMul", ["x", "w"], ["y"])],
                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
-                  [numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "w")])
+                  [numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "w")], TensorProto.FLOAT)
     out["ort_fp32_gflops"], out["ort_fp32_contention"] = _best_rate(lambda: s32.run(None, {"x": x32}), flop, 3, sec)
     out["fp32_peak_gflops"] = max(out["torch_fp32_gflops"], out["numpy_fp32_gflops"])
     out["bf16_peak_gflops"] = out["torch_bf16_gflops"]

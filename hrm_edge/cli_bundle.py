@@ -185,11 +185,14 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
 @click.option("--min-exact-agreement", type=float, help="Gate: share of identical solutions.")
 @click.option("--min-halting-agreement", type=float, help="Gate: share of identical halting steps.")
 @click.option("--max-accuracy-drop", type=float, help="Gate: exact-accuracy drop vs the reference (0.005 = 0.5 pt).")
+@click.option("--open-loop", is_flag=True,
+              help="Instead: feed each segment graph the reference carry of every step (for random weights).")
+@click.option("--max-abs", type=float, default=1e-4, show_default=True, help="Open-loop gate on every output.")
 def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, limit: int | None,
            graphs: tuple[str, ...], precision: str, runtime: str, engine: str | None, policy: str | None,
            max_steps: int | None, batch_size: int, out_dir: str, max_logit_rel: float | None,
            min_exact_agreement: float | None, min_halting_agreement: float | None,
-           max_accuracy_drop: float | None) -> None:
+           max_accuracy_drop: float | None, open_loop: bool, max_abs: float) -> None:
     """Closed-loop parity of bundle graphs against the PyTorch fp32 reference; non-zero exit on a failed gate."""
     from hrm_edge.act import solve_in_batches
     from hrm_edge.runtimes.bundle_runner import GraphSolver
@@ -208,6 +211,9 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
                             and (runtime == "ort" or g["kind"] == "segment"))
     if not names:
         raise BundleError(f"{b.path}: no {precision} graph to compare")
+    if open_loop:
+        _open_loop(b, ck, pset, names, steps, max_abs, Path(out_dir))
+        return
     click.echo(f"reference: torch cpu fp32 on {len(pset)} {pset.task} {pset.split} puzzles, policy {halting}, "
                f"max_steps {steps}", err=True)
     reference = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset.inputs,
@@ -241,3 +247,29 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     click.echo(f"wrote {out / 'parity.json'}, {out / 'parity.xml'} and {len(names)} PNG(s)")
     if failed:
         raise HrmEdgeError(f"parity gate failed: {'; '.join(failed[:4])}")
+
+
+def _open_loop(b: Any, ck: Any, pset: Any, names: tuple[str, ...], steps: int, max_abs: float, out: Path) -> None:
+    """`parity --open-loop`: per-step, per-output max-abs errors of each segment graph."""
+    from hrm_edge.export.open_loop import open_loop_errors
+    from hrm_edge.runtimes.ort_runtime import make_session
+
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"bundle": str(b.path), "mode": "open loop", "puzzles": len(pset), "steps": steps,
+                              "max_abs_gate": max_abs, "graphs": {}}
+    failed = []
+    model = ck.model.set_compute_dtype("float32")
+    for name in names:
+        if b.graphs[name]["kind"] != "segment":
+            continue
+        rows = open_loop_errors(model, make_session(b.graph_path(name)), pset.inputs, pset.puzzle_ids, steps,
+                                b.model_puzzle_ids(pset.puzzle_ids))
+        worst = max(max(r[k] for k in ("logits", "q_halt", "q_continue", "z_H_out", "z_L_out")) for r in rows)
+        report["graphs"][name] = {"per_step": rows, "max_abs": worst, "passed": worst <= max_abs}
+        click.echo(f"{'PASS' if worst <= max_abs else 'FAIL'} {name} open loop: {steps} steps x {len(pset)} puzzles, "
+                   f"max |d| over logits, q, z_H, z_L = {worst:.2e} (gate {max_abs:g})")
+        if worst > max_abs:
+            failed.append(f"{name}: {worst:.2e}")
+    (out / "parity_open_loop.json").write_text(json.dumps(report, indent=2))
+    if failed:
+        raise HrmEdgeError(f"open-loop parity gate failed: {'; '.join(failed)}")

@@ -175,3 +175,14 @@ def test_open_bundle_checks_hashes(bundle_dir):
     assert open_bundle(bundle_dir).verified
     with pytest.raises(BundleError):
         open_bundle(bundle_dir / "nope")
+
+
+def test_open_loop_parity_feeds_every_step_the_reference_carry(capsys, bundle_dir, tiny_ckpt, tmp_path):
+    code, out, err = run_cli(capsys, "parity", str(bundle_dir), "--checkpoint", str(tiny_ckpt), "--limit", "3",
+                             "--open-loop", "--graph", "segment.fp32", "--out", str(tmp_path))
+    assert code == 0, err
+    report = json.loads((tmp_path / "parity_open_loop.json").read_text())
+    rows = report["graphs"]["segment.fp32"]["per_step"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert max(r["logits"] for r in rows) < 1e-4 and max(r["z_L_out"] for r in rows) < 1e-4
+    assert "PASS segment.fp32 open loop" in out
