@@ -372,6 +372,54 @@ def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "mi
     return Calibration(path, method, key, False, time.perf_counter() - t0, info)
 
 
+def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Sequence[str],
+                   cache_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True
+                   ) -> dict[str, np.ndarray]:
+    """Per-channel (last axis) |max| of these graph tensors over every calibration sample, cached
+    like `calibrate` (the statistics SmoothQuant needs)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    global CALIBRATION_RUNS
+    tensors = sorted(set(tensors))
+    key = calibration_key(graph, reader, "channel_absmax", {"tensors": tensors})
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{key}.absmax.npz"
+    if use_cache and path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
+            return {name: f[f"t{i}"] for i, name in enumerate(tensors)}
+    CALIBRATION_RUNS += 1
+    model = onnx.load(str(graph))
+    known = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in known:
+            model.graph.output.append(helper.make_value_info(name, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
+                                                                                                 None)))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    out: dict[str, np.ndarray] = {}
+    reader.rewind()
+    batches = list(reader.batches())
+    bar = _bar(progress, total=len(batches), desc="channel statistics", unit="batch")
+    try:
+        for _, feeds in batches:
+            for name, value in zip(tensors, session.run(tensors, feeds), strict=True):
+                m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+                out[name] = np.maximum(out[name], m) if name in out else m
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache, suffix=".npz", delete=False) as f:
+        np.savez(f, **{f"t{i}": out[name] for i, name in enumerate(tensors)})
+    os.replace(f.name, path)
+    return out
+
+
 class _ListReader(CalibrationDataReader):
     def __init__(self, items: list[dict[str, np.ndarray]]) -> None:
         self._items = iter(items)
@@ -381,4 +429,4 @@ class _ListReader(CalibrationDataReader):
 
 
 __all__ = ["CALIBRATION_RUNS", "METHODS", "ActCalibrationReader", "Calibration", "Rollout", "calibrate",
-           "calibration_key", "calibration_method", "default_cache_dir", "reference_rollout", "select_samples"]
+           "calibration_key", "channel_absmax", "calibration_method", "default_cache_dir", "reference_rollout", "select_samples"]

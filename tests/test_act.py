@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 from hrm_edge.act import parse_policy, run_act, solve_in_batches
 from hrm_edge.errors import PolicyError
 from hrm_edge.model.config import preset_config
 from hrm_edge.model.hrm import HRM
+from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 
 class ScriptedRunner:

@@ -18,15 +18,9 @@ from hrm_edge.checkpoint import save_checkpoint
 from hrm_edge.cli import main
 from hrm_edge.model.config import preset_config
 from hrm_edge.model.hrm import HRM
+from tests.cli_helpers import one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +77,6 @@ def test_verify_reruns_the_torch_reference(capsys, bundle_dir, tiny_ckpt):
     code, out, err = run_cli(capsys, "verify", str(bundle_dir), "--runtime", "torch", "--checkpoint", str(tiny_ckpt))
     assert code == 0, err
     assert "PASS torch.fp32" in out
-
-
-def one_line_error(capsys, *argv) -> str:
-    """The command failed with exactly one `error:` line (progress lines may precede it), no traceback."""
-    code, _, err = run_cli(capsys, *argv)
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code != 0 and len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
-    return errors[0]
 
 
 def test_tampered_graph_is_named(capsys, copy_of):
@@ -151,7 +137,7 @@ def test_verify_runs_with_torch_unimportable(bundle_dir):
 
 def test_parity_writes_json_junit_and_png_and_passes(capsys, bundle_dir, tiny_ckpt, tmp_path):
     out = tmp_path / "parity"
-    code, stdout, err = run_cli(capsys, "parity", str(bundle_dir), "--checkpoint", str(tiny_ckpt), "--limit", "12",
+    code, _, err = run_cli(capsys, "parity", str(bundle_dir), "--checkpoint", str(tiny_ckpt), "--limit", "12",
                                 "--precision", "fp32", "--out", str(out))
     assert code == 0, err
     report = json.loads((out / "parity.json").read_text())

@@ -8,16 +8,10 @@ import pytest
 
 from hrm_edge.checkpoint import load_checkpoint, write_official_layout
 from hrm_edge.cli import main
+from tests.cli_helpers import one_line_error, run_cli
 
 # magictour_top1465.txt, first puzzle
 HARD = "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +21,6 @@ def tiny_ckpt(tmp_path_factory):
         main(["init", "sudoku-tiny", "-o", str(path), "--seed", "1"])
     assert exc.value.code == 0
     return path
-
-
-def assert_one_line_error(code: int, err: str, text: str) -> None:
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and text in lines[0], lines[0]
-    assert "Traceback" not in err
 
 
 def test_solve_prints_a_grid_validity_and_segments(capsys, tiny_ckpt):
@@ -56,35 +42,30 @@ def test_solve_json_reports_each_puzzle_and_a_summary(capsys, tiny_ckpt, tmp_pat
 
 
 def test_malformed_puzzle_is_one_line_error(capsys, tiny_ckpt):
-    code, _, err = run_cli(capsys, "solve", str(tiny_ckpt), "--puzzle", HARD[:-1])
-    assert_one_line_error(code, err, "expected 81 cells, got 80")
+    assert "expected 81 cells, got 80" in one_line_error(capsys, "solve", str(tiny_ckpt), "--puzzle", HARD[:-1])
 
 
 def test_contradicting_givens_are_one_line_error(capsys, tiny_ckpt):
-    code, _, err = run_cli(capsys, "solve", str(tiny_ckpt), "--puzzle", "44" + "." * 79)
-    assert_one_line_error(code, err, "appears twice in row 1")
+    assert "appears twice in row 1" in one_line_error(capsys, "solve", str(tiny_ckpt), "--puzzle", "44" + "." * 79)
 
 
 def test_bad_policy_is_one_line_error(capsys, tiny_ckpt):
-    code, _, err = run_cli(capsys, "solve", str(tiny_ckpt), "--puzzle", HARD, "--policy", "threshold:2")
-    assert_one_line_error(code, err, "strictly between 0 and 1")
+    line = one_line_error(capsys, "solve", str(tiny_ckpt), "--puzzle", HARD, "--policy", "threshold:2")
+    assert "strictly between 0 and 1" in line
 
 
 def test_missing_checkpoint_is_one_line_error(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "info", str(tmp_path / "nope.pt"))
-    assert_one_line_error(code, err, "does not exist")
+    assert "does not exist" in one_line_error(capsys, "info", str(tmp_path / "nope.pt"))
 
 
 def test_corrupt_checkpoint_is_one_line_error(capsys, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 100)
-    code, _, err = run_cli(capsys, "info", str(bad))
-    assert_one_line_error(code, err, "not a readable torch checkpoint")
+    assert "not a readable torch checkpoint" in one_line_error(capsys, "info", str(bad))
 
 
 def test_unknown_option_is_one_line_error(capsys, tiny_ckpt):
-    code, _, err = run_cli(capsys, "solve", str(tiny_ckpt), "--speed", "11")
-    assert_one_line_error(code, err, "No such option")
+    assert "No such option" in one_line_error(capsys, "solve", str(tiny_ckpt), "--speed", "11")
 
 
 def test_info_reports_the_published_27m_parameter_count(capsys, tmp_path):

@@ -11,6 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from hrm_edge.act import parse_policy, run_act
 from hrm_edge.export import graphs
 from hrm_edge.export.onnx_utils import (
     GraphCheckError,
@@ -20,13 +23,10 @@ from hrm_edge.export.onnx_utils import (
     softmax_to_fp32,
     value_types,
 )
-from hrm_edge.runtimes import ort_runtime
-from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
-from onnx import TensorProto, helper, numpy_helper
-
-from hrm_edge.act import parse_policy, run_act
 from hrm_edge.model.config import preset_config
 from hrm_edge.model.hrm import HRM
+from hrm_edge.runtimes import ort_runtime
+from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 FP16_ATOL = 2e-2  # documented in hrm_edge.export.graphs (fp16 vs fp32, one segment, tiny models)
 

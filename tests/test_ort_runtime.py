@@ -10,7 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
+from hrm_edge.act import parse_policy, run_act
+from hrm_edge.errors import HrmEdgeError
 from hrm_edge.export import graphs
+from hrm_edge.model.config import preset_config
+from hrm_edge.model.hrm import HRM
 from hrm_edge.runtimes import ort_runtime
 from hrm_edge.runtimes.ort_runtime import (
     OnnxModelError,
@@ -22,11 +27,6 @@ from hrm_edge.runtimes.ort_runtime import (
     run_act_unrolled,
 )
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
-
-from hrm_edge.act import parse_policy, run_act
-from hrm_edge.errors import HrmEdgeError
-from hrm_edge.model.config import preset_config
-from hrm_edge.model.hrm import HRM
 
 MAX_STEPS = 6
 POLICIES = ["fixed", "q", "threshold:0.6"]

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 from hrm_edge.act import parse_policy, run_act
 from hrm_edge.checkpoint import load_checkpoint, save_checkpoint, write_official_layout
@@ -19,6 +18,7 @@ from hrm_edge.errors import CheckpointError
 from hrm_edge.model import HRMConfig, TRMConfig, config_from_dict, create_model, preset_config
 from hrm_edge.model.hrm import HRM
 from hrm_edge.model.trm import TRM
+from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 TRM_ARCH = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
 HRM_ARCH = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"
