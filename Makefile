@@ -2,14 +2,12 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-DEMO    ?= checkpoints/sudoku6-demo/model.pt
-DEMO_TASK ?= sudoku6
+DEMO    ?= checkpoints/sudoku6-demo
 
 .PHONY: install test lint bench gpu-test demo clean
 
 $(BIN)/hrm-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[torch,dev]'
 	touch $@
 
@@ -22,7 +20,7 @@ lint: install
 	$(BIN)/ruff check .
 
 demo: install
-	$(BIN)/hrm-edge solve $(DEMO) --file calib_data/$(DEMO_TASK)/demo.txt --policy q
+	$(BIN)/hrm-edge solve $(DEMO)/model.pt --file $(DEMO)/demo.txt --policy q
 
 bench: install
 	$(BIN)/python -m hrm_edge.bench --out bench/results
