@@ -53,12 +53,24 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--puzzle-ids", help="Keep only these puzzle-embedding rows (comma-separated original ids; 0 is kept).")
 @click.option("--arc-tasks", help="Keep the rows of these ARC tasks and their augmentations (comma-separated).")
 @click.option("--identifiers", type=click.Path(exists=True), help="The dataset's identifiers.json (for --arc-tasks).")
+@click.option("--int8", is_flag=True,
+              help="Add INT8 graph(s): ACT-aware calibration, mixed-precision search, then the parity gate.")
+@click.option("--int8-target", "int8_targets", multiple=True,
+              help="cpu | tensorrt, or optimum preset names avx512_vnni | arm64 | tensorrt (default: cpu; "
+                   "jetson: tensorrt).")
+@click.option("--calib", "calib_method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Calibration method.")
+@click.option("--calib-size", type=click.IntRange(1), default=256, show_default=True, help="Calibration puzzles.")
+@click.option("--calib-data", type=click.Path(exists=True), help="Calibration set (default: calib_data/<task> calib).")
+@click.option("--search/--no-search", default=True, show_default=True,
+              help="Keep the most sensitive layers in float until the parity gate passes on calibration puzzles.")
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
 def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, unroll: tuple[int, ...],
                act_loop: bool, golden_data: str | None, golden_count: int, policy: str, max_steps: int | None,
                opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None, identifiers: str | None,
-               target: str) -> None:
+               int8: bool, int8_targets: tuple[str, ...], calib_method: str, calib_size: int, calib_data: str | None,
+               search: bool, target: str) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
     from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
@@ -78,7 +90,24 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
         specs.append(GraphSpec("act_loop", "fp32"))
     if target == "jetson" and not fp16:
         raise click.UsageError("--target jetson needs the FP16 graph (TensorRT builds FP16 engines from it)")
-    extra = add_device_files if target == "jetson" else None
+    hooks = []
+    if int8:
+        from hrm_edge.export.quantize import add_int8_graphs
+
+        calib = _puzzle_set(calib_data, task, "calib", None)
+        targets = int8_targets or (("tensorrt",) if target == "jetson" else ("cpu",))
+
+        def add_int8(tmp: Path, manifest: dict[str, Any]) -> None:
+            add_int8_graphs(tmp, manifest, ck, calib, targets=targets, method=calib_method, calib_size=calib_size,
+                            search=search, log=lambda m: click.echo(m, err=True))
+
+        hooks.append(add_int8)
+    if target == "jetson":
+        hooks.append(add_device_files)
+
+    def extra(tmp: Path, manifest: dict[str, Any]) -> None:
+        for hook in hooks:
+            hook(tmp, manifest)
     kept = None
     if puzzle_ids or arc_tasks:
         from hrm_edge.export.puzzle_rows import select_ids
@@ -95,8 +124,13 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
         tarball = write_tarball(out)
         click.echo(f"wrote {tarball} ({tarball.stat().st_size / 1e6:.1f} MB)", err=True)
     manifest = json.loads((out / "manifest.json").read_text())
-    sizes = ", ".join(f"{n} {g['bytes'] / 1e6:.2f} MB" for n, g in manifest["graphs"].items())
+    sizes = ", ".join(f"{n} {(out / g['file']).stat().st_size / 1e6:.2f} MB" for n, g in manifest["graphs"].items())
     click.echo(f"wrote {out}: {sizes}; {manifest['export_seconds']} s")
+    if int8:
+        click.echo("INT8 parity gate on the validation set:", err=True)
+        ctx = click.get_current_context()
+        ctx.invoke(parity, bundle=str(out), checkpoint=ckpt, precision="int8",
+                   out_dir=str(out.parent / f"{out.name}-parity"))
 
 
 def _reference_result(ref: dict[str, np.ndarray]) -> SolveResult:
