@@ -21,7 +21,7 @@ holds the samples fed per step, `running_counts` the puzzles the policy runs at 
 Cache (`calibrate`): the computed tensor ranges (ORT `TensorsData`, written with ORT's
 `save_tensors_data`) are stored under `cache_dir` (default `~/.cache/hrm-edge/calib/`, or
 `$HRM_EDGE_CACHE/calib`) keyed by the sha256 of the graph file, the calibration tokens and puzzle
-ids, the method and every setting that changes the ranges. `CALIBRATION_RUNS` counts the real
+ids, the method and every setting that changes the ranges. `calibration_runs()` counts the real
 (uncached) calibrations of this process.
 """
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -49,7 +50,12 @@ from hrm_edge.act import HaltingPolicy, parse_policy
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
 CACHE_VERSION = 1
-CALIBRATION_RUNS = 0  # uncached calibrations run by this process (tests assert on it)
+_RUNS = {"calibrations": 0}  # uncached calibrations run by this process (tests assert on it)
+
+
+def calibration_runs() -> int:
+    """Real (uncached) calibration passes -- ranges or SmoothQuant statistics -- run by this process."""
+    return _RUNS["calibrations"]
 
 
 def default_cache_dir() -> Path:
@@ -79,8 +85,8 @@ class Rollout:
 
     tokens: np.ndarray
     puzzle_ids: np.ndarray
-    z_H: np.ndarray
-    z_L: np.ndarray
+    z_H: np.ndarray  # noqa: N815 (the model's names)
+    z_L: np.ndarray  # noqa: N815
     q_halt: np.ndarray
     q_continue: np.ndarray
     halt_steps: np.ndarray
@@ -264,6 +270,10 @@ class ActCalibrationReader(CalibrationDataReader):
         self._iter = None
         self.fed_steps = []
 
+    def get_first(self) -> dict[str, np.ndarray]:
+        """The first batch, without advancing (NVIDIA ModelOpt's reader protocol asks for it)."""
+        return next(self.batches())[1]
+
     def set_range(self, start_index: int, end_index: int) -> None:  # ORT's strided calibration API
         self.rewind()
 
@@ -327,7 +337,6 @@ def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "mi
     cpu flavour and the symmetric tensorrt flavour (which symmetrises at quantization time).
     Histogram methods (entropy, percentile) are fed `chunk_batches` batches at a time to bound memory.
     """
-    global CALIBRATION_RUNS
     cal_method = calibration_method(method)
     extra = dict(extra or {})
     if cal_method == CalibrationMethod.Percentile:
@@ -345,7 +354,7 @@ def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "mi
             return Calibration(path, method, key, True, 0.0, info)
     t0 = time.perf_counter()
     info = reader.describe()
-    CALIBRATION_RUNS += 1
+    _RUNS["calibrations"] += 1
     with tempfile.TemporaryDirectory(prefix="hrm-edge-calib.") as tmp:
         calibrator = create_calibrator(Path(graph), list(op_types) if op_types else None,
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
@@ -354,15 +363,16 @@ def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "mi
         batches = list(reader.batches())
         bar = _bar(progress, total=len(batches), desc=f"calibrating ({method})", unit="batch")
         try:
-            for i in range(0, len(batches), chunk_batches):
-                chunk = [feeds for _, feeds in batches[i:i + chunk_batches]]
-                calibrator.collect_data(_ListReader(chunk))
-                if bar is not None:
-                    bar.update(len(chunk))
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print
+                for i in range(0, len(batches), chunk_batches):
+                    chunk = [feeds for _, feeds in batches[i:i + chunk_batches]]
+                    calibrator.collect_data(_ListReader(chunk))
+                    if bar is not None:
+                        bar.update(len(chunk))
+                ranges = calibrator.compute_data()
         finally:
             if bar is not None:
                 bar.close()
-        ranges = calibrator.compute_data()
         del calibrator
     cache.mkdir(parents=True, exist_ok=True)
     save_tensors_data(ranges, path)
@@ -381,7 +391,6 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
     import onnxruntime as ort
     from onnx import helper
 
-    global CALIBRATION_RUNS
     tensors = sorted(set(tensors))
     key = calibration_key(graph, reader, "channel_absmax", {"tensors": tensors})
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -389,7 +398,7 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
     if use_cache and path.is_file():
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {name: f[f"t{i}"] for i, name in enumerate(tensors)}
-    CALIBRATION_RUNS += 1
+    _RUNS["calibrations"] += 1
     model = onnx.load(str(graph))
     known = {o.name for o in model.graph.output}
     for name in tensors:
@@ -420,6 +429,61 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
     return out
 
 
+def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndarray]]],
+                   groups: dict[str, list[str]], key_extra: dict[str, Any], reader: ActCalibrationReader,
+                   cache_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True
+                   ) -> dict[str, np.ndarray]:
+    """Per weight, H = E[x x^T] [K, K] over the inputs x of every call site of that weight (GPTQ's
+    Hessian), from these calibration samples; cached like `calibrate`.
+
+    groups: weight name -> the activation input names of its call sites."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    names = sorted({a for v in groups.values() for a in v})
+    key = calibration_key(graph, reader, "input_hessians", {"groups": {k: sorted(v) for k, v in groups.items()},
+                                                            **key_extra})
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{key}.hessians.npz"
+    weights = sorted(groups)
+    if use_cache and path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
+            return {w: f[f"h{i}"] for i, w in enumerate(weights)}
+    _RUNS["calibrations"] += 1
+    model = onnx.load(str(graph))
+    known = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in known:
+            model.graph.output.append(helper.make_value_info(name, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
+                                                                                                 None)))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    acc: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = dict.fromkeys(weights, 0)
+    bar = _bar(progress, total=len(samples), desc="GPTQ statistics", unit="batch")
+    try:
+        for _, feeds in samples:
+            values = dict(zip(names, session.run(names, feeds), strict=True))
+            for w in weights:
+                for a in groups[w]:
+                    x = values[a].reshape(-1, values[a].shape[-1])
+                    acc[w] = acc[w] + x.T @ x if w in acc else x.T @ x
+                    rows[w] += len(x)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = {w: (acc[w] / max(rows[w], 1)).astype(np.float32) for w in weights}
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache, suffix=".npz", delete=False) as f:
+        np.savez(f, **{f"h{i}": out[w] for i, w in enumerate(weights)})
+    os.replace(f.name, path)
+    return out
+
+
 class _ListReader(CalibrationDataReader):
     def __init__(self, items: list[dict[str, np.ndarray]]) -> None:
         self._items = iter(items)
@@ -428,5 +492,6 @@ class _ListReader(CalibrationDataReader):
         return next(self._items, None)
 
 
-__all__ = ["CALIBRATION_RUNS", "METHODS", "ActCalibrationReader", "Calibration", "Rollout", "calibrate",
-           "calibration_key", "channel_absmax", "calibration_method", "default_cache_dir", "reference_rollout", "select_samples"]
+__all__ = ["METHODS", "ActCalibrationReader", "Calibration", "Rollout", "calibrate", "calibration_key",
+           "calibration_method", "calibration_runs", "channel_absmax", "default_cache_dir", "input_hessians",
+           "reference_rollout", "select_samples"]

@@ -16,11 +16,16 @@ Runtime configurations (`RUNTIMES`; rows that cannot run are listed with the rea
 - ort-fp32-cpufused[/unrolledK|/loop]: `hrm_edge.export.fuse` applied to the segment graph
   taking x (embedding once per batch) and driven by `CpuSegmentRunner` (IOBinding, carry never
   copied), or to the K-unrolled / whole-ACT `Loop` graphs;
-- ort-int8[/unrolledK|/loop]: the bundle's `segment.int8-cpu` graph when the model is a bundle
-  that has one, else (and for the unrolled/Loop variants) `quantize_dynamic` (u8 activations, s8
-  per-channel weights, MatMul only) of the fused graph ("fuse then quantize");
-  ort-int8-qf: the other order, quantize the standard graph then fuse (only the weight transposes
-  are folded first, so the quantizer sees MatMul weights as initializers);
+- ort-int8 (+ @1t): when the model is given as a bundle with a `segment.int8-cpu` graph (or with
+  `--int8-graph`), that graph fused after quantization; otherwise the bench's fallback,
+  `quantize_dynamic` (u8 activations, s8 per-channel weights, MatMul only) of the fused graph
+  ("fuse, then quantize");
+  ort-int8-shipped: the bundle's INT8 graph as shipped (unfused; skipped without one);
+  ort-int8-qf: the other order on the fallback: quantize the standard graph (weight transposes
+  folded first, so the quantizer sees MatMul weights as initializers), then fuse;
+  ort-int8/unrolledK, ort-int8/loop: that quantized standard graph composed into the unrolled /
+  Loop graph, then fused (`quantize_dynamic` does not quantize inside a Loop body);
+- *@1t: the same graph with one intra-op thread;
 - openvino: only when the `openvino` package imports; tensorrt: only where TensorRT is installed
   (this CPU bench then lists it as skipped).
 
@@ -62,7 +67,7 @@ CALIB_DATA = REPO / "calib_data"
 # the local training run (copied into the cache, since training keeps rewriting it).
 DEMO_CHECKPOINTS = (REPO / "checkpoints" / "sudoku6-demo" / "model.pt", Path("/work/runs/sudoku6-demo/model.pt"))
 BIG_PRESET = "sudoku-27m"
-PREP_VERSION = 3  # bump when the cached graphs change
+PREP_VERSION = 6  # bump when the cached graphs change
 PAUSE_PATTERN = "hrm-edge train"
 SCHEMA = 1
 
@@ -79,6 +84,7 @@ class Runtime:
     graph: str = "-"  # torch: "-"; ort: standard | cpufused | int8 source
     variant: str = "segment"
     runner: str = "numpy"  # ort segment graphs: numpy (OrtSegmentRunner) | iobinding (CpuSegmentRunner)
+    threads: int | None = None  # None: --threads (physical cores by default)
 
 
 def runtimes(unroll: int) -> dict[str, Runtime]:
@@ -89,7 +95,10 @@ def runtimes(unroll: int) -> dict[str, Runtime]:
         Runtime("ort-fp32-cpufused", "ort", "fp32", "cpufused", runner="iobinding"),
         Runtime(f"ort-fp32-cpufused/unrolled{unroll}", "ort", "fp32", "cpufused", "unrolled"),
         Runtime("ort-fp32-cpufused/loop", "ort", "fp32", "cpufused", "loop"),
+        Runtime("ort-fp32-cpufused@1t", "ort", "fp32", "cpufused", runner="iobinding", threads=1),
         Runtime("ort-int8", "ort", "int8", "cpufused", runner="iobinding"),
+        Runtime("ort-int8@1t", "ort", "int8", "cpufused", runner="iobinding", threads=1),
+        Runtime("ort-int8-shipped", "ort", "int8", "shipped", runner="iobinding"),
         Runtime("ort-int8-qf", "ort", "int8", "quantize-then-fuse", runner="iobinding"),
         Runtime(f"ort-int8/unrolled{unroll}", "ort", "int8", "cpufused", "unrolled"),
         Runtime("ort-int8/loop", "ort", "int8", "cpufused", "loop"),
@@ -215,6 +224,79 @@ def run_worker(job: dict[str, Any], pauser: Pauser, timeout: float, quiet_wait: 
     return result
 
 
+class Worker:
+    """A persistent `hrm_edge.bench_worker --serve` process holding one loaded runtime configuration."""
+
+    def __init__(self, job: dict[str, Any], timeout: float) -> None:
+        import tempfile
+
+        self.timeout = timeout
+        self._err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen([sys.executable, "-m", "hrm_edge.bench_worker", "--serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+                                     bufsize=1, cwd=str(REPO), env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        self.error: str | None = None
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        self.loaded: dict[str, Any] | None = None  # the load reply: `wait_loaded()`
+
+    def wait_loaded(self) -> dict[str, Any]:
+        if self.loaded is None:
+            self.loaded = self._read()
+        return self.loaded
+
+    def _read(self) -> dict[str, Any]:
+        import selectors
+
+        from hrm_edge.bench_worker import RESULT_MARK
+
+        if self.error:
+            return {"error": self.error}
+        deadline = time.monotonic() + self.timeout
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    break
+                line = self.proc.stdout.readline()
+                if not line:  # the worker died
+                    self._err.seek(0)
+                    tail = (self._err.read().strip().splitlines() or ["no output"])[-1]
+                    self.error = f"worker exit {self.proc.wait()}: {tail[:300]}"
+                    return {"error": self.error}
+                if line.startswith(RESULT_MARK):
+                    out = json.loads(line[len(RESULT_MARK):])
+                    if "error" in out:
+                        self.error = out["error"]
+                    return out
+            self.error = f"worker timed out after {self.timeout:.0f} s"
+            self.proc.kill()
+            return {"error": self.error}
+        finally:
+            sel.close()
+
+    def request(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self.wait_loaded()
+        if self.error:
+            return {"error": self.error}
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.flush()
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # busy (interrupted mid-request): kill it
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # models and graphs
 
@@ -274,14 +356,31 @@ def resolve_standard_models(cache: Path) -> list[Path]:
     return out
 
 
+def resolve_model_arg(path: Path) -> tuple[Path, Path | None]:
+    """(checkpoint, shipped INT8 graph or None) for a checkpoint file or a bundle directory."""
+    if not path.is_dir():
+        return path, None
+    from hrm_edge.bundle import open_bundle
+
+    b = open_bundle(path, verify_hashes=False)
+    src = (b.manifest.get("source_checkpoint") or {}).get("path")
+    if not src or not Path(src).is_file():
+        raise HrmEdgeError(f"{path}: the bundle's source checkpoint {src!r} is not on this machine; pass the "
+                           "checkpoint and --int8-graph <bundle>/segment.int8-cpu.onnx instead")
+    int8 = b.graph_path("segment.int8-cpu") if "segment.int8-cpu" in b.graphs else None
+    return Path(src), int8
+
+
 def _quantize_dynamic(src: Path, dst: Path) -> None:
     import logging
 
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)
+    # DefaultTensorType: ONNX shape inference cannot type the outputs of contrib ops (fused graphs)
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"])
+                     op_types_to_quantize=["MatMul"], extra_options={"DefaultTensorType": TensorProto.FLOAT})
 
 
 def _parity(a: str, b: str, x_feeds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -317,6 +416,7 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
         "carry": "carry_init.npz", "fused": "segment-x.fp32-cpufused.onnx",
         "unrolled_fused": f"unrolled{unroll}-x.fp32-cpufused.onnx", "loop_fused": "act_loop.fp32-cpufused.onnx",
         "int8": "segment-x.int8-cpufused.onnx", "int8_qf": "segment-x.int8-quantized-then-fused.onnx",
+        "int8_std": "segment-x.int8-standard.onnx",
         "unrolled_int8": f"unrolled{unroll}-x.int8-cpufused.onnx", "loop_int8": "act_loop.int8-cpufused.onnx",
     }.items()}
 
@@ -336,7 +436,6 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
 
     model = ck.model.float().eval()
     wants = {r.split("/")[0] for r in need}
-    variants = {r.split("/")[1] for r in need if "/" in r}
 
     def save_carry() -> None:
         carry = graphs.export_initial_carry(model)
@@ -350,52 +449,53 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
         step("segx", lambda: graphs.export_segment(model, g["segx"], embed_inside=False) and None)
         step("embed", lambda: graphs.export_embed(model, g["embed"]) and None)
         step("fused", lambda: fuse_graph(g["segx"], g["fused"]).to_dict())
-    if any(v.startswith("unrolled") for v in variants):
-        import onnx
+    import onnx
 
-        def unrolled_fused() -> Any:
-            fused, report = fuse_model(graphs.compose_unrolled(g["segx"], unroll))
-            onnx.save(fused, g["unrolled_fused"])
-            return report.to_dict()
+    def fuse_to(proto: onnx.ModelProto, dst: str) -> dict[str, Any]:
+        fused, report = fuse_model(proto)
+        onnx.save(fused, dst)
+        return report.to_dict()
 
-        step("unrolled_fused", unrolled_fused)
-    if "loop" in variants:
-        import onnx
+    def carry() -> tuple[np.ndarray, np.ndarray]:
+        c = np.load(g["carry"])
+        return c["H_init"], c["L_init"]
 
-        def loop_fused() -> Any:
-            carry = np.load(g["carry"])
-            proto = graphs.compose_act_loop(g["segx"], carry["H_init"], carry["L_init"], embed=g["embed"])
-            fused, report = fuse_model(proto)
-            onnx.save(fused, g["loop_fused"])
-            return report.to_dict()
-
-        step("loop_fused", loop_fused)
+    fp32_variants = {r.split("/")[1] for r in need if r.startswith("ort-fp32-cpufused/")}
+    int8_variants = {r.split("/")[1] for r in need if r.startswith("ort-int8/")}
+    if any(v.startswith("unrolled") for v in fp32_variants):
+        step("unrolled_fused", lambda: fuse_to(graphs.compose_unrolled(g["segx"], unroll), g["unrolled_fused"]))
+    if "loop" in fp32_variants:
+        step("loop_fused", lambda: fuse_to(graphs.compose_act_loop(g["segx"], *carry(), embed=g["embed"]),
+                                           g["loop_fused"]))
+    fallback = ("bench fallback: onnxruntime quantize_dynamic (u8 activations, s8 per-channel weights, MatMul "
+                "only) of the fused graph (fuse, then quantize)")
+    if int8_graph is not None:
+        g["int8_shipped"] = str(int8_graph)
+        prep["int8_shipped_source"] = str(int8_graph)
     if "ort-int8" in wants:
         if int8_graph is not None:
-            g["int8"] = str(int8_graph)
-            prep["int8_source"] = f"bundle graph segment.int8-cpu ({int8_graph})"
+            g["int8"] = str(work / f"int8-shipped-{_sha256(int8_graph)[:12]}.cpufused.onnx")
+            step("int8", lambda: fuse_graph(int8_graph, g["int8"]).to_dict())
+            prep["int8_source"] = f"{int8_graph} (the quantizer's graph), fused after quantization"
         else:
             step("int8", lambda: _quantize_dynamic(Path(g["fused"]), Path(g["int8"])))
-            prep["int8_source"] = ("bench fallback: onnxruntime quantize_dynamic (u8 activations, s8 per-channel "
-                                   "weights, MatMul only) of the fused graph (fuse, then quantize)")
-        if any(v.startswith("unrolled") for v in variants):
-            step("unrolled_int8", lambda: _quantize_dynamic(Path(g["unrolled_fused"]), Path(g["unrolled_int8"])))
-        if "loop" in variants:
-            step("loop_int8", lambda: _quantize_dynamic(Path(g["loop_fused"]), Path(g["loop_int8"])))
-    if "ort-int8-qf" in wants:
-        def quantize_then_fuse() -> Any:
-            import onnx
-
+            prep["int8_source"] = fallback
+    if "ort-int8-qf" in wants or int8_variants:
+        def quantize_standard() -> None:
             folded, _ = fuse_model(onnx.load(g["segx"]), rmsnorm=False, attention=False, split_projections=False)
-            tmp = Path(g["int8_qf"] + ".q.onnx")
-            onnx.save(folded, str(tmp))
-            try:
-                _quantize_dynamic(tmp, tmp)
-                return fuse_graph(tmp, g["int8_qf"]).to_dict()
-            finally:
-                tmp.unlink(missing_ok=True)
+            onnx.save(folded, g["int8_std"])
+            _quantize_dynamic(Path(g["int8_std"]), Path(g["int8_std"]))
 
-        step("int8_qf", quantize_then_fuse)
+        step("int8_std", quantize_standard)  # standard ops only: composable into unrolled/Loop graphs
+        prep["int8_variants_source"] = ("bench fallback: quantize_dynamic of the standard x graph (weight transposes "
+                                        "folded), composed into the unrolled/Loop graph, then fused")
+    if "ort-int8-qf" in wants:
+        step("int8_qf", lambda: fuse_graph(g["int8_std"], g["int8_qf"]).to_dict())
+    if any(v.startswith("unrolled") for v in int8_variants):
+        step("unrolled_int8", lambda: fuse_to(graphs.compose_unrolled(g["int8_std"], unroll), g["unrolled_int8"]))
+    if "loop" in int8_variants:
+        step("loop_int8", lambda: fuse_to(graphs.compose_act_loop(g["int8_std"], *carry(), embed=g["embed"]),
+                                          g["loop_int8"]))
     if ort_x and "parity" not in prep:
         x = _parity_inputs(model, ck)
         prep["parity"] = {"fused_vs_standard": _parity(g["segx"], g["fused"], x)}
@@ -452,17 +552,21 @@ class Settings:
     threads: int
     quick: bool
     profile: bool
+    rounds: int
     quiet_wait: float
     worker_timeout: float
+    e2e_seconds: float
 
 
-def _skip_reason(rt: Runtime) -> str | None:
+def _skip_reason(rt: Runtime, has_shipped_int8: bool = True) -> str | None:
     if rt.engine == "tensorrt":
         try:
             import tensorrt  # noqa: F401
         except ImportError:
             return "TensorRT is not installed on this machine (no NVIDIA GPU); run `hrm-edge build` on a device"
         return "TensorRT rows are measured by `make gpu-test` on a device, not by this CPU bench"
+    if rt.name == "ort-int8-shipped" and not has_shipped_int8:
+        return "no shipped INT8 graph: give a bundle with segment.int8-cpu (hrm-edge export --int8) or --int8-graph"
     if rt.engine == "openvino":
         try:
             import openvino  # noqa: F401
@@ -476,7 +580,8 @@ def _job(model: Model, rt: Runtime, batch: int, s: Settings, e2e: bool, n_puzzle
     g = model.graphs
     job: dict[str, Any] = {
         "kind": "rows", "runtime": rt.engine, "precision": rt.precision, "variant": rt.variant, "runner": rt.runner,
-        "batch": batch, "threads": s.threads, "policies": list(s.policies), "max_steps": model.max_steps,
+        "batch": batch, "threads": rt.threads or s.threads, "policies": list(s.policies),
+        "max_steps": model.max_steps,
         "checkpoint": str(model.checkpoint), "total_len": int(model.config.total_len), "e2e": e2e,
         "puzzles": {"path": str(_puzzle_dir(model.task)), "split": "val", "limit": n_puzzles},
         "micro": {"seconds": s.micro_seconds, "min_iters": 2 if s.quick else 3, "max_iters": 400,
@@ -484,7 +589,7 @@ def _job(model: Model, rt: Runtime, batch: int, s: Settings, e2e: bool, n_puzzle
     }
     if rt.engine == "ort":
         key = {("fp32", "standard"): "seg", ("fp32", "cpufused"): "fused", ("int8", "cpufused"): "int8",
-               ("int8", "quantize-then-fuse"): "int8_qf"}[(rt.precision, rt.graph)]
+               ("int8", "quantize-then-fuse"): "int8_qf", ("int8", "shipped"): "int8_shipped"}[(rt.precision, rt.graph)]
         if rt.variant == "unrolled":
             key = "unrolled_fused" if rt.precision == "fp32" else "unrolled_int8"
         elif rt.variant == "loop":
@@ -493,16 +598,15 @@ def _job(model: Model, rt: Runtime, batch: int, s: Settings, e2e: bool, n_puzzle
         graphs = {"main": main, "carry": g["carry"]}
         if rt.variant != "loop" and _takes_x(main):
             graphs["embed"] = g["embed"]
-        elif rt.variant == "segment" and rt.runner == "iobinding":
-            job["runner"] = "numpy"  # a bundle int8 graph that takes tokens
         job["graphs"] = graphs
     return job
 
 
 def _rows_from(model: Model, rt: Runtime, batch: int, res: dict[str, Any], peaks: dict[str, Any],
-               policies: tuple[str, ...]) -> list[dict[str, Any]]:
+               policies: tuple[str, ...], threads: int) -> list[dict[str, Any]]:
     base = {"model": model.name, "runtime": rt.name, "engine": rt.engine, "precision": rt.precision,
-            "graph": rt.graph, "variant": rt.variant, "batch": batch, "max_steps": model.max_steps}
+            "graph": rt.graph, "variant": rt.variant, "batch": batch, "max_steps": model.max_steps,
+            "threads": rt.threads or threads}
     if "error" in res or "skipped" in res:
         return [{**base, "policy": p, **({"error": res["error"]} if "error" in res else {"skipped": res["skipped"]})}
                 for p in policies]
@@ -531,7 +635,8 @@ def _rows_from(model: Model, rt: Runtime, batch: int, res: dict[str, Any], peaks
             row.update({"puzzle_ms_p50": lat["p50"], "puzzle_ms_p90": lat["p90"], "puzzles_per_s": e["puzzles_per_s"],
                         "mean_segments": e["mean_segments"], "exact_accuracy": e.get("exact_accuracy"),
                         "token_accuracy": e.get("token_accuracy"), "e2e_puzzles": e["puzzles"],
-                        "segments_histogram": e["segments_histogram"], "e2e_contention": lat["contention"]})
+                        "segments_histogram": e["segments_histogram"], "e2e_contention": lat["contention"],
+                        "e2e_complete": e.get("complete", True)})
         rows.append(row)
     return rows
 
@@ -549,7 +654,8 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
             r["seg_time_vs_baseline_clean"] = round(r["seg_ms_clean_p50"] / b["seg_ms_clean_p50"], 4)
         if r.get("puzzles_per_s") and b.get("puzzles_per_s"):
             r["puzzles_per_s_vs_baseline"] = round(r["puzzles_per_s"] / b["puzzles_per_s"], 3)
-        if r.get("exact_accuracy") is not None and b.get("exact_accuracy") is not None:
+        if (r.get("exact_accuracy") is not None and b.get("exact_accuracy") is not None
+                and r.get("e2e_complete") and b.get("e2e_complete")):  # same puzzles on both sides
             r["exact_accuracy_delta_pts"] = round(100 * (r["exact_accuracy"] - b["exact_accuracy"]), 2)
 
 
@@ -570,14 +676,16 @@ def _targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
         "runtime": r["runtime"], "value": r["seg_time_vs_baseline"], "value_clean": r.get("seg_time_vs_baseline_clean"),
         "met": r["seg_time_vs_baseline"] <= 0.2}
     cand = [r for r in rows if r["model"] in trained and r["precision"] == "int8" and r["policy"] == "q"
-            and r.get("exact_accuracy_delta_pts") is not None and abs(r["exact_accuracy_delta_pts"]) <= 0.5]
+            and r.get("exact_accuracy_delta_pts") is not None and r["exact_accuracy_delta_pts"] >= -0.5]
     allq = [r for r in rows if r["model"] in trained and r["precision"] == "int8" and r["policy"] == "q"]
     r = best(cand, "puzzles_per_s_vs_baseline", False) or best(allq, "puzzles_per_s_vs_baseline", False)
     out["e2e_q_int8"] = None if r is None else {
-        "goal": "puzzles/s with policy q + INT8 >= 20x eager fp32 fixed (same batch), exact accuracy within 0.5 pt",
+        "goal": "puzzles/s with policy q + INT8 >= 20x eager fp32 fixed (same batch), exact accuracy no more "
+                "than 0.5 pt below it",
         "model": r["model"], "runtime": r["runtime"], "batch": r["batch"], "value": r["puzzles_per_s_vs_baseline"],
         "accuracy_delta_pts": r.get("exact_accuracy_delta_pts"), "mean_segments": r.get("mean_segments"),
-        "met": r["puzzles_per_s_vs_baseline"] >= 20 and abs(r.get("exact_accuracy_delta_pts") or 99) <= 0.5}
+        "met": r["puzzles_per_s_vs_baseline"] >= 20 and r.get("exact_accuracy_delta_pts") is not None
+        and r["exact_accuracy_delta_pts"] >= -0.5}
     r = best([r for r in rows if r["model"] in big and r["engine"] == "ort" and r["precision"] == "fp32"
               and r["batch"] == 16 and r["policy"] == "fixed"], "peak_fraction", False)
     out["fp32_b16_peak"] = None if r is None else {
@@ -585,6 +693,60 @@ def _targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
         "value": r["peak_fraction"], "value_clean": r.get("peak_fraction_clean"), "gops": r["gops"],
         "peak_gops": r["peak_gops"], "met": r["peak_fraction"] >= 0.7}
     return out
+
+
+def _rotate(items: list[Any], r: int) -> list[Any]:
+    r %= max(1, len(items))
+    return items[r:] + items[:r]
+
+
+def measure_group(model: Model, batch: int, configs: list[Runtime], s: Settings, e2e: bool, n: int,
+                  pauser: Pauser, peaks: dict[str, Any]) -> list[dict[str, Any]]:
+    """All configurations of one model and batch size, loaded side by side in persistent workers
+    and measured in interleaved rounds (rotating order), so each sees the same machine load."""
+    _log(f"bench: {model.name} batch {batch}: loading {len(configs)} configurations"
+         f"{f', end to end on {n} puzzles' if e2e else ''} ...")
+    workers: dict[str, Worker] = {}
+    try:
+        for rt in configs:  # all load in parallel (nothing is timed yet)
+            workers[rt.name] = Worker(_job(model, rt, batch, s, e2e, n), s.worker_timeout)
+        for name, w in workers.items():
+            if "error" in w.wait_loaded():
+                _log(f"  {name}: {w.error}")
+        names = [k for k, w in workers.items() if not w.error]
+        rounds = s.rounds
+        per_round = s.micro_seconds / rounds
+        for r in range(rounds):
+            if s.quiet_wait > 0:
+                wait_quiet(s.quiet_wait)
+            with pauser.paused():
+                for name in _rotate(names, r):
+                    workers[name].request({"cmd": "micro", "seconds": per_round, "min_iters": 1 if s.quick else 2,
+                                           "max_iters": 400})
+        if e2e:
+            chunks = min(rounds, max(1, n // batch))
+            for r in range(chunks):
+                if s.quiet_wait > 0:
+                    wait_quiet(s.quiet_wait)
+                with pauser.paused():
+                    for name in _rotate(names, r):
+                        for policy in s.policies:
+                            workers[name].request({"cmd": "e2e", "policy": policy, "chunk": r, "chunks": chunks,
+                                                   "max_seconds": s.e2e_seconds / chunks})
+        rows = []
+        for rt in configs:
+            res = workers[rt.name].request({"cmd": "summary"})
+            if "error" not in res:
+                seg = res["segment"]
+                _log(f"  {rt.name:32s} segment p50 {seg['p50']:9.3f} ms  p90 {seg['p90']:9.3f}  "
+                     f"clean p50 {seg['clean_p50']}  contention {seg['contention']}")
+            else:
+                _log(f"  {rt.name}: {res['error']}")
+            rows.extend(_rows_from(model, rt, batch, res, peaks, s.policies, s.threads))
+        return rows
+    finally:
+        for w in workers.values():
+            w.close()
 
 
 def run_suite(paths: list[Path], s: Settings, out: Path, cache: Path, pauser: Pauser,
@@ -597,9 +759,15 @@ def run_suite(paths: list[Path], s: Settings, out: Path, cache: Path, pauser: Pa
     for p in paths:
         _log(f"bench: preparing {p} ...")
         models.append(prepare_model(p, cache, s.unroll, int8_graphs.get(p), need))
+    from hrm_edge.bench_worker import foreign_load
+
+    busy = foreign_load(1.0)
+    if busy is not None and busy > 0.3 and s.threads > 1:
+        _log(f"bench: WARNING other processes use {100 * busy:.0f}% of the cores: with {s.threads} threads per "
+             "runtime, latencies (PyTorch's above all) inflate several-fold; consider --pause-training or --threads 1")
     _log("bench: measuring the GEMM peaks ...")
-    peaks = run_worker({"kind": "peak", "threads": s.threads, "n": 512 if s.quick else 2048,
-                        "seconds": 0.3 if s.quick else 2.0}, pauser, s.worker_timeout, s.quiet_wait)
+    peaks = run_worker({"kind": "peak", "threads": s.threads, "n": 256 if s.quick else 2048,
+                        "seconds": 0.1 if s.quick else 2.0}, pauser, s.worker_timeout, s.quiet_wait)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for model in models:
@@ -613,24 +781,21 @@ def run_suite(paths: list[Path], s: Settings, out: Path, cache: Path, pauser: Pa
             if work_gflop(n) > s.e2e_budget_gflop:
                 n = batch  # one batch, if that fits the budget
             e2e = work_gflop(n) <= s.e2e_budget_gflop
+            configs = []
             for rt in chosen:
-                reason = _skip_reason(rt)
+                reason = _skip_reason(rt, "int8_shipped" in model.graphs)
                 if reason:
-                    skipped[rt.name] = reason
-                    continue
-                if rt.variant != "segment" and batch > 1 and model.config.segment_flops(batch) > 50e9 and not s.quick:
+                    skipped[f"{rt.name} @ {model.name}"] = reason
+                elif rt.threads is not None and rt.threads == s.threads:
+                    skipped[f"{rt.name} @ {model.name}"] = f"same as {rt.name.split('@')[0]} at --threads {s.threads}"
+                elif rt.name == "ort-int8-qf" and batch > 1:
+                    skipped[f"{rt.name} @ {model.name} batch {batch}"] = "fusion-order comparison runs at batch 1 only"
+                elif rt.variant != "segment" and batch > 1 and model.config.segment_flops(batch) > 50e9:
                     skipped[f"{rt.name} @ {model.name} batch {batch}"] = (
-                        "unrolled/Loop graphs remove per-call overhead, negligible at this size: not measured")
-                    continue
-                job = _job(model, rt, batch, s, e2e, n)
-                _log(f"bench: {model.name} batch {batch} {rt.name}{' +e2e' if e2e else ''} ...")
-                res = run_worker(job, pauser, s.worker_timeout, s.quiet_wait)
-                if "error" in res:
-                    _log(f"  error: {res['error']}")
+                        "unrolled/Loop graphs save per-call overhead, negligible at this size: not measured")
                 else:
-                    seg = res["segment"]
-                    _log(f"  segment p50 {seg['p50']} ms (clean {seg['clean_p50']}, contention {seg['contention']})")
-                rows.extend(_rows_from(model, rt, batch, res, peaks, s.policies))
+                    configs.append(rt)
+            rows.extend(measure_group(model, batch, configs, s, e2e, n, pauser, peaks))
     _add_ratios(rows)
     profiles = {}
     if s.profile:
@@ -648,7 +813,7 @@ def run_suite(paths: list[Path], s: Settings, out: Path, cache: Path, pauser: Pa
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
         "seconds": round(time.time() - t_start, 1),
-        "machine": _machine(s.threads),
+        "machine": {**_machine(s.threads), "contention_at_start": busy},
         "settings": dataclasses.asdict(s),
         "pause": {"patterns": list(pauser.patterns), "max_seconds": pauser.max_seconds,
                   "paused_seconds": round(pauser.paused_seconds, 1)},
@@ -748,10 +913,11 @@ def markdown_report(report: dict[str, Any]) -> str:
         names = [n for n in prof if isinstance(prof[n], dict) and "ops" in prof[n]]
         lines.append("| op type | " + " | ".join(names) + " |")
         lines.append("|---|" + "---|" * len(names))
-        ops = []
+        top: dict[str, float] = {}
         for n in names:
-            ops += [o for o in prof[n]["ops"] if o not in ops]
-        for op in ops[:16]:
+            for op, o in prof[n]["ops"].items():
+                top[op] = max(top.get(op, 0.0), o["ms"])
+        for op in sorted(top, key=top.get, reverse=True)[:18]:
             cells = []
             for n in names:
                 o = prof[n]["ops"].get(op)
@@ -852,7 +1018,7 @@ def _default_threads() -> int:
 
 
 @click.command(name="bench")
-@click.argument("models", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.argument("models", nargs=-1, type=click.Path(exists=True, path_type=Path))  # checkpoints or bundles
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True,
               help="Directory for bench.json, bench.md and the PNGs.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Exported graphs (default: <out>/cache).")
@@ -867,24 +1033,30 @@ def _default_threads() -> int:
 @click.option("--e2e-budget", type=float, default=500.0, show_default=True,
               help="Skip end-to-end rows above this many GFLOP of work (fixed policy); micro rows always run.")
 @click.option("--seconds", "micro_seconds", type=float, help="Seconds per segment micro-benchmark (default 3).")
+@click.option("--e2e-seconds", type=float, default=60.0, show_default=True,
+              help="Cap per end-to-end row and policy: past it the row covers the puzzles solved so far.")
 @click.option("--threads", type=click.IntRange(1), help="Threads per runtime (default: physical cores).")
+@click.option("--rounds", type=click.IntRange(1), help="Interleaved measurement rounds (default 3, --quick 1).")
 @click.option("--profile/--no-profile", default=None, help="ORT per-op profile at batch 1 (default: on, off --quick).")
 @click.option("--pause-training", is_flag=True,
               help=f"SIGSTOP local '{PAUSE_PATTERN}' processes while each worker runs (resumed after).")
 @click.option("--pause", "pause_patterns", multiple=True, help="Also pause processes whose command line has this text.")
 @click.option("--pause-max", type=click.FloatRange(5, 180), default=150, show_default=True,
               help="Longest pause in seconds (a watchdog resumes the processes).")
-@click.option("--quiet-wait", type=click.FloatRange(0), default=10, show_default=True,
+@click.option("--quiet-wait", type=click.FloatRange(0), default=0, show_default=True,
               help="Before each worker, wait up to this many seconds for other processes to go quiet.")
 def bench(models: tuple[Path, ...], out: Path, cache: Path | None, quick: bool, batches: tuple[int, ...],
           runtime_names: tuple[str, ...], policies: tuple[str, ...], unroll: int, int8_graph: Path | None,
-          puzzles: int | None, e2e_budget: float, micro_seconds: float | None, threads: int | None,
+          puzzles: int | None, e2e_budget: float, micro_seconds: float | None, e2e_seconds: float,
+          threads: int | None, rounds: int | None,
           profile: bool | None, pause_training: bool, pause_patterns: tuple[str, ...], pause_max: float,
           quiet_wait: float) -> None:
-    """Benchmark the CPU runtimes on MODELS (checkpoints; default: the standard suite, the Sudoku
-    demo checkpoint and a seeded sudoku-27m) against PyTorch eager fp32 with the fixed policy."""
+    """Benchmark the CPU runtimes on MODELS (checkpoints, or bundles whose source checkpoint is here;
+    default: the standard suite, the Sudoku demo checkpoint and a seeded sudoku-27m) against
+    PyTorch eager fp32 with the fixed policy."""
     from hrm_edge.act import parse_policy
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks (resume, close workers)
     cache = cache or out / "cache"
     known = runtimes(unroll)
     names = runtime_names or (QUICK_RUNTIMES if quick else tuple(known))
@@ -903,15 +1075,20 @@ def bench(models: tuple[Path, ...], out: Path, cache: Path | None, quick: bool, 
         raise HrmEdgeError("no model to benchmark")
     if int8_graph is not None and len(paths) != 1:
         raise click.UsageError("--int8-graph needs exactly one model")
+    resolved = [resolve_model_arg(Path(p)) for p in paths]
+    paths = [r[0] for r in resolved]
+    int8 = {ck: g for ck, g in resolved if g is not None}
+    if int8_graph is not None:
+        int8 = {paths[0]: int8_graph}
     settings = Settings(
         batches=batches or ((1,) if quick else (1, 16)), policies=tuple(policies), runtimes=tuple(names),
         unroll=unroll, micro_seconds=micro_seconds if micro_seconds is not None else (0.2 if quick else 3.0),
         e2e_puzzles=puzzles or (4 if quick else None), e2e_budget_gflop=e2e_budget,
         threads=threads or _default_threads(), quick=quick, profile=(not quick) if profile is None else profile,
-        quiet_wait=0.0 if quick else quiet_wait, worker_timeout=900.0)
+        rounds=rounds or (1 if quick else 3),
+        quiet_wait=0.0 if quick else quiet_wait, worker_timeout=900.0, e2e_seconds=e2e_seconds)
     patterns = tuple(pause_patterns) + ((PAUSE_PATTERN,) if pause_training else ())
     pauser = Pauser(patterns, pause_max)
-    int8 = {paths[0]: int8_graph} if int8_graph is not None else {}
     report = run_suite([Path(p) for p in paths], settings, out, cache, pauser, int8)
     click.echo(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {len(report['plots'])} PNG(s) "
                f"in {report['seconds']} s")

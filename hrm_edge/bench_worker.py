@@ -5,9 +5,10 @@ workers of one steal the cores of the other), so the orchestrator (`hrm_edge.ben
 runtime configuration in a fresh worker. The job is a JSON object on stdin; the result is one
 JSON object on the last stdout line, after `RESULT_MARK`. Job kinds:
 
-- "rows": one runtime configuration of one model at one batch size: the per-segment latency
-  (micro-benchmark of one segment call on a full batch) and, per halting policy, an end-to-end
-  solve of a puzzle set (latency per batch, puzzles/s, mean segments, exact accuracy).
+- "rows" (`--serve`, a persistent worker driven line by line, see `serve`): one runtime
+  configuration of one model at one batch size: the per-segment latency (micro-benchmark of one
+  segment call on a full batch) and, per halting policy, an end-to-end solve of a puzzle set
+  (latency per batch, puzzles/s, mean segments, exact accuracy), measured in rounds;
 - "peak": the machine's GEMM peaks: fp32 (torch and numpy matmul), bf16 (torch), int8 (an ORT
   `MatMulInteger` micro-graph, u8 x s8) and ORT's own fp32 MatMul, all on large GEMMs.
 - "profile": ORT per-op-type profile of segment graphs (SessionOptions.enable_profiling).
@@ -156,31 +157,39 @@ def ort_session(path: str, threads: int, spin: bool = True, profile_prefix: str 
 
 
 class CpuSegmentRunner:
-    """`hrm_edge.act.SegmentRunner` over a segment graph taking x (+ its embed graph) on the ORT CPU
-    EP, with the carry kept in two ORT-bound buffers that swap roles every segment (IOBinding)."""
+    """`hrm_edge.act.SegmentRunner` for the ORT CPU EP with the carry kept in two ORT-bound buffers that
+    swap roles every segment (IOBinding: no per-segment allocation or copy of the carry).
+
+    session: a segment graph taking x (then `embed_session`, the embed graph, runs once per batch)
+    or tokens/puzzle_ids (embedding inside the graph, `embed_session` None)."""
 
     def __init__(self, session: Any, embed_session: Any, h_init: np.ndarray, l_init: np.ndarray) -> None:
         inputs = {i.name for i in session.get_inputs()}
-        if inputs != {"x", "z_H", "z_L"}:
-            raise ValueError(f"CpuSegmentRunner needs a segment graph taking x, z_H, z_L; got inputs {sorted(inputs)}")
+        self.takes_x = inputs == {"x", "z_H", "z_L"}
+        if not self.takes_x and inputs != {"tokens", "puzzle_ids", "z_H", "z_L"}:
+            raise ValueError(f"CpuSegmentRunner needs a segment graph; got inputs {sorted(inputs)}")
+        if self.takes_x and embed_session is None:
+            raise ValueError("this segment graph takes x: pass the embed graph's session")
         self.session, self.embed_session = session, embed_session
         self.h_init = np.asarray(h_init, np.float32).reshape(-1)
         self.l_init = np.asarray(l_init, np.float32).reshape(-1)
         out = {o.name: o for o in session.get_outputs()}
         self.seq_len, self.vocab = int(out["logits"].shape[1]), int(out["logits"].shape[2])
-        self._x: np.ndarray | None = None
+        self.total_len = int(out["z_H_out"].shape[1])
+        self._feeds: dict[str, np.ndarray] = {}
 
     def _bind(self) -> None:
         import onnxruntime as ort
 
-        b = self._x.shape[0]
+        b = len(self._z[0][0])
         v = ort.OrtValue.ortvalue_from_numpy
         self._logits = np.empty((b, self.seq_len, self.vocab), np.float32)
         self._qh, self._qc = np.empty(b, np.float32), np.empty(b, np.float32)
         self._bindings = []
         for src, dst in ((0, 1), (1, 0)):
             binding = self.session.io_binding()
-            binding.bind_ortvalue_input("x", v(self._x))
+            for name, value in self._feeds.items():
+                binding.bind_ortvalue_input(name, v(value))
             binding.bind_ortvalue_input("z_H", v(self._z[src][0]))
             binding.bind_ortvalue_input("z_L", v(self._z[src][1]))
             binding.bind_ortvalue_output("z_H_out", v(self._z[dst][0]))
@@ -194,9 +203,12 @@ class CpuSegmentRunner:
     def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
         tokens = np.ascontiguousarray(tokens, np.int64)
         puzzle_ids = np.ascontiguousarray(puzzle_ids, np.int64)
-        self._x = np.ascontiguousarray(
-            self.embed_session.run(["x"], {"tokens": tokens, "puzzle_ids": puzzle_ids})[0], np.float32)
-        shape = self._x.shape
+        if self.takes_x:
+            x = self.embed_session.run(["x"], {"tokens": tokens, "puzzle_ids": puzzle_ids})[0]
+            self._feeds = {"x": np.ascontiguousarray(x, np.float32)}
+        else:
+            self._feeds = {"tokens": tokens, "puzzle_ids": puzzle_ids}
+        shape = (len(tokens), self.total_len, len(self.h_init))
         self._z = [(np.ascontiguousarray(np.broadcast_to(self.h_init, shape)),
                     np.ascontiguousarray(np.broadcast_to(self.l_init, shape))),
                    (np.empty(shape, np.float32), np.empty(shape, np.float32))]
@@ -217,8 +229,8 @@ class CpuSegmentRunner:
         rows = np.asarray(rows, np.int64)
         cur = self._z[self._cur]
         logits = self._logits[rows]
-        self._x = np.ascontiguousarray(self._x[rows])
-        shape = self._x.shape
+        self._feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self._feeds.items()}
+        shape = (len(rows), *cur[0].shape[1:])
         self._z = [(np.ascontiguousarray(cur[0][rows]), np.ascontiguousarray(cur[1][rows])),
                    (np.empty(shape, np.float32), np.empty(shape, np.float32))]
         self._bind()
@@ -357,64 +369,130 @@ def _ort_driver(job: dict[str, Any]) -> _Driver:
     raise ValueError(f"unknown graph variant {variant!r}")
 
 
-def run_rows(job: dict[str, Any]) -> dict[str, Any]:
-    from hrm_edge.act import concat_results, parse_policy
+class RowsServer:
+    """One runtime configuration, loaded once, measured in rounds on command (see `serve`).
 
-    t_load = time.perf_counter()
-    driver = _torch_driver(job) if job["runtime"] == "torch" else _ort_driver(job)
-    load_s = time.perf_counter() - t_load
-    batch = job["batch"]
-    pset = _puzzles(job["puzzles"])
-    reps = -(-batch // len(pset.inputs))
-    tokens = np.concatenate([pset.inputs] * reps)[:batch]
-    ids = np.concatenate([pset.puzzle_ids] * reps)[:batch]
-    micro = job["micro"]
-    # warm up (allocations, ORT arena, oneDNN primitive caches), then the micro-benchmark
-    driver.setup_micro(tokens, ids)
-    t0 = time.perf_counter()
-    driver.segment_call()
-    first = time.perf_counter() - t0
-    warm_until = time.perf_counter() + min(1.0, 0.25 * micro["seconds"])
-    calls = 1
-    while calls < micro.get("warmup", 2) or time.perf_counter() < warm_until:
-        driver.segment_call()
-        calls += 1
-    min_iters = micro.get("min_iters", 3)
-    max_iters = max(min_iters, int(micro.get("max_iters", 200)))
-    loop = timed_loop(driver.segment_call, micro["seconds"], min_iters, max_iters)
-    seg = summarize(loop["times"], loop["foreign"], scale=driver.segments_per_call)
-    result: dict[str, Any] = {"load_s": _r(load_s), "first_call_ms": _r(1e3 * first), "warmup_calls": calls,
-                              "segment": seg,
-                              "segments_per_call": driver.segments_per_call, "policies": {}}
-    if job.get("e2e"):
-        n = len(pset.inputs)
-        for name in job["policies"]:
-            policy = parse_policy(name)
-            # one untimed batch first: the first call of a new batch shape pays allocations
-            driver.solve(pset.inputs[:batch], pset.puzzle_ids[:batch], policy, job["max_steps"])
-            parts, times, shares = [], [], []
-            meter = CpuMeter()
-            t_all = time.perf_counter()
-            for i in range(0, n, batch):
-                meter.start()
-                t = time.perf_counter()
-                parts.append(driver.solve(pset.inputs[i:i + batch], pset.puzzle_ids[i:i + batch], policy,
-                                          job["max_steps"]))
-                times.append(time.perf_counter() - t)
-                shares.append(meter.stop())
-            total = time.perf_counter() - t_all
-            res = concat_results(parts)
+    The orchestrator interleaves rounds of all configurations of a model and batch size, so
+    that every configuration samples the same (time-varying) load of a shared machine."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        t_load = time.perf_counter()
+        self.job = job
+        self.driver = _torch_driver(job) if job["runtime"] == "torch" else _ort_driver(job)
+        self.load_s = time.perf_counter() - t_load
+        self.batch = job["batch"]
+        self.pset = _puzzles(job["puzzles"])
+        reps = -(-self.batch // len(self.pset.inputs))
+        self.tokens = np.concatenate([self.pset.inputs] * reps)[:self.batch]
+        self.ids = np.concatenate([self.pset.puzzle_ids] * reps)[:self.batch]
+        self.times: list[float] = []
+        self.foreign: list[float | None] = []
+        self.e2e: dict[str, dict[str, Any]] = {}
+        # warm up (allocations, ORT arena, oneDNN primitive caches)
+        self.driver.setup_micro(self.tokens, self.ids)
+        t0 = time.perf_counter()
+        self.driver.segment_call()
+        self.first_s = time.perf_counter() - t0
+        warm_until = time.perf_counter() + min(1.0, 2 * self.first_s)
+        self.warmup_calls = 1
+        while self.warmup_calls < job["micro"].get("warmup", 2) or time.perf_counter() < warm_until:
+            self.driver.segment_call()
+            self.warmup_calls += 1
+
+    def micro(self, seconds: float, min_iters: int, max_iters: int) -> dict[str, Any]:
+        self.driver.segment_call()  # re-warm caches after the other configurations' rounds
+        loop = timed_loop(self.driver.segment_call, seconds, min_iters, max_iters)
+        self.times += loop["times"]
+        self.foreign += loop["foreign"]
+        return {"calls": len(loop["times"])}
+
+    def solve_chunk(self, policy_name: str, chunk: int, chunks: int, max_seconds: float | None = None
+                    ) -> dict[str, Any]:
+        """Solve every `chunks`-th batch of the puzzle set starting at batch `chunk` (timed per batch);
+        stop after `max_seconds` (the summary then covers the batches solved)."""
+        from hrm_edge.act import parse_policy
+
+        policy, n, b = parse_policy(policy_name), len(self.pset.inputs), self.batch
+        acc = self.e2e.get(policy_name)
+        if acc is None:  # one untimed batch first: a new batch shape pays allocations
+            self.driver.solve(self.pset.inputs[:b], self.pset.puzzle_ids[:b], policy, self.job["max_steps"])
+            acc = self.e2e[policy_name] = {"parts": {}, "times": [], "foreign": []}
+        meter = CpuMeter()
+        starts = list(range(0, n, b))[chunk::chunks]
+        t_end = time.perf_counter() + max_seconds if max_seconds else math.inf
+        done = 0
+        for i in starts:
+            if time.perf_counter() > t_end:
+                acc["truncated"] = True
+                break
+            done += 1
+            meter.start()
+            t = time.perf_counter()
+            acc["parts"][i] = self.driver.solve(self.pset.inputs[i:i + b], self.pset.puzzle_ids[i:i + b], policy,
+                                                self.job["max_steps"])
+            acc["times"].append(time.perf_counter() - t)
+            acc["foreign"].append(meter.stop())
+        return {"batches": done, "truncated": done < len(starts)}
+
+    def summary(self) -> dict[str, Any]:
+        from hrm_edge.act import concat_results
+
+        out: dict[str, Any] = {"load_s": _r(self.load_s), "first_call_ms": _r(1e3 * self.first_s),
+                               "warmup_calls": self.warmup_calls,
+                               "segment": summarize(self.times, self.foreign, scale=self.driver.segments_per_call),
+                               "segments_per_call": self.driver.segments_per_call, "policies": {}}
+        for name, acc in self.e2e.items():
+            if not acc["parts"]:
+                continue
+            starts = sorted(acc["parts"])
+            res = concat_results([acc["parts"][i] for i in starts])
+            rows = np.concatenate([np.arange(i, min(i + self.batch, len(self.pset.inputs))) for i in starts])
+            n = len(rows)
+            total = float(sum(acc["times"]))
             entry: dict[str, Any] = {
-                "puzzles": n, "seconds": _r(total), "puzzles_per_s": _r(n / total),
-                "batch_latency_ms": summarize(times, shares),
+                "puzzles": n, "complete": not acc.get("truncated", False) and n == len(self.pset.inputs),
+                "seconds": _r(total), "puzzles_per_s": _r(n / total),
+                "batch_latency_ms": summarize(acc["times"], acc["foreign"]),
                 "mean_segments": _r(float(res.steps.mean())),
                 "segments_histogram": {int(k): int(v) for k, v in sorted(Counter(res.steps.tolist()).items())},
             }
-            if pset.labels is not None:
-                entry["exact_accuracy"] = _r(float((res.predictions == pset.labels).all(-1).mean()))
-                entry["token_accuracy"] = _r(float((res.predictions == pset.labels).mean()))
-            result["policies"][name] = entry
-    return result
+            if self.pset.labels is not None:
+                labels = self.pset.labels[rows]
+                entry["exact_accuracy"] = _r(float((res.predictions == labels).all(-1).mean()))
+                entry["token_accuracy"] = _r(float((res.predictions == labels).mean()))
+            out["policies"][name] = entry
+        return out
+
+
+def serve() -> None:
+    """`--serve`: the first stdin line is a "rows" job; each further line a command
+    {"cmd": "micro", "seconds", "min_iters", "max_iters"} | {"cmd": "e2e", "policy", "chunk", "chunks"} |
+    {"cmd": "summary"} | {"cmd": "quit"}; each gets one reply line (RESULT_MARK + JSON)."""
+
+    def reply(obj: dict[str, Any]) -> None:
+        sys.stdout.write(RESULT_MARK + json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    try:
+        server = RowsServer(json.loads(sys.stdin.readline()))
+    except Exception as exc:  # reported to the orchestrator, which lists the row as an error
+        reply({"error": f"{type(exc).__name__}: {exc}"[:400]})
+        return
+    reply({"ok": True, "load_s": _r(server.load_s)})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["cmd"] == "micro":
+                reply(server.micro(cmd["seconds"], cmd.get("min_iters", 3), cmd.get("max_iters", 400)))
+            elif cmd["cmd"] == "e2e":
+                reply(server.solve_chunk(cmd["policy"], cmd["chunk"], cmd["chunks"], cmd.get("max_seconds")))
+            elif cmd["cmd"] == "summary":
+                reply(server.summary())
+            else:
+                reply({"ok": True})
+                return
+        except Exception as exc:
+            reply({"error": f"{type(exc).__name__}: {exc}"[:400]})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,9 +606,12 @@ def run_profile(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    if "--serve" in sys.argv[1:]:
+        serve()
+        return
     job = json.loads(sys.stdin.read())
     kind = job.get("kind")
-    runs = {"rows": run_rows, "peak": run_peak, "profile": run_profile}
+    runs = {"peak": run_peak, "profile": run_profile}
     if kind not in runs:
         raise SystemExit(f"unknown job kind {kind!r}")
     result = runs[kind](job)
