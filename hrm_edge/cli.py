@@ -207,10 +207,10 @@ def init(preset: str, output: str, seed: int) -> None:
 
 
 def _register_commands() -> None:
-    from hrm_edge import cli_bundle, cli_train, cli_trt
+    from hrm_edge import bench, cli_bundle, cli_train, cli_trt
 
     for command in (cli_train.eval_cmd, cli_train.train, cli_bundle.export_cmd, cli_bundle.verify,
-                    cli_bundle.parity, cli_trt.build, cli_trt.check_trt):
+                    cli_bundle.parity, cli_trt.build, cli_trt.check_trt, bench.bench):
         cli.add_command(command)
 
 
