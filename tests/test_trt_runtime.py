@@ -242,7 +242,7 @@ def test_engine_matches_onnxruntime(tmp_path, use_cuda_graph):
     if reason:
         pytest.skip(f"end-to-end TensorRT test {reason}")
     import torch
-    from test_trt_check import _export_segment  # tests/ is on sys.path (pytest's prepend import mode)
+    from tests.test_trt_check import _export_segment
 
     from hrm_edge.act import parse_policy, run_act
     from hrm_edge.export.trt_build import build_engine
@@ -613,7 +613,7 @@ def _add_fake_builder(trt, np_types) -> None:
 @pytest.fixture(scope="module")
 def segment_onnx(tmp_path_factory):
     pytest.importorskip("torch", reason="exports a real segment graph")
-    from test_trt_check import _export_segment  # tests/ is on sys.path (pytest's prepend import mode)
+    from tests.test_trt_check import _export_segment
 
     path = tmp_path_factory.mktemp("fake_gpu") / "segment.onnx"
     _export_segment(path)
