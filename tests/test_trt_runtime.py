@@ -242,13 +242,13 @@ def test_engine_matches_onnxruntime(tmp_path, use_cuda_graph):
     if reason:
         pytest.skip(f"end-to-end TensorRT test {reason}")
     import torch
-    from tests.test_trt_check import _export_segment
 
     from hrm_edge.act import parse_policy, run_act
     from hrm_edge.export.trt_build import build_engine
     from hrm_edge.model.config import preset_config
     from hrm_edge.model.hrm import HRM
     from hrm_edge.runtimes.trt_runtime import TrtSegmentRunner
+    from tests.test_trt_check import _export_segment
 
     onnx_path = tmp_path / "segment_fp32.onnx"
     _export_segment(onnx_path)
