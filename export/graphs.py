@@ -66,6 +66,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
 from hrm_edge.export.onnx_utils import (
     MAX_OPSET,
     MIN_OPSET,
@@ -78,9 +81,6 @@ from hrm_edge.export.onnx_utils import (
     softmax_to_fp32,
     strip_debug_info,
 )
-from onnx import TensorProto, helper, numpy_helper
-from torch import nn
-
 from hrm_edge.model.hrm import HRM
 
 DTYPES = ("float32", "float16")
