@@ -219,7 +219,7 @@ def test_int8_file_is_at_most_30_percent_of_fp32(pipe, built, tmp_path):
         path = tmp_path / f"{target}-{mode}.onnx"
         onnx.save(pipe.quantize(Q.settings_for(target, mode)), str(path))
         assert path.stat().st_size <= 0.30 * fp32_bytes, (target, mode, path.stat().st_size / fp32_bytes)
-    # excluded sites keep their int8 weight behind a DequantizeLinear: no size cost
+    # excluded sites keep their int8 weight (Cast * scale, folded at load): no size cost
     full = pipe.quantize(Q.settings_for("tensorrt"))
     weight_sites = [s.node for s in pipe.sites if s.kind == "weight"][:8]
     onnx.save(S.restore_float(full, pipe.fp32, weight_sites), str(tmp_path / "excl.onnx"))
@@ -241,12 +241,12 @@ def test_restore_float_equals_ort_nodes_to_exclude(pipe, tmp_path):
     Q.keep_float_paths(theirs)
     feeds = _feeds(pipe)
     for a, b in zip(_run(ours, feeds), _run(theirs, feeds), strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, atol=2e-6, rtol=0)  # float rounding order only
     producers = {o: n for n in ours.graph.node for o in n.output}
     for node in ours.graph.node:  # the excluded sites read the float activation, a dequantized weight
         if node.name in excluded:
             assert producers[node.input[0]].op_type != "DequantizeLinear"
-            assert producers[node.input[1]].op_type == "DequantizeLinear"
+            assert producers[node.input[1]].op_type == "Mul"  # Cast(int8) * scale
     # weights="float": fully fp32 sites (float weight copies), closer to fp32 than the int8-weight variant
     fp = S.restore_float(full, pipe.fp32, excluded + [s.node for s in pipe.sites if s.label == "q_head"], "float")
     inits = {t.name for t in fp.graph.initializer}
