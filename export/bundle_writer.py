@@ -96,12 +96,13 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
                  max_steps: int | None = None, opset: int = 18, force: bool = False,
                  keep_puzzle_ids: list[int] | None = None,
                  log: Callable[[str], None] = print,
-                 extra_steps: Callable[[Path, dict[str, Any]], None] | None = None) -> Path:
+                 extra_steps: Callable[[Path, dict[str, Any], Checkpoint], None] | None = None) -> Path:
     """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
 
     `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
 
-    `extra_steps(tmp_dir, manifest)` may add files and graphs (e.g. INT8) before hashing."""
+    `extra_steps(tmp_dir, manifest, ck)` may add files and graphs (e.g. INT8) before hashing; `ck` is the
+    checkpoint as exported (puzzle rows already pruned)."""
     from hrm_edge.export.onnx_utils import check_graph, graph_summary
 
     out = Path(out)
@@ -161,7 +162,7 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
             "exporter": library_versions(),
         }
         if extra_steps is not None:
-            extra_steps(tmp, manifest)
+            extra_steps(tmp, manifest, ck)
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest["export_seconds"] = round(time.perf_counter() - t_start, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

@@ -83,8 +83,8 @@ chooses the halting rule and `--max-steps` the segment cap.
 """
 
 
-def add_device_files(tmp: Path, manifest: dict[str, Any]) -> None:
-    """`write_bundle` hook: add the runtime wheel and README-device.md to the bundle directory."""
+def add_device_files(tmp: Path, manifest: dict[str, Any], ck: Any = None) -> None:
+    """`write_bundle` hook: add the runtime wheel and README-device.md to the bundle directory (`ck` unused)."""
     wheel = build_runtime_wheel(tmp)
     (tmp / "README-device.md").write_text(device_readme(manifest, wheel.name))
     manifest["device"] = {"runtime_wheel": wheel.name, "readme": "README-device.md",

@@ -11,10 +11,12 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.model.hrm import HRM
+from hrm_edge.puzzles.datasets import PuzzleSet
 
 
 def select_ids(num_ids: int, puzzle_ids: Iterable[int] = (), arc_tasks: Iterable[str] = (),
@@ -53,3 +55,19 @@ def prune_puzzle_embeddings(model: HRM, kept: list[int]) -> HRM:
     pruned = create_model(dataclasses.replace(model.config, num_puzzle_identifiers=len(kept)))
     pruned.load_state_dict(state, strict=True)
     return pruned.set_compute_dtype(model.compute_dtype).eval()
+
+
+def calib_for_kept_ids(pset: PuzzleSet, kept: list[int]) -> PuzzleSet:
+    """The puzzles of `pset` whose original puzzle id was kept, with ids remapped to the pruned rows
+    (what a pruned model is calibrated on)."""
+    from hrm_edge.bundle import remap_ids
+
+    mask = np.isin(pset.puzzle_ids, kept)
+    if not mask.any():
+        raise HrmEdgeError(f"no {pset.task} {pset.split} puzzle uses a kept puzzle id: pass --calib-data with "
+                           "puzzles of the kept tasks")
+    return dataclasses.replace(
+        pset, inputs=pset.inputs[mask], labels=None if pset.labels is None else pset.labels[mask],
+        puzzle_ids=remap_ids(pset.puzzle_ids[mask], kept), difficulty=pset.difficulty[mask],
+        names=[n for n, m in zip(pset.names, mask, strict=False) if m],
+        meta=[d for d, m in zip(pset.meta, mask, strict=False) if m])

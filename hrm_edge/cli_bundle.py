@@ -14,6 +14,7 @@ import numpy as np
 
 from hrm_edge.act import SolveResult, parse_policy
 from hrm_edge.bundle import BundleError, open_bundle
+from hrm_edge.checkpoint import Checkpoint
 from hrm_edge.cli_common import load_for_cli
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity, with_overrides
@@ -92,22 +93,25 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
         raise click.UsageError("--target jetson needs the FP16 graph (TensorRT builds FP16 engines from it)")
     hooks = []
     if int8:
+        from hrm_edge.export.puzzle_rows import calib_for_kept_ids
         from hrm_edge.export.quantize import add_int8_graphs
 
         calib = _puzzle_set(calib_data, task, "calib", None)
         targets = int8_targets or (("tensorrt",) if target == "jetson" else ("cpu",))
 
-        def add_int8(tmp: Path, manifest: dict[str, Any]) -> None:
-            add_int8_graphs(tmp, manifest, ck, calib, targets=targets, method=calib_method, calib_size=calib_size,
-                            search=search, log=lambda m: click.echo(m, err=True))
+        def add_int8(tmp: Path, manifest: dict[str, Any], exported: Checkpoint) -> None:
+            rows = manifest.get("puzzle_rows")
+            calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows["kept_original_ids"])
+            add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
+                            calib_size=calib_size, search=search, log=lambda m: click.echo(m, err=True))
 
         hooks.append(add_int8)
     if target == "jetson":
         hooks.append(add_device_files)
 
-    def extra(tmp: Path, manifest: dict[str, Any]) -> None:
+    def extra(tmp: Path, manifest: dict[str, Any], exported: Checkpoint) -> None:
         for hook in hooks:
-            hook(tmp, manifest)
+            hook(tmp, manifest, exported)
     kept = None
     if puzzle_ids or arc_tasks:
         from hrm_edge.export.puzzle_rows import select_ids

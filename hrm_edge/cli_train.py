@@ -66,12 +66,16 @@ def eval_cmd(ckpt: str, data: str, split: str, policies: tuple[str, ...], max_st
 
 
 @click.command()
-@click.option("--preset", default="sudoku-demo", show_default=True, help="Model config preset.")
+@click.option("--family", type=click.Choice(["hrm", "trm"]), default="hrm", show_default=True,
+              help="Model family; picks the family's demo preset when --preset is not given.")
+@click.option("--preset", help="Model config preset (default sudoku-demo, or trm-sudoku-demo for --family trm).")
 @click.option("--set", "overrides", multiple=True, help="Model config override FIELD=VALUE (repeatable).")
 @click.option("--run-dir", required=True, type=click.Path(), help="Directory for checkpoints, logs, resume state.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/train_state.pt.")
 @click.option("--minutes", type=float, default=60.0, show_default=True, help="Wall-clock budget of this call.")
 @click.option("--max-steps", type=click.IntRange(1), default=10_000_000)
+@click.option("--cooldown-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Decay the LR linearly to 5% over the last N steps before --max-steps (0: constant LR).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--loss", type=click.Choice(["stablemax", "softmax"]), default="stablemax", show_default=True)
@@ -95,13 +99,13 @@ def eval_cmd(ckpt: str, data: str, split: str, policies: tuple[str, ...], max_st
 @click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the segment.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=True)
-def train(preset: str, overrides: tuple[str, ...], run_dir: str, resume: bool, minutes: float, max_steps: int,
-          batch_size: int, lr: float, loss: str, pool_file: str | None, pool_size: int, pool_givens: int,
-          pool_attempts: int, val_file: str | None,
+def train(family: str, preset: str | None, overrides: tuple[str, ...], run_dir: str, resume: bool, minutes: float,
+          max_steps: int, cooldown_steps: int, batch_size: int, lr: float, loss: str, pool_file: str | None,
+          pool_size: int, pool_givens: int, pool_attempts: int, val_file: str | None,
           start_givens: int | None, min_givens: int, curriculum_acc: float, hard_fraction: float, eval_every: int,
           seed: int, threads: int, compile: bool,
           device: str, progress: bool) -> None:
-    """Train an HRM on Sudoku with the official deep-supervision + ACT recipe (resumable)."""
+    """Train an HRM or TRM on Sudoku with the official deep-supervision + ACT recipe (resumable)."""
     import torch
 
     from hrm_edge.checkpoint import guess_task
@@ -115,7 +119,10 @@ def train(preset: str, overrides: tuple[str, ...], run_dir: str, resume: bool, m
         if not sep:
             raise click.UsageError(f"--set {item!r}: expected FIELD=VALUE")
         fields[key] = yaml_scalar(value)
+    preset = preset or ("trm-sudoku-demo" if family == "trm" else "sudoku-demo")
     mcfg = preset_config(preset, **fields)
+    if mcfg.family != family:
+        raise HrmEdgeError(f"preset {preset} is a {mcfg.family.upper()} config, not --family {family}")
     task = guess_task(mcfg.seq_len, mcfg.vocab_size)
     if task not in ("sudoku", "sudoku6"):
         raise HrmEdgeError(f"training supports sudoku and sudoku6 presets; {preset} looks like task {task!r}")
@@ -142,6 +149,7 @@ def train(preset: str, overrides: tuple[str, ...], run_dir: str, resume: bool, m
         pool.save(pool_path)
     n2 = codec.seq_len
     cfg = TrainConfig(task=task, batch_size=batch_size, lr=lr, loss=loss, max_steps=max_steps, max_minutes=minutes,
+                      cooldown_steps=cooldown_steps,
                       eval_every=eval_every, checkpoint_every=eval_every, seed=seed, compile=compile,
                       threads=torch.get_num_threads(), start_givens=start_givens or (3 * n2) // 4,
                       min_givens=min_givens, curriculum_acc=curriculum_acc, hard_fraction=hard_fraction,
@@ -162,6 +170,6 @@ def yaml_scalar(text: str) -> object:
     """Parse a --set value as YAML (ints, floats, strings)."""
     import yaml
 
-    return yaml.safeload_for_cli(text)
+    return yaml.safe_load(text)
 
 

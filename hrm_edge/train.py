@@ -12,7 +12,8 @@ What matches the official recipe (github sapientinc/HRM, `pretrain.py` + `losses
 - AdamW (betas 0.9/0.95) with linear warm-up; the puzzle embedding is a buffer with its own group.
 
 Departures (recorded on the checkpoint card): on-the-fly augmented puzzles with a givens
-curriculum instead of a fixed augmented dataset; constant LR after warm-up; plain AdamW on
+curriculum instead of a fixed augmented dataset; constant LR after warm-up (optionally a linear
+cool-down before max_steps, `cooldown_steps`); plain AdamW on
 the puzzle embedding instead of sign-SGD.
 """
 
@@ -47,6 +48,10 @@ class TrainConfig:
     puzzle_emb_lr: float = 1e-2
     weight_decay: float = 0.1
     warmup_steps: int = 200
+    # Linear LR cool-down to `cooldown_min` x lr over the last `cooldown_steps` before max_steps
+    # (0 = constant LR after warm-up, as the official recipe).
+    cooldown_steps: int = 0
+    cooldown_min: float = 0.05
     loss: str = "stablemax"
     max_steps: int = 10_000_000
     max_minutes: float = 60.0
@@ -65,6 +70,15 @@ class TrainConfig:
     # are seen from the start.
     hard_fraction: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def lr_scale(step: int, cfg: TrainConfig) -> float:
+    """LR multiplier at optimizer step `step` (0-based): linear warm-up, constant, optional linear cool-down."""
+    scale = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.cooldown_steps:
+        left = cfg.max_steps - step
+        scale *= max(cfg.cooldown_min, min(1.0, left / cfg.cooldown_steps))
+    return scale
 
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -178,7 +192,7 @@ class Trainer:
         self._refill()
         ids = torch.zeros(len(self.tokens), dtype=torch.long, device=self.device)
         for g, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
-            g["lr"] = base * min(1.0, (self.step + 1) / max(1, cfg.warmup_steps))
+            g["lr"] = base * lr_scale(self.step, cfg)
         x = self.model.embed(self.tokens, ids)
         z_H, z_L, logits, q_halt, q_cont = self._segment(self.z_H, self.z_L, x)
         self.z_H, self.z_L = z_H.detach(), z_L.detach()
@@ -251,13 +265,20 @@ class Trainer:
         if was_grad:
             self.model.inner.puzzle_emb.weights.requires_grad_(True)
 
+    def _lr_departure(self) -> str:
+        cfg = self.cfg
+        if not cfg.cooldown_steps:
+            return "constant LR after warm-up"
+        return (f"LR cooled down linearly to {cfg.cooldown_min:g}x over steps "
+                f"{cfg.max_steps - cfg.cooldown_steps}..{cfg.max_steps} (the official recipe keeps it constant)")
+
     def card(self) -> dict[str, Any]:
         return {"train_config": asdict(self.cfg), "step": self.step, "puzzles_seen": self.puzzles_seen,
                 "wall_minutes": round(self.elapsed / 60, 1), "curriculum_min_givens": self.lo,
                 "torch": str(torch.__version__), "threads": torch.get_num_threads(),
                 "last_eval": self.history[-1] if self.history else None,
                 "recipe_departures": ["on-the-fly augmented puzzles with a givens curriculum",
-                                      "constant LR after warm-up", "AdamW on the puzzle embedding"]}
+                                      self._lr_departure(), "AdamW on the puzzle embedding"]}
 
     def fit(self, progress: bool = True) -> None:
         cfg = self.cfg

@@ -78,3 +78,20 @@ def test_arc_tasks_select_their_augmentations_by_name(tmp_path):
         select_ids(5, arc_tasks=["ffffffff"], identifiers=f)
     with pytest.raises(HrmEdgeError, match="puzzle id 12 is outside"):
         select_ids(5, puzzle_ids=[12])
+
+
+def test_int8_calibration_of_a_pruned_model_uses_only_kept_ids_remapped():
+    from hrm_edge.export.puzzle_rows import calib_for_kept_ids
+    from hrm_edge.puzzles.datasets import load_puzzle_set
+
+    pset = load_puzzle_set("calib_data/sudoku", split="calib")
+    n = 5
+    pset.inputs, pset.labels, pset.difficulty = pset.inputs[:n], pset.labels[:n], pset.difficulty[:n]
+    pset.names, pset.meta = pset.names[:n], pset.meta[:n]
+    pset.puzzle_ids = np.array([0, 3, 5, 7, 3])
+    kept = calib_for_kept_ids(pset, [0, 3, 7])
+    assert kept.puzzle_ids.tolist() == [0, 1, 2, 1]
+    np.testing.assert_array_equal(kept.inputs, pset.inputs[[0, 1, 3, 4]])
+    assert kept.names == [pset.names[i] for i in (0, 1, 3, 4)]
+    with pytest.raises(HrmEdgeError, match="no sudoku calib puzzle uses a kept puzzle id"):
+        calib_for_kept_ids(pset, [9])

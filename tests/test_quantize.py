@@ -308,8 +308,8 @@ def test_add_int8_graphs_writes_graphs_entries_and_report(built, calib, tmp_path
     golden.inputs, golden.puzzle_ids, golden.labels = golden.inputs[:4], golden.puzzle_ids[:4], golden.labels[:4]
     cache = tmp_path / "cache"
 
-    def extra(tmp, manifest):
-        Q.add_int8_graphs(tmp, manifest, ck, calib, targets=("avx512_vnni", "tensorrt"), calib_size=8,
+    def extra(tmp, manifest, exported):
+        Q.add_int8_graphs(tmp, manifest, exported, calib, targets=("avx512_vnni", "tensorrt"), calib_size=8,
                           cache_dir=cache, progress=False)
 
     runs = C.calibration_runs()
@@ -339,7 +339,7 @@ def test_add_int8_graphs_writes_graphs_entries_and_report(built, calib, tmp_path
     again_dir.mkdir()
     (again_dir / "segment.fp32.onnx").write_bytes((out / "segment.fp32.onnx").read_bytes())
     manifest = {"graphs": {"segment.fp32": dict(b.graphs["segment.fp32"])}, "halting": b.manifest["halting"]}
-    extra(again_dir, manifest)
+    extra(again_dir, manifest, ck)
     assert C.calibration_runs() == runs + 3
     again = manifest["graphs"]["segment.int8-tensorrt"]
     assert again["calibration"]["cache_hit"] and again["quantization"]["search_cached"]

@@ -100,3 +100,34 @@ def test_saved_official_layout_loads_back_strictly(tmp_path, pool6):
     # H_init/L_init are bf16 in the official layout, as the official trainer stores them
     assert (a - b).abs().max().item() < 0.05
     assert single.card["step"] == 2
+
+
+def test_cli_trains_a_trm_with_config_overrides(tmp_path, capsys):
+    from tests.cli_helpers import run_cli
+
+    code, _, err = run_cli(capsys, "train", "--family", "trm", "--preset", "trm-sudoku-tiny", "--set", "seq_len=36",
+                             "--set", "vocab_size=8", "--set", "halt_max_steps=2", "--run-dir", str(tmp_path),
+                             "--max-steps", "2", "--pool-size", "8", "--batch-size", "4", "--eval-every", "1000",
+                             "--threads", "1", "--no-progress")
+    assert code == 0, err
+    ck = load_checkpoint(tmp_path / "model.pt")
+    assert ck.config.family == "trm" and ck.config.seq_len == 36 and ck.config.halt_max_steps == 2
+    assert ck.card["step"] == 2
+
+
+def test_cli_refuses_a_preset_of_the_other_family(tmp_path, capsys):
+    from tests.cli_helpers import one_line_error
+
+    line = one_line_error(capsys, "train", "--family", "trm", "--preset", "sudoku6-demo", "--run-dir", str(tmp_path))
+    assert "HRM config" in line and "--family trm" in line
+
+
+def test_lr_warms_up_stays_constant_then_cools_down_to_its_floor():
+    from hrm_edge.train import lr_scale
+
+    cfg = TrainConfig(warmup_steps=10, max_steps=1000, cooldown_steps=200, cooldown_min=0.05)
+    assert lr_scale(0, cfg) == pytest.approx(0.1)
+    assert lr_scale(500, cfg) == 1.0
+    assert lr_scale(900, cfg) == pytest.approx(0.5)
+    assert lr_scale(999, cfg) == pytest.approx(0.05)
+    assert lr_scale(500, TrainConfig(warmup_steps=10, max_steps=1000)) == 1.0  # the official constant LR
