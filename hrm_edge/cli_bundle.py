@@ -5,19 +5,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
 from hrm_edge.act import SolveResult, parse_policy
 from hrm_edge.bundle import BundleError, open_bundle
-from hrm_edge.checkpoint import Checkpoint
 from hrm_edge.cli_common import load_for_cli
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity, with_overrides
+
+if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
+    from hrm_edge.checkpoint import Checkpoint
 
 CALIB_DATA = Path(__file__).resolve().parents[1] / "calib_data"
 
@@ -153,6 +156,8 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
     ok = all(c["passed"] for c in checks)
     err, rel = metrics.get("max_logit_abs"), metrics.get("max_logit_rel")
     err_text = f", max |dlogit| {err:.2e} (relative {rel:.1e})" if err is not None else ""
+    if metrics.get("fp64_error_ratio") is not None:
+        err_text += f", error vs fp64 {metrics['fp64_error_ratio']:.2f}x PyTorch fp32's"
     return (f"{'PASS' if ok else 'FAIL'} {name}: {metrics['puzzles']} puzzles, exact agreement "
             f"{100 * metrics['exact_agreement']:.1f}%, halting agreement {100 * metrics['halting_agreement']:.1f}%"
             f"{err_text}")
@@ -219,7 +224,13 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(), default="parity_out", show_default=True)
 @click.option("--max-logit-rel", type=float,
-              help="Gate: per-step max |dlogit| / max |reference logit| (segment graphs; fp32 default 1e-5).")
+              help="Gate: per-step max |dlogit| / max |reference logit| (segment graphs; fp32 default 1e-5, "
+                   "reported only when the fp64 floor runs).")
+@click.option("--fp64-floor/--no-fp64-floor", default=True, show_default=True,
+              help="Also run the reference in float64 and gate fp32 graphs on their error against it, relative to "
+                   "PyTorch fp32's own (see docs: parity).")
+@click.option("--max-fp64-error-ratio", type=float,
+              help="Gate: candidate-vs-fp64 over PyTorch-fp32-vs-fp64 per-step max error (fp32 default 2).")
 @click.option("--min-exact-agreement", type=float, help="Gate: share of identical solutions.")
 @click.option("--min-halting-agreement", type=float, help="Gate: share of identical halting steps.")
 @click.option("--max-accuracy-drop", type=float, help="Gate: exact-accuracy drop vs the reference (0.005 = 0.5 pt).")
@@ -228,8 +239,8 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
 @click.option("--max-abs", type=float, default=1e-4, show_default=True, help="Open-loop gate on every output.")
 def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, limit: int | None,
            graphs: tuple[str, ...], precision: str, runtime: str, engine: str | None, policy: str | None,
-           max_steps: int | None, batch_size: int, out_dir: str, max_logit_rel: float | None,
-           min_exact_agreement: float | None, min_halting_agreement: float | None,
+           max_steps: int | None, batch_size: int, out_dir: str, max_logit_rel: float | None, fp64_floor: bool,
+           max_fp64_error_ratio: float | None, min_exact_agreement: float | None, min_halting_agreement: float | None,
            max_accuracy_drop: float | None, open_loop: bool, max_abs: float) -> None:
     """Closed-loop parity of bundle graphs against the PyTorch fp32 reference; non-zero exit on a failed gate."""
     from hrm_edge.act import solve_in_batches
@@ -256,11 +267,21 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
                f"max_steps {steps}", err=True)
     reference = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset.inputs,
                                  pset.puzzle_ids, halting, steps, batch_size, record_steps=True, record_logits=True)
+    fp64 = None
+    if fp64_floor and any(b.graphs[n]["precision"] == "fp32" and b.graphs[n]["kind"] == "segment" for n in names):
+        import copy
+
+        import torch
+
+        click.echo("reference in float64 (the fp64 floor) ...", err=True)
+        exact = copy.deepcopy(ck.model).double().set_compute_dtype(torch.float64)
+        fp64 = solve_in_batches(TorchSegmentRunner(exact), pset.inputs, pset.puzzle_ids, halting, steps,
+                                batch_size, record_steps=True, record_logits=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"bundle": str(b.path), "checkpoint": str(src), "data": f"{pset.task} {pset.split}",
                               "puzzles": len(pset), "policy": str(halting), "max_steps": steps, "runtime": runtime,
-                              "graphs": {}}
+                              "fp64_floor": fp64 is not None, "graphs": {}}
     suites = []
     failed = []
     for name in names:
@@ -269,9 +290,12 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
         cand = solver.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size,
                             record_logits=solver.kind == "segment")
         gates = with_overrides(DEFAULT_GATES[b.graphs[name]["precision"]], solver.kind == "segment",
-                               max_logit_rel=max_logit_rel, min_exact_agreement=min_exact_agreement,
+                               max_logit_rel=max_logit_rel, max_fp64_error_ratio=max_fp64_error_ratio,
+                               min_exact_agreement=min_exact_agreement,
                                min_halting_agreement=min_halting_agreement, max_accuracy_drop=max_accuracy_drop)
-        metrics = compare(reference, cand, pset.labels)
+        metrics = compare(reference, cand, pset.labels, fp64=fp64)
+        if metrics.get("fp64_error_ratio") is not None and max_logit_rel is None:
+            gates = dataclasses.replace(gates, max_logit_rel=None)  # the fp64 floor replaces the fixed bound
         checks = gate(metrics, gates)
         entry = {"metrics": metrics, "gates": checks, "candidate": f"{name} on {runtime}",
                  "reference": "torch fp32"}

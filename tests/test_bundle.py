@@ -145,6 +145,8 @@ def test_parity_writes_json_junit_and_png_and_passes(capsys, bundle_dir, tiny_ck
     seg = report["graphs"]["segment.fp32"]["metrics"]
     assert seg["exact_agreement"] == 1.0 and seg["halting_agreement"] == 1.0
     assert seg["max_logit_abs"] < 1e-4 and len(seg["per_step"]) == 4
+    assert report["fp64_floor"] and seg["fp64_error_ratio"] <= 2.0
+    assert "fp64_error_ratio" in {c["name"] for c in report["graphs"]["segment.fp32"]["gates"]}
     suites = ET.fromstring((out / "parity.xml").read_text())
     assert sum(int(s.get("failures")) for s in suites) == 0
     assert (out / "parity-segment.fp32.png").stat().st_size > 1000
