@@ -62,10 +62,10 @@ from hrm_edge.errors import HrmEdgeError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("bench/results")
-CALIB_DATA = REPO / "calib_data"
 # The demo checkpoint of `make bench`: the committed one once it exists, meanwhile a snapshot of
 # the local training run (copied into the cache, since training keeps rewriting it).
 DEMO_CHECKPOINTS = (REPO / "checkpoints" / "sudoku6-demo" / "model.pt", Path("/work/runs/sudoku6-demo/model.pt"))
+TRM_DEMO = REPO / "checkpoints" / "trm-sudoku6-demo" / "model.pt"  # the TRM row beside the HRM demo
 BIG_PRESET = "sudoku-27m"
 PREP_VERSION = 6  # bump when the cached graphs change
 PAUSE_PATTERN = "hrm-edge train"
@@ -325,7 +325,8 @@ def _sha256(path: Path) -> str:
 
 
 def resolve_standard_models(cache: Path) -> list[Path]:
-    """The standard suite: the Sudoku demo checkpoint (a snapshot) and a seeded 27M model."""
+    """The standard suite: the Sudoku demo checkpoint (a snapshot), the TRM demo trained on the same
+    data (when shipped), and a seeded 27M model."""
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     env = os.environ.get("HRM_EDGE_DEMO_CKPT")
@@ -338,6 +339,8 @@ def resolve_standard_models(cache: Path) -> list[Path]:
         snap = cache / "sudoku6-demo-snapshot.pt"
         shutil.copyfile(demo, snap)
         out.append(snap)
+    if TRM_DEMO.is_file() and not env:
+        out.append(TRM_DEMO)
     big = cache / f"{BIG_PRESET}-seed0.pt"
     if not big.is_file():
         _log(f"bench: writing seeded {BIG_PRESET} weights to {big}")
@@ -523,7 +526,9 @@ def _parity_inputs(model: Any, ck: Any) -> dict[str, np.ndarray]:
 
 
 def _puzzle_dir(task: str) -> Path:
-    return CALIB_DATA / task
+    from hrm_edge.puzzles.datasets import calib_data_dir
+
+    return calib_data_dir(task)
 
 
 def _puzzle_set(task: str, limit: int | None) -> Any:

@@ -22,13 +22,10 @@ from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity
 if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
     from hrm_edge.checkpoint import Checkpoint
 
-CALIB_DATA = Path(__file__).resolve().parents[1] / "calib_data"
-
-
 def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> Any:
-    from hrm_edge.puzzles.datasets import load_puzzle_set
+    from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 
-    path = Path(data) if data else CALIB_DATA / task
+    path = Path(data) if data else calib_data_dir(task)
     if not path.exists():
         raise HrmEdgeError(f"no puzzle set for task {task!r} at {path}: pass --data")
     pset = load_puzzle_set(path, split=None if path.is_file() else split)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -105,13 +106,12 @@ def train(family: str, preset: str | None, overrides: tuple[str, ...], run_dir: 
           start_givens: int | None, min_givens: int, curriculum_acc: float, hard_fraction: float, eval_every: int,
           seed: int, threads: int, compile: bool,
           device: str, progress: bool) -> None:
-    """Train an HRM or TRM on Sudoku with the official deep-supervision + ACT recipe (resumable)."""
+    """Train an HRM or TRM on Sudoku or mazes with the official deep-supervision + ACT recipe (resumable)."""
     import torch
 
     from hrm_edge.checkpoint import guess_task
     from hrm_edge.model.config import preset_config
     from hrm_edge.train import TrainConfig, Trainer
-    from hrm_edge.train_data import SudokuPool, SudokuSampler, generated_pool, pool_from_texts, read_labelled
 
     fields: dict[str, object] = {}
     for item in overrides:
@@ -124,15 +124,45 @@ def train(family: str, preset: str | None, overrides: tuple[str, ...], run_dir: 
     if mcfg.family != family:
         raise HrmEdgeError(f"preset {preset} is a {mcfg.family.upper()} config, not --family {family}")
     task = guess_task(mcfg.seq_len, mcfg.vocab_size)
-    if task not in ("sudoku", "sudoku6"):
-        raise HrmEdgeError(f"training supports sudoku and sudoku6 presets; {preset} looks like task {task!r}")
-    codec = get_codec(task)
-    box = codec.box
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    calib_dir = Path(__file__).resolve().parents[1] / "calib_data" / task
+    if task in ("sudoku", "sudoku6"):
+        sampler, val, data = _sudoku_data(task, run, val_file, pool_file, pool_size, pool_givens, pool_attempts,
+                                          seed, progress)
+    elif task == "maze" or (task or "").startswith("maze:"):
+        sampler, val, data = _maze_data(task, val_file, seed)
+    else:
+        raise HrmEdgeError(f"training supports Sudoku (sudoku, sudoku6) and maze (maze:<n>) presets; {preset} "
+                           f"looks like task {task!r}")
+    codec = get_codec(task)
+    n2 = codec.seq_len
+    cfg = TrainConfig(task=task, batch_size=batch_size, lr=lr, loss=loss, max_steps=max_steps, max_minutes=minutes,
+                      cooldown_steps=cooldown_steps,
+                      eval_every=eval_every, checkpoint_every=eval_every, seed=seed, compile=compile,
+                      threads=torch.get_num_threads(), start_givens=start_givens or (3 * n2) // 4,
+                      min_givens=min_givens, curriculum_acc=curriculum_acc, hard_fraction=hard_fraction,
+                      extra={"preset": preset, "overrides": list(overrides), **data})
+    trainer = Trainer(mcfg, cfg, sampler, run, val=val, device=device)
+    state = run / "train_state.pt"
+    if resume and state.exists():
+        trainer.load_state_dict(torch.load(state, map_location=device, weights_only=True))
+        click.echo(f"resumed from {state} at step {trainer.step}", err=True)
+    trainer.fit(progress=progress)
+    last = trainer.history[-1] if trainer.history else {}
+    click.echo(json.dumps({"step": trainer.step, "minutes": round(trainer.elapsed / 60, 1), **last}))
+
+
+def _sudoku_data(task: str, run: Path, val_file: str | None, pool_file: str | None, pool_size: int,
+                 pool_givens: int, pool_attempts: int, seed: int, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """(sampler, val (inputs, labels) or None, card data) for Sudoku: a pool of unique puzzles in RUN/pool.npz,
+    made once (from --pool or generated) without any calibration or validation puzzle."""
+    from hrm_edge.puzzles.datasets import calib_data_dir
+    from hrm_edge.train_data import SudokuPool, SudokuSampler, generated_pool, pool_from_texts, read_labelled
+
+    codec = get_codec(task)
+    calib_dir = calib_data_dir(task)
     val_path = Path(val_file) if val_file else calib_dir / "val.txt"
     val = read_labelled(val_path, codec) if val_path.exists() else None
     exclude = {codec.decode(t) for f in (calib_dir / "calib.txt", val_path) if f.exists()
@@ -142,28 +172,37 @@ def train(family: str, preset: str | None, overrides: tuple[str, ...], run_dir: 
         pool = SudokuPool.load(pool_path)
     else:
         if pool_file:
-            pool = pool_from_texts(codec.split(Path(pool_file).read_text()), box, exclude=exclude, progress=progress)
+            pool = pool_from_texts(codec.split(Path(pool_file).read_text()), codec.box, exclude=exclude,
+                                   progress=progress)
         else:
-            pool = generated_pool(pool_size, box, seed=seed + 1, givens=pool_givens, attempts=pool_attempts,
+            pool = generated_pool(pool_size, codec.box, seed=seed + 1, givens=pool_givens, attempts=pool_attempts,
                                   progress=progress)
         pool.save(pool_path)
-    n2 = codec.seq_len
-    cfg = TrainConfig(task=task, batch_size=batch_size, lr=lr, loss=loss, max_steps=max_steps, max_minutes=minutes,
-                      cooldown_steps=cooldown_steps,
-                      eval_every=eval_every, checkpoint_every=eval_every, seed=seed, compile=compile,
-                      threads=torch.get_num_threads(), start_givens=start_givens or (3 * n2) // 4,
-                      min_givens=min_givens, curriculum_acc=curriculum_acc, hard_fraction=hard_fraction,
-                      extra={"preset": preset, "overrides": list(overrides),
-                                                    "pool": str(pool_path), "pool_size": len(pool.puzzles)})
     sampler = SudokuSampler(pool, np.random.default_rng(seed))
-    trainer = Trainer(mcfg, cfg, sampler, run, val=val, device=device)
-    state = run / "train_state.pt"
-    if resume and state.exists():
-        trainer.load_state_dict(torch.load(state, map_location=device, weights_only=True))
-        click.echo(f"resumed from {state} at step {trainer.step}", err=True)
-    trainer.fit(progress=progress)
-    last = trainer.history[-1] if trainer.history else {}
-    click.echo(json.dumps({"step": trainer.step, "minutes": round(trainer.elapsed / 60, 1), **last}))
+    return sampler, val, {"pool": str(pool_path), "pool_size": len(pool.puzzles)}
+
+
+def _maze_data(task: str, val_file: str | None, seed: int) -> tuple[Any, Any, dict[str, Any]]:
+    """(sampler, val, card data) for mazes: generated on the fly in the shipped set's path-length bands,
+    never one of its calibration or validation mazes (up to symmetry)."""
+    from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
+    from hrm_edge.puzzles.maze_gen import maze_symmetry_key
+    from hrm_edge.train_data import MazeSampler
+
+    size = int(task.split(":")[1]) if ":" in task else 30
+    shipped = calib_data_dir(task)
+    sets = [load_puzzle_set(shipped, split=s) for s in ("calib", "val") if (shipped / f"{s}.txt").exists()]
+    if val_file:
+        sets.append(load_puzzle_set(Path(val_file), split=None))
+    val_set = sets[-1] if sets else None
+    exclude = {maze_symmetry_key(m) for pset in sets for m in pset.inputs}
+    manifest = shipped / "MANIFEST.json"
+    bands = (json.loads(manifest.read_text()).get("generator", {}).get("path_length_bands")
+             if manifest.exists() else None) or [[1, size * size]]
+    sampler = MazeSampler(size, np.random.default_rng(seed), [tuple(b) for b in bands], exclude)
+    val = (val_set.inputs, val_set.labels) if val_set is not None and val_set.labels is not None else None
+    return sampler, val, {"mazes": f"generated {size}x{size}, path-length bands {bands}, dihedral augmentation",
+                          "excluded": len(exclude)}
 
 
 def yaml_scalar(text: str) -> object:

@@ -1,4 +1,5 @@
-"""Training puzzles for Sudoku: a pool of unique puzzles, augmented, with a givens curriculum.
+"""Training puzzles: for Sudoku a pool of unique puzzles, augmented, with a givens curriculum;
+for mazes (`MazeSampler`) fresh mazes generated on the fly.
 
 The pool holds (puzzle, solution) digit grids with unique solutions. A training sample
 takes a pool entry, applies a validity-preserving augmentation (digit relabelling,
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hrm_edge.puzzles.base import PuzzleError
+from hrm_edge.puzzles.maze_gen import augment_maze, generate_maze, maze_symmetry_key
 from hrm_edge.puzzles.sudoku import SudokuCodec, tokens_to_grid
 from hrm_edge.puzzles.sudoku_gen import augment_sudoku, generate_sudoku, make_unique
 
@@ -121,3 +123,33 @@ def read_labelled(path: str | Path, codec: SudokuCodec) -> tuple[np.ndarray, np.
         inputs.append(codec.encode(parts[0], index=number))
         labels.append(codec.encode(parts[1], index=number))
     return np.array(inputs, np.int64), np.array(labels, np.int64)
+
+
+class MazeSampler:
+    """Draws maze training batches generated on the fly: tokens and labels int64 [b, size*size].
+
+    Each maze gets a shortest-path length from a band drawn uniformly from `bands` (the
+    calib_data bands, so training spans the difficulties the validation set measures), then one
+    of the 8 dihedral transforms. Mazes whose symmetry key is in `exclude` (the calibration and
+    validation mazes) are drawn again. Mazes have no givens: `sample`'s curriculum arguments are
+    accepted for the trainer's interface and ignored."""
+
+    def __init__(self, size: int, rng: np.random.Generator, bands: list[tuple[int, int]],
+                 exclude: set[bytes] = frozenset(), loop_frac: float = 0.05) -> None:
+        self.size, self.rng, self.bands, self.exclude, self.loop_frac = size, rng, bands, exclude, loop_frac
+
+    def sample(self, batch: int, min_givens: int = 0, max_givens: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (inputs, labels, path lengths [b])."""
+        n2 = self.size * self.size
+        inputs, labels = np.empty((batch, n2), np.int64), np.empty((batch, n2), np.int64)
+        lengths = np.empty(batch, np.int64)
+        for row in range(batch):
+            while True:
+                lo, hi = self.bands[int(self.rng.integers(len(self.bands)))]
+                maze, label = generate_maze(self.rng, self.size, lo, hi, self.loop_frac)
+                if maze_symmetry_key(maze) not in self.exclude:
+                    break
+            maze, label = augment_maze(self.rng, maze, label)
+            inputs[row], labels[row] = maze.reshape(-1), label.reshape(-1)
+            lengths[row] = int((label != maze).sum()) + 1
+        return inputs, labels, lengths

@@ -18,7 +18,7 @@ import torch
 
 from hrm_edge.checkpoint import load_checkpoint, save_checkpoint
 from hrm_edge.evaluate import evaluate, plot_report
-from hrm_edge.puzzles.datasets import load_puzzle_set
+from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +59,10 @@ def main() -> None:
 
     ck = load_checkpoint(args.run_dir / "model.pt")
     task = ck.task
-    pset = load_puzzle_set(REPO / "calib_data" / task, split="val")
+    pset = load_puzzle_set(calib_data_dir(task), split="val")
     report = evaluate(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset, ck.config.halt_max_steps)
-    report.update(checkpoint=str(args.out_dir / "model.pt"), data=f"calib_data/{task}", runtime="torch cpu float32")
+    report.update(checkpoint=str(args.out_dir / "model.pt"), data=f"calib_data/{calib_data_dir(task).name}",
+                  runtime="torch cpu float32")
     train = ck.card.get("train_config", {})
     card = {
         "task": task, "family": ck.config.family, "parameters": ck.model.parameter_count(),

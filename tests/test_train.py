@@ -131,3 +131,37 @@ def test_lr_warms_up_stays_constant_then_cools_down_to_its_floor():
     assert lr_scale(900, cfg) == pytest.approx(0.5)
     assert lr_scale(999, cfg) == pytest.approx(0.05)
     assert lr_scale(500, TrainConfig(warmup_steps=10, max_steps=1000)) == 1.0  # the official constant LR
+
+
+def test_maze_sampler_draws_solvable_mazes_in_the_bands_and_never_a_shipped_one():
+    from hrm_edge.puzzles.datasets import load_puzzle_set
+    from hrm_edge.puzzles.maze import MazeCodec
+    from hrm_edge.puzzles.maze_gen import maze_symmetry_key
+    from hrm_edge.train_data import MazeSampler
+
+    val = load_puzzle_set("calib_data/maze15", split="val")
+    exclude = {maze_symmetry_key(m) for m in val.inputs}
+    sampler = MazeSampler(15, np.random.default_rng(0), [(10, 19), (45, 225)], exclude)
+    inputs, labels, lengths = sampler.sample(12)
+    codec = MazeCodec(15)
+    assert inputs.shape == labels.shape == (12, 225)
+    for maze, label, length in zip(inputs, labels, lengths, strict=True):
+        assert codec.is_shortest(maze, label)
+        assert 10 <= length <= 19 or 45 <= length <= 225
+        assert maze_symmetry_key(maze) not in exclude
+    again = MazeSampler(15, np.random.default_rng(0), [(10, 19), (45, 225)], exclude).sample(12)
+    np.testing.assert_array_equal(again[0], inputs)  # deterministic under a seed
+
+
+def test_cli_trains_a_maze_model(tmp_path, capsys):
+    from tests.cli_helpers import run_cli
+
+    code, _, err = run_cli(capsys, "train", "--preset", "maze15-demo", "--set", "hidden_size=32", "--set",
+                           "num_heads=2", "--set", "puzzle_emb_ndim=32", "--set", "halt_max_steps=2",
+                           "--run-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4",
+                           "--eval-every", "1000", "--threads", "1", "--no-progress")
+    assert code == 0, err
+    ck = load_checkpoint(tmp_path / "official")
+    assert ck.task == "maze:15" and ck.config.seq_len == 225
+    card = load_checkpoint(tmp_path / "model.pt").card
+    assert "path-length bands [[10, 19]" in card["train_config"]["extra"]["mazes"]

@@ -305,6 +305,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 6x6 Sudoku (2x3 boxes) demo: same network as sudoku-demo on 36 cells.
     "sudoku6-demo": dict(seq_len=36, vocab_size=8, num_puzzle_identifiers=1, hidden_size=128, num_heads=4,
                          H_layers=2, L_layers=2, puzzle_emb_ndim=128, halt_max_steps=8),
+    # 15x15 maze demo (calib_data/maze15): the same network on 225 cells.
+    "maze15-demo": dict(seq_len=225, vocab_size=6, num_puzzle_identifiers=1, hidden_size=128, num_heads=4,
+                        H_layers=2, L_layers=2, puzzle_emb_ndim=128, halt_max_steps=8),
     # A few-kilobyte model for tests and smoke runs.
     "sudoku-tiny": dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, hidden_size=32, num_heads=2,
                         H_layers=1, L_layers=1, H_cycles=2, L_cycles=2, puzzle_emb_ndim=32, halt_max_steps=4),

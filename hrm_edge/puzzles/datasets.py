@@ -40,6 +40,14 @@ __all__ = [
 MANIFEST_NAME = "MANIFEST.json"
 
 
+CALIB_DATA = Path(__file__).resolve().parents[2] / "calib_data"
+
+
+def calib_data_dir(task: str) -> Path:
+    """The shipped set of a task: calib_data/<task>, with the ':' of "maze:15" dropped (calib_data/maze15)."""
+    return CALIB_DATA / task.replace(":", "")
+
+
 @dataclass
 class PuzzleSet:
     """One split of a puzzle set, as token ids ready for the model.
