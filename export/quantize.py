@@ -24,7 +24,8 @@ Pipeline (shared by the targets; every statistic is cached, see `hrm_edge.export
    93.4% of the calibration puzzles, with GPTQ on 98.0% (fp16: 98.8%): it raises the ceiling the
    mixed-precision search can reach;
 6. the mixed-precision search (`hrm_edge.export.quant_search`) keeps the most sensitive sites in
-   float until the int8 parity gate passes on the calibration puzzles, closed loop.
+   float until the int8 parity gate, tightened by `SEARCH_MARGIN`, passes on the calibration
+   puzzles, closed loop.
 
 Targets ("cpu" | "tensorrt"; optimum preset names map: avx512_vnni, avx2, arm64 -> cpu, tensorrt):
 - cpu: `mode="dynamic"` (default) -- `quantize_dynamic`: weights int8 per channel (symmetric,
@@ -51,6 +52,7 @@ DynamicQuantizeLinear, Cast, Mul), so `check_graph` holds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -74,7 +76,20 @@ PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "t
 WEIGHT_OPS = ("MatMul", "Gemm")
 MODES = ("dynamic", "static")
 DEFAULT_SMOOTH_ALPHA = 0.85
+# The search must pass the int8 parity gate on the calibration puzzles with this margin, because the
+# gate is then checked on unseen validation puzzles. Measured on the TRM 6x6 demo (step 2000, 256
+# puzzles each): a search that just passed on calibration (99.2% exact agreement, 96.1% halting) gave
+# 98.0% / 95.3% on validation.
+SEARCH_MARGIN = {"min_exact_agreement": 0.005, "min_halting_agreement": 0.02}
 SEARCH_CACHE_VERSION = 1
+
+
+def search_gates() -> Any:
+    """The int8 parity gate tightened by `SEARCH_MARGIN`: what the search must pass on calibration puzzles."""
+    from hrm_edge.parity import DEFAULT_GATES
+
+    base = DEFAULT_GATES["int8"]
+    return dataclasses.replace(base, **{k: min(1.0, getattr(base, k) + m) for k, m in SEARCH_MARGIN.items()})
 
 
 def normalize_target(name: str) -> str:
@@ -465,7 +480,7 @@ class Int8Pipeline:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.batch_size, self.threads, self.progress = batch_size, threads, progress
         self.sensitivity_per_step = sensitivity_per_step
-        self.gates = gates
+        self.gates = gates if gates is not None else search_gates()
         self.float_paths = float_paths
         self.gptq, self.gptq_per_step = gptq, gptq_per_step
         self._hessians: dict[str, np.ndarray] | None = None
@@ -534,7 +549,6 @@ class Int8Pipeline:
         if self._closed is None:
             from hrm_edge.act import solve_in_batches
             from hrm_edge.export.quant_search import ClosedLoop
-            from hrm_edge.parity import DEFAULT_GATES
             from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
             self.log(f"PyTorch fp32 reference on {len(self.tokens)} calibration puzzles (policy {self.policy}) ...")
@@ -544,7 +558,7 @@ class Int8Pipeline:
             self._closed = ClosedLoop(self.tokens, self.puzzle_ids, self.labels, reference,
                                       inner.H_init.detach().float().numpy(), inner.L_init.detach().float().numpy(),
                                       self.model.config.total_len, self.policy, self.max_steps,
-                                      self.gates or DEFAULT_GATES["int8"],
+                                      self.gates,
                                       self.batch_size, self.threads, self.work_dir)
         return self._closed
 
@@ -598,7 +612,7 @@ class Int8Pipeline:
         h.update(self.puzzle_ids.tobytes())
         meta = {"settings": settings.to_dict(), "method": self.method if settings.mode == "static" else None,
                 "policy": str(self.policy), "max_steps": self.max_steps, "batch_size": self.batch_size,
-                "gates": asdict(self.gates) if self.gates is not None else "int8", "float_paths": self.float_paths,
+                "gates": asdict(self.gates), "float_paths": self.float_paths,
                 "gptq": self.gptq, "gptq_per_step": self.gptq_per_step,
                 "per_step": self.sensitivity_per_step, **search_opts}
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
