@@ -92,6 +92,15 @@ def _export_graph(ck: Checkpoint, spec: GraphSpec, path: Path, opset: int, max_s
         raise BundleError(f"unknown graph kind {spec.kind!r}")
 
 
+def source_checkpoint(ck: Checkpoint) -> dict[str, Any]:
+    """Provenance of the exported checkpoint; its path absolute, so `parity` and `bench` find it from any
+    working directory."""
+    out = {k: ck.provenance.get(k) for k in ("format", "path", "sha256", "step")}
+    if out["path"]:
+        out["path"] = str(Path(out["path"]).resolve())
+    return out
+
+
 def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
                  max_steps: int | None = None, opset: int = 18, force: bool = False,
                  keep_puzzle_ids: list[int] | None = None,
@@ -157,7 +166,7 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
             "puzzle_rows": puzzle_rows,
             "reference": {"file": REFERENCE, "puzzles": len(golden), "policy": policy, "max_steps": steps,
                           "source": f"{golden.task} {golden.split}", "runtime": "torch cpu float32"},
-            "source_checkpoint": {k: ck.provenance.get(k) for k in ("format", "path", "sha256", "step")},
+            "source_checkpoint": source_checkpoint(ck),
             "card": ck.card,
             "exporter": library_versions(),
         }

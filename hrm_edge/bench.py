@@ -371,7 +371,7 @@ def resolve_model_arg(path: Path) -> tuple[Path, Path | None]:
         raise HrmEdgeError(f"{path}: the bundle's source checkpoint {src!r} is not on this machine; pass the "
                            "checkpoint and --int8-graph <bundle>/segment.int8-cpu.onnx instead")
     int8 = b.graph_path("segment.int8-cpu") if "segment.int8-cpu" in b.graphs else None
-    return Path(src), int8
+    return Path(src).resolve(), int8
 
 
 def _quantize_dynamic(src: Path, dst: Path) -> None:

@@ -59,6 +59,8 @@ def test_bundle_holds_graphs_manifest_carry_and_golden_outputs(bundle_dir):
     assert set(manifest["files"]) == set(names) - {"manifest.json"}
     assert manifest["graphs"]["unrolled2.fp32"]["k"] == 2
     assert manifest["graphs"]["segment.fp32"]["opset"] == 18
+    source = Path(manifest["source_checkpoint"]["path"])  # absolute: parity and bench find it from anywhere
+    assert source.is_absolute() and source.is_file()
     ref = np.load(bundle_dir / "reference.npz")
     assert ref["inputs"].shape == (6, 81) and ref["step_logits"].shape == (4, 6, 81, 11)
 
