@@ -8,9 +8,9 @@ import torch
 
 from hrm_edge.act import parse_policy, run_act, solve_in_batches
 from hrm_edge.errors import PolicyError
-from hrm_edge.model.config import preset_config
 from hrm_edge.model.hrm import HRM
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from tests.model_helpers import q_model
 
 
 class ScriptedRunner:
@@ -111,12 +111,7 @@ def test_solve_in_batches_concatenates_chunks_in_order():
 
 @pytest.fixture(scope="module")
 def tiny_model() -> HRM:
-    torch.manual_seed(3)
-    model = HRM(preset_config("sudoku-tiny", halt_max_steps=6, forward_dtype="float32"))
-    with torch.no_grad():  # a q-head that halts different puzzles at different steps
-        model.inner.q_head.weight.normal_(0, 0.3)
-        model.inner.q_head.bias.zero_()
-    return model.eval()
+    return q_model(halt_max_steps=6)
 
 
 def test_batch_gives_the_same_tokens_and_steps_as_one_by_one(tiny_model):

@@ -11,25 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hrm_edge.bundle import BundleError, open_bundle
 from hrm_edge.checkpoint import save_checkpoint
 from hrm_edge.cli import main
-from hrm_edge.model.config import preset_config
-from hrm_edge.model.hrm import HRM
 from tests.cli_helpers import one_line_error, run_cli
+from tests.model_helpers import q_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(3)
-    model = HRM(preset_config("sudoku-tiny", halt_max_steps=4, forward_dtype="float32"))
-    with torch.no_grad():  # a q-head that halts puzzles at different steps
-        model.inner.q_head.weight.normal_(0, 0.3)
-        model.inner.q_head.bias.zero_()
+    model = q_model(halt_max_steps=4)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     return save_checkpoint(path, model, "sudoku")
 

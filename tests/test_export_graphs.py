@@ -27,6 +27,7 @@ from hrm_edge.model.config import preset_config
 from hrm_edge.model.hrm import HRM
 from hrm_edge.runtimes import ort_runtime
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from tests.model_helpers import spread_q_head
 
 FP16_ATOL = 2e-2  # documented in hrm_edge.export.graphs (fp16 vs fp32, one segment, tiny models)
 
@@ -50,11 +51,7 @@ def seeded(seed: int, random_puzzle_emb: bool = False, **overrides) -> HRM:
 
 def q_model() -> HRM:
     """A tiny model whose q-head halts puzzles at different steps."""
-    model = seeded(3, halt_max_steps=6)
-    with torch.no_grad():
-        model.inner.q_head.weight.normal_(0, 0.3)
-        model.inner.q_head.bias.zero_()
-    return model
+    return spread_q_head(seeded(3, halt_max_steps=6))
 
 
 MODELS = {

@@ -21,6 +21,7 @@ from hrm_edge.runtimes.ort_runtime import (
     run_act_loop_graph,
     run_act_unrolled,
 )
+from tests.model_helpers import spread_q_head
 
 MAX_STEPS = 6
 N_PUZZLES = 8
@@ -31,9 +32,8 @@ def q_model(pos: str) -> HRM:
     torch.manual_seed(3)
     model = HRM(preset_config("sudoku-tiny", halt_max_steps=MAX_STEPS, forward_dtype="float32",
                               pos_encodings=pos)).eval()
+    spread_q_head(model)
     with torch.no_grad():
-        model.inner.q_head.weight.normal_(0, 0.3)
-        model.inner.q_head.bias.zero_()
         if pos == "learned":  # this seed's learned-position model would otherwise halt everything at step 1
             model.inner.q_head.weight.neg_()
     return model

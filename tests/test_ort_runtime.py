@@ -14,8 +14,6 @@ import torch
 from hrm_edge.act import parse_policy, run_act
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.export import graphs
-from hrm_edge.model.config import preset_config
-from hrm_edge.model.hrm import HRM
 from hrm_edge.runtimes import ort_runtime
 from hrm_edge.runtimes.ort_runtime import (
     OnnxModelError,
@@ -27,6 +25,7 @@ from hrm_edge.runtimes.ort_runtime import (
     run_act_unrolled,
 )
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from tests.model_helpers import q_model
 
 MAX_STEPS = 6
 POLICIES = ["fixed", "q", "threshold:0.6"]
@@ -41,22 +40,12 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def q_model() -> HRM:
-    """A tiny model whose q-head halts puzzles at different steps."""
-    torch.manual_seed(3)
-    model = HRM(preset_config("sudoku-tiny", halt_max_steps=MAX_STEPS, forward_dtype="float32")).eval()
-    with torch.no_grad():
-        model.inner.q_head.weight.normal_(0, 0.3)
-        model.inner.q_head.bias.zero_()
-    return model
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """The q-model and its graphs: two torch exports (segment, segment-with-x) + the embed graph;
     the unrolled and Loop graphs are composed from them."""
     root = tmp_path_factory.mktemp("ort")
-    model = q_model()
+    model = q_model(halt_max_steps=MAX_STEPS)
     carry = graphs.export_initial_carry(model)
     np.savez(root / "carry.npz", **carry)
     seg = graphs.export_segment(model, root / "segment.onnx")

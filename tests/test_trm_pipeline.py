@@ -15,11 +15,10 @@ from hrm_edge.export import graphs
 from hrm_edge.export import quantize as Q
 from hrm_edge.export.onnx_utils import check_graph, graph_summary
 from hrm_edge.export.trt_check import check_trt
-from hrm_edge.model import create_model
-from hrm_edge.model.config import preset_config
 from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes import ort_runtime
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from tests.model_helpers import q_model
 
 VARIANTS = {
     "mlp_t": {},
@@ -37,14 +36,7 @@ def one_torch_thread():
 
 def trm(variant: str):
     """A 6x6 TRM-tiny whose q-head halts puzzles at different steps."""
-    torch.manual_seed(4)
-    cfg = preset_config("trm-sudoku-tiny", seq_len=36, vocab_size=8, halt_max_steps=5, forward_dtype="float32",
-                        **VARIANTS[variant])
-    model = create_model(cfg, compute_dtype="float32").eval()
-    with torch.no_grad():
-        model.inner.q_head.weight.normal_(0, 0.3)
-        model.inner.q_head.bias.zero_()
-    return model
+    return q_model("trm-sudoku-tiny", seed=4, seq_len=36, vocab_size=8, halt_max_steps=5, **VARIANTS[variant])
 
 
 @pytest.fixture(scope="module")
