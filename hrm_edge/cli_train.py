@@ -149,7 +149,12 @@ def train(family: str, preset: str | None, overrides: tuple[str, ...], run_dir: 
     if resume and state.exists():
         trainer.load_state_dict(torch.load(state, map_location=device, weights_only=True))
         click.echo(f"resumed from {state} at step {trainer.step}", err=True)
-    trainer.fit(progress=progress)
+    try:
+        trainer.fit(progress=progress)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: fit() saved the state on the way out
+        click.echo(f"interrupted at step {trainer.step}; state saved in {state} (run the same command to resume)",
+                   err=True)
+        raise SystemExit(130) from None
     last = trainer.history[-1] if trainer.history else {}
     click.echo(json.dumps({"step": trainer.step, "minutes": round(trainer.elapsed / 60, 1), **last}))
 

@@ -165,3 +165,25 @@ def test_cli_trains_a_maze_model(tmp_path, capsys):
     assert ck.task == "maze:15" and ck.config.seq_len == 225
     card = load_checkpoint(tmp_path / "model.pt").card
     assert "path-length bands [[10, 19]" in card["train_config"]["extra"]["mazes"]
+
+
+def test_sigterm_saves_the_state_and_says_how_to_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "hrm_edge.cli", "train", "--preset", "sudoku-tiny", "--set", "seq_len=36", "--set",
+           "vocab_size=8", "--run-dir", str(tmp_path), "--pool-size", "8", "--batch-size", "4", "--minutes", "2",
+           "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "log.jsonl").exists() and time.monotonic() < deadline:  # fit() has started
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "run the same command to resume" in err and "Traceback" not in err
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    assert state["step"] > 0
