@@ -290,7 +290,7 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
                                max_logit_rel=max_logit_rel, max_fp64_error_ratio=max_fp64_error_ratio,
                                min_exact_agreement=min_exact_agreement,
                                min_halting_agreement=min_halting_agreement, max_accuracy_drop=max_accuracy_drop)
-        metrics = compare(reference, cand, pset.labels, fp64=fp64)
+        metrics = compare(reference, cand, pset.labels, fp64=fp64 if b.graphs[name]["precision"] == "fp32" else None)
         if metrics.get("fp64_error_ratio") is not None and max_logit_rel is None:
             gates = dataclasses.replace(gates, max_logit_rel=None)  # the fp64 floor replaces the fixed bound
         checks = gate(metrics, gates)
