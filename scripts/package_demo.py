@@ -64,11 +64,12 @@ def main() -> None:
     report.update(checkpoint=str(args.out_dir / "model.pt"), data=f"calib_data/{calib_data_dir(task).name}",
                   runtime="torch cpu float32")
     train = ck.card.get("train_config", {})
+    threads = train.get("threads") or torch.get_num_threads()
     card = {
         "task": task, "family": ck.config.family, "parameters": ck.model.parameter_count(),
         "config": ck.config.to_dict(), "training_command": args.command, "seed": train.get("seed"),
         "train_steps": ck.card.get("step"), "puzzles_seen": ck.card.get("puzzles_seen"),
-        "wall_minutes": ck.card.get("wall_minutes"), "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads",
+        "wall_minutes": ck.card.get("wall_minutes"), "hardware": f"{cpu_name()}, {threads} training thread(s)",
         "torch": str(torch.__version__), "data": ck.card.get("train_config", {}).get("extra", {}),
         "validation": f"calib_data/{task} val ({len(pset)} puzzles, disjoint from calibration)",
         "accuracy": {name: {k: p[k] for k in ("exact", "token", "valid", "mean_segments", "more_than_one_segment")}

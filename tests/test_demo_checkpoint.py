@@ -1,4 +1,4 @@
-"""The shipped demo checkpoint: its card's accuracy is what `hrm-edge eval` measures today."""
+"""The shipped demo checkpoints (HRM and TRM): each card's accuracy is what `hrm-edge eval` measures today."""
 
 from __future__ import annotations
 
@@ -14,26 +14,29 @@ from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "checkpoints" / "sudoku6-demo"
+DEMOS = {"sudoku6-demo": "hrm", "trm-sudoku6-demo": "trm"}
 
 
-@pytest.fixture(scope="module")
-def demo():
-    ck = load_checkpoint(DEMO / "model.pt")
-    return ck, load_puzzle_set(REPO / "calib_data" / ck.task, split="val")
+@pytest.fixture(scope="module", params=list(DEMOS))
+def demo(request):
+    path = REPO / "checkpoints" / request.param
+    ck = load_checkpoint(path / "model.pt")
+    return path, ck, load_puzzle_set(REPO / "calib_data" / ck.task, split="val")
 
 
 def test_demo_checkpoint_is_small_and_carded(demo):
-    ck, _ = demo
-    assert (DEMO / "model.pt").stat().st_size < 20e6
+    path, ck, _ = demo
+    assert (path / "model.pt").stat().st_size < 20e6
+    assert ck.config.family == DEMOS[path.name]
     assert ck.task == "sudoku6" and ck.card["parameters"] == ck.model.parameter_count()
     assert {"training_command", "seed", "wall_minutes", "hardware", "accuracy"} <= set(ck.card)
+    assert (path / "CARD.md").is_file() and (path / "eval.png").is_file()
 
 
 @pytest.mark.parametrize("policy", ["fixed", "q"])
 def test_eval_reproduces_the_card(demo, policy):
-    ck, pset = demo
-    card = json.loads((DEMO / "eval.json").read_text())["policies"][policy]
+    path, ck, pset = demo
+    card = json.loads((path / "eval.json").read_text())["policies"][policy]
     res = solve_in_batches(TorchSegmentRunner(ck.model), pset.inputs, pset.puzzle_ids, parse_policy(policy),
                            ck.config.halt_max_steps, batch_size=256)
     exact = float((res.predictions == pset.labels).all(-1).mean())
