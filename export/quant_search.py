@@ -155,20 +155,21 @@ def _weight_axis(node: onnx.NodeProto) -> int:
     return 1
 
 
-def _int8_weight(g: onnx.GraphProto, node: onnx.NodeProto, weight: onnx.TensorProto, have: set[str]
-                 ) -> tuple[str, bool]:
+def _int8_weight(g: onnx.GraphProto, node: onnx.NodeProto, weight: onnx.TensorProto, have: set[str],
+                 dequant: str = "cast") -> tuple[str, bool]:
     """The name of a float weight computed from an int8 copy of `weight` in `g`: the quantizer's own
     quantized weight (`<W>_quantized`, `<W>_scale`, zero point 0) when present, else a per-channel
     symmetric one. Built as Cast(int8 -> float) * scale rather than DequantizeLinear: ORT constant-folds
     Cast and Mul at session start (it deliberately never folds DequantizeLinear, which then would
     dequantize the weight on every call: measured 96 ms instead of 53 ms per 27M segment with a quarter
-    of the sites excluded), and TensorRT folds it at build time.
-    Returns (name, whether nodes were inserted at the top of the graph)."""
+    of the sites excluded). `dequant="dq"` builds DequantizeLinear(int8, per-channel scale, zero point 0)
+    instead: TensorRT's weight-only form (it rejects a Cast from INT8; quantized tensors reach it only
+    through Q/DQ). Returns (name, number of nodes inserted at the top of the graph)."""
     name = weight.name
     out = f"{name}_int8w_float"
     produced = {o for n in g.node for o in n.output}
     if out in produced:
-        return out, False
+        return out, 0
     axis = _weight_axis(node)
     inits = {t.name: t for t in g.initializer}
     q, scale, zp = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
@@ -187,6 +188,17 @@ def _int8_weight(g: onnx.GraphProto, node: onnx.NodeProto, weight: onnx.TensorPr
         if q not in have:
             g.initializer.append(numpy_helper.from_array(wq, q))
             have.add(q)
+    if dequant == "dq":
+        sc_name, zp_name = f"{name}_int8w_dq_scale", f"{name}_int8w_dq_zero_point"
+        if sc_name not in have:
+            g.initializer.append(numpy_helper.from_array(sc.reshape(-1) if sc.size > 1 else sc.reshape([]), sc_name))
+            g.initializer.append(numpy_helper.from_array(np.zeros(sc.size, np.int8) if sc.size > 1
+                                                         else np.zeros((), np.int8), zp_name))
+            have.update((sc_name, zp_name))
+        attrs = {"axis": axis} if sc.size > 1 else {}
+        g.node.insert(0, helper.make_node("DequantizeLinear", [q, sc_name, zp_name], [out],
+                                          name=f"{name}_int8w_DequantizeLinear", **attrs))
+        return out, 1
     bshape = [1, -1] if axis == 1 else [-1, 1]
     sc_name = f"{name}_int8w_scale"
     if sc_name not in have:
@@ -196,7 +208,7 @@ def _int8_weight(g: onnx.GraphProto, node: onnx.NodeProto, weight: onnx.TensorPr
     mul = helper.make_node("Mul", [f"{name}_int8w_cast", sc_name], [out], name=f"{name}_int8w_Mul")
     g.node.insert(0, mul)
     g.node.insert(0, cast)
-    return out, True
+    return out, 2
 
 
 def restore_float(qmodel: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Iterable[str],
@@ -206,9 +218,9 @@ def restore_float(qmodel: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Iterabl
     weights: "float" -- the site is entirely fp32 (its weight is stored in fp32 again if no quantized
     site uses it); "int8" -- activations and compute in float, the weight stays int8 in the file and is
     dequantized by constant-foldable Cast * scale, so excluding a site costs no file size and, on ORT, no
-    per-call dequantization."""
-    if weights not in ("float", "int8"):
-        raise ValueError(f"weights must be 'float' or 'int8', got {weights!r}")
+    per-call dequantization; "int8-dq" -- the same with DequantizeLinear (TensorRT's weight-only form)."""
+    if weights not in ("float", "int8", "int8-dq"):
+        raise ValueError(f"weights must be 'float', 'int8' or 'int8-dq', got {weights!r}")
     nodes = list(nodes)
     out = copy.deepcopy(qmodel)
     if not nodes:
@@ -231,9 +243,10 @@ def restore_float(qmodel: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Iterabl
                 continue
             if inp in fp_inits and inp not in have_inits:
                 weight = fp_inits[inp]
-                if weights == "int8" and j == 1 and len(weight.dims) == 2:
-                    new.input[j], inserted = _int8_weight(g, orig, weight, have_inits)
-                    producer += 2 * int(inserted)  # Cast and Mul went in at the top
+                if weights != "float" and j == 1 and len(weight.dims) == 2:
+                    new.input[j], inserted = _int8_weight(g, orig, weight, have_inits,
+                                                          "dq" if weights == "int8-dq" else "cast")
+                    producer += inserted  # the dequantizing nodes went in at the top
                     produced.add(new.input[j])
                     continue
                 g.initializer.append(copy.deepcopy(weight))

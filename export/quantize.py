@@ -626,6 +626,8 @@ class Int8Pipeline:
 
         t0 = time.perf_counter()
         settings = settings_for(target, mode, self.per_channel)
+        if settings.target == "tensorrt" and excluded_weights == "int8":
+            excluded_weights = "int8-dq"  # TensorRT takes int8 weights only through DequantizeLinear
         self.log(f"INT8 {settings.target} ({settings.mode}) ...")
         full = self.quantize(settings)
         sites = quantized_sites(self.sites, full, self.fp32)

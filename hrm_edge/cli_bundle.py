@@ -65,13 +65,15 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--calib-data", type=click.Path(exists=True), help="Calibration set (default: calib_data/<task> calib).")
 @click.option("--search/--no-search", default=True, show_default=True,
               help="Keep the most sensitive layers in float until the parity gate passes on calibration puzzles.")
+@click.option("--max-float-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="The search keeps at most this share of the INT8 sites in float (more: closer to fp32, slower).")
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
 def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, unroll: tuple[int, ...],
                act_loop: bool, golden_data: str | None, golden_count: int, policy: str, max_steps: int | None,
                opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None, identifiers: str | None,
                int8: bool, int8_targets: tuple[str, ...], calib_method: str, calib_size: int, calib_data: str | None,
-               search: bool, target: str) -> None:
+               search: bool, max_float_share: float, target: str) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
     from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
@@ -103,7 +105,8 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
             rows = manifest.get("puzzle_rows")
             calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows["kept_original_ids"])
             add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
-                            calib_size=calib_size, search=search, log=lambda m: click.echo(m, err=True))
+                            calib_size=calib_size, search=search, max_excluded_share=max_float_share,
+                            log=lambda m: click.echo(m, err=True))
 
         hooks.append(add_int8)
     if target == "jetson":

@@ -257,6 +257,27 @@ def test_restore_float_equals_ort_nodes_to_exclude(pipe, tmp_path):
     assert S.restore_float(full, pipe.fp32, []).SerializeToString() == full.SerializeToString()
 
 
+def test_float_sites_of_the_tensorrt_flavour_dequantize_their_int8_weights_the_tensorrt_way(pipe, tmp_path):
+    from hrm_edge.export.trt_check import check_trt
+
+    full = pipe.quantize(Q.settings_for("tensorrt"))
+    excluded = [s.node for s in pipe.sites if s.label in ("H1.layer0.down_proj", "L2.layer0.o_proj")]
+    cast = S.restore_float(full, pipe.fp32, excluded, "int8")
+    dq = S.restore_float(full, pipe.fp32, excluded, "int8-dq")
+    # the same arithmetic: int8 weight x per-channel scale, then a float MatMul
+    for a, b in zip(_run(cast, _feeds(pipe)), _run(dq, _feeds(pipe)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    producers = {o: n for n in dq.graph.node for o in n.output}
+    assert {producers[n.input[1]].op_type for n in dq.graph.node if n.name in excluded} == {"DequantizeLinear"}
+    paths = {}
+    for name, model in (("cast", cast), ("dq", dq)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(paths[name]))
+    errors = {k: [f for f in check_trt(p, "10.3") if f.severity == "error"] for k, p in paths.items()}
+    assert not errors["dq"], errors["dq"][:2]
+    assert errors["cast"] and all("Cast" in f.message for f in errors["cast"])  # what TensorRT rejects
+
+
 def test_search_keeps_exactly_the_planted_sites_in_float(built, calib, tmp_path):
     ck = Checkpoint(built["planted_model"], built["model"].config, "sudoku6")
     pipe = Q.Int8Pipeline(built["planted"], ck, calib, tmp_path / "w", calib_size=12, smooth_alpha=None, gptq=False,
