@@ -14,7 +14,7 @@ from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 REPO = Path(__file__).resolve().parents[1]
-DEMOS = {"sudoku6-demo": "hrm", "trm-sudoku6-demo": "trm"}
+DEMOS = {"sudoku6-demo": "hrm", "trm-sudoku6-demo": "trm", "trm-sudoku6-att-demo": "trm"}
 
 
 @pytest.fixture(scope="module", params=list(DEMOS))
