@@ -32,13 +32,7 @@ from tests.model_helpers import spread_q_head
 FP16_ATOL = 2e-2  # documented in hrm_edge.export.graphs (fp16 vs fp32, one segment, tiny models)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one torch thread is fastest and steady on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def seeded(seed: int, random_puzzle_emb: bool = False, **overrides) -> HRM:

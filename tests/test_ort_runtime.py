@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from hrm_edge.act import parse_policy, run_act
 from hrm_edge.errors import HrmEdgeError
@@ -31,13 +30,7 @@ MAX_STEPS = 6
 POLICIES = ["fixed", "q", "threshold:0.6"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one torch thread is fastest and steady on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
