@@ -146,3 +146,24 @@ def test_unknown_split_is_rejected() -> None:
         pytest.skip(f"{CALIB} not built")
     with pytest.raises(PuzzleError, match=r"no split 'test'; splits: calib, val"):
         load_puzzle_set(CALIB / "maze15", "test")
+
+
+def test_pool_overlap_check_sees_through_sudoku_symmetry():
+    """scripts/check_pool_overlap.py, behind the demo cards' "0 of 512" claim: a val puzzle relabelled
+    and permuted is recognised as the same puzzle; another val puzzle is not."""
+    import importlib.util
+
+    script = CALIB.parent / "scripts" / "check_pool_overlap.py"
+    spec = importlib.util.spec_from_file_location("check_pool_overlap", script)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    perms = check.box_preserving_permutations()
+    assert perms.shape == (3456, 36) and len({p.tobytes() for p in perms}) == 3456
+    pset = load_puzzle_set(CALIB / "sudoku6", split="val")
+    a, b = pset.inputs[0] - 1, pset.inputs[1] - 1  # digits, 0 = blank
+    rng = np.random.default_rng(0)
+    relabel = np.concatenate([[0], rng.permutation(6) + 1])
+    disguised = relabel[a][perms[1234]]
+    assert not np.array_equal(disguised, a)
+    assert check.canonical(disguised, perms) == check.canonical(a, perms)
+    assert check.canonical(b, perms) != check.canonical(a, perms)
