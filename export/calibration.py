@@ -387,10 +387,6 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
                    ) -> dict[str, np.ndarray]:
     """Per-channel (last axis) |max| of these graph tensors over every calibration sample, cached
     like `calibrate` (the statistics SmoothQuant needs)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
     tensors = sorted(set(tensors))
     key = calibration_key(graph, reader, "channel_absmax", {"tensors": tensors})
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -399,15 +395,7 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {name: f[f"t{i}"] for i, name in enumerate(tensors)}
     _RUNS["calibrations"] += 1
-    model = onnx.load(str(graph))
-    known = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in known:
-            model.graph.output.append(helper.make_value_info(name, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
-                                                                                                 None)))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _session_with_outputs(graph, tensors)
     out: dict[str, np.ndarray] = {}
     reader.rewind()
     batches = list(reader.batches())
@@ -422,10 +410,7 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
     finally:
         if bar is not None:
             bar.close()
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache, suffix=".npz", delete=False) as f:
-        np.savez(f, **{f"t{i}": out[name] for i, name in enumerate(tensors)})
-    os.replace(f.name, path)
+    _save_npz(path, {f"t{i}": out[name] for i, name in enumerate(tensors)})
     return out
 
 
@@ -437,10 +422,6 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
     Hessian), from these calibration samples; cached like `calibrate`.
 
     groups: weight name -> the activation input names of its call sites."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
     names = sorted({a for v in groups.values() for a in v})
     key = calibration_key(graph, reader, "input_hessians", {"groups": {k: sorted(v) for k, v in groups.items()},
                                                             **key_extra})
@@ -451,15 +432,7 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {w: f[f"h{i}"] for i, w in enumerate(weights)}
     _RUNS["calibrations"] += 1
-    model = onnx.load(str(graph))
-    known = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in known:
-            model.graph.output.append(helper.make_value_info(name, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
-                                                                                                 None)))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _session_with_outputs(graph, names)
     acc: dict[str, np.ndarray] = {}
     rows: dict[str, int] = dict.fromkeys(weights, 0)
     bar = _bar(progress, total=len(samples), desc="GPTQ statistics", unit="batch")
@@ -477,11 +450,33 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
         if bar is not None:
             bar.close()
     out = {w: (acc[w] / max(rows[w], 1)).astype(np.float32) for w in weights}
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache, suffix=".npz", delete=False) as f:
-        np.savez(f, **{f"h{i}": out[w] for i, w in enumerate(weights)})
-    os.replace(f.name, path)
+    _save_npz(path, {f"h{i}": out[w] for i, w in enumerate(weights)})
     return out
+
+
+def _session_with_outputs(graph: str | Path, names: list[str]) -> Any:
+    """A CPU session of `graph` that also returns these intermediate float tensors."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = onnx.load(str(graph))
+    known = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in known:
+            model.graph.output.append(helper.make_value_info(name, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
+                                                                                                 None)))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cache file atomically (a temp file in the same directory, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
+        np.savez(f, **arrays)
+    os.replace(f.name, path)
 
 
 class _ListReader(CalibrationDataReader):
