@@ -22,6 +22,7 @@ from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity
 if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
     from hrm_edge.checkpoint import Checkpoint
 
+
 def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> Any:
     from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 
@@ -228,7 +229,7 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
                    "reported only when the fp64 floor runs).")
 @click.option("--fp64-floor/--no-fp64-floor", default=True, show_default=True,
               help="Also run the reference in float64 and gate fp32 graphs on their error against it, relative to "
-                   "PyTorch fp32's own (see docs: parity).")
+                   "PyTorch fp32's own (README: Parity gates).")
 @click.option("--max-fp64-error-ratio", type=float,
               help="Gate: candidate-vs-fp64 over PyTorch-fp32-vs-fp64 per-step max error (fp32 default 2).")
 @click.option("--min-exact-agreement", type=float, help="Gate: share of identical solutions.")
