@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from hrm_edge.export.quant_search import SCORED
+
 REPORT_JSON = "quant_report.json"
 
 
@@ -71,7 +73,8 @@ def plot_target(section: dict[str, Any], path: str | Path) -> None:
     ax1.set_ylabel("rel. L2 error of site output")
     parity = section.get("calib_parity", {})
     ax1.set_title(f"{section.get('graph')}: error by layer (open loop, calibration inputs of every ACT step); "
-                  f"red = kept in float. Calib parity: exact {100 * (parity.get('exact_agreement') or 0):.1f}%, "
+                  f"red = kept in float. Calib parity: solved "
+                  f"{100 * (parity.get('solved_agreement') or parity.get('exact_agreement') or 0):.1f}%, "
                   f"halting {100 * (parity.get('halting_agreement') or 0):.1f}%, "
                   f"{'PASS' if parity.get('passed') else 'FAIL'}", fontsize=9)
     ax1.legend(fontsize=8)
@@ -90,9 +93,10 @@ def plot_target(section: dict[str, Any], path: str | Path) -> None:
         per = (ol.get(name) or {}).get("per_step", [])
         if per:
             steps = sorted({p["step"] for p in per})
-            vals = [np.mean([np.mean([p["z_H_out"], p["z_L_out"], p["logits"]]) for p in per if p["step"] == s])
+            vals = [np.mean([np.mean([p[k] for k in SCORED if k in p]) for p in per if p["step"] == s])
                     for s in steps]
-            ax3.semilogy(np.array(steps) + 1, vals, style, marker="o", label=f"open loop, {name}: carry+logits error")
+            ax3.semilogy(np.array(steps) + 1, vals, style, marker="o",
+                         label=f"open loop, {name}: carry, logits, halting-margin error")
     closed = section.get("closed_loop_per_step", [])
     if closed:
         ax3.semilogy([c["step"] for c in closed], [max(c["mean_abs"], 1e-9) for c in closed], marker="s",

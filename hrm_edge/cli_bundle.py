@@ -62,7 +62,8 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
                    "jetson: tensorrt).")
 @click.option("--calib", "calib_method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Calibration method.")
-@click.option("--calib-size", type=click.IntRange(1), default=256, show_default=True, help="Calibration puzzles.")
+@click.option("--calib-size", type=click.IntRange(1), default=1024, show_default=True,
+              help="Calibration puzzles (statistics and the search's closed-loop gate; at most the set's size).")
 @click.option("--calib-data", type=click.Path(exists=True), help="Calibration set (default: calib_data/<task> calib).")
 @click.option("--search/--no-search", default=True, show_default=True,
               help="Keep the most sensitive layers in float until the parity gate passes on calibration puzzles.")
@@ -159,7 +160,9 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
     err_text = f", max |dlogit| {err:.2e} (relative {rel:.1e})" if err is not None else ""
     if metrics.get("fp64_error_ratio") is not None:
         err_text += f", error vs fp64 {metrics['fp64_error_ratio']:.2f}x PyTorch fp32's"
-    return (f"{'PASS' if ok else 'FAIL'} {name}: {metrics['puzzles']} puzzles, exact agreement "
+    solved = metrics.get("solved_agreement")
+    solved_text = f"solved agreement {100 * solved:.1f}%, " if solved is not None else ""
+    return (f"{'PASS' if ok else 'FAIL'} {name}: {metrics['puzzles']} puzzles, {solved_text}identical outputs "
             f"{100 * metrics['exact_agreement']:.1f}%, halting agreement {100 * metrics['halting_agreement']:.1f}%"
             f"{err_text}")
 
@@ -232,7 +235,9 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
                    "PyTorch fp32's own (README: Parity gates).")
 @click.option("--max-fp64-error-ratio", type=float,
               help="Gate: candidate-vs-fp64 over PyTorch-fp32-vs-fp64 per-step max error (fp32 default 2).")
-@click.option("--min-exact-agreement", type=float, help="Gate: share of identical solutions.")
+@click.option("--min-exact-agreement", type=float, help="Gate: share of identical outputs.")
+@click.option("--min-solved-agreement", type=float,
+              help="Gate: share of puzzles both sides solve or both fail (labelled data; int8/fp16 default 0.99).")
 @click.option("--min-halting-agreement", type=float, help="Gate: share of identical halting steps.")
 @click.option("--max-accuracy-drop", type=float, help="Gate: exact-accuracy drop vs the reference (0.005 = 0.5 pt).")
 @click.option("--open-loop", is_flag=True,
@@ -241,7 +246,8 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
 def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, limit: int | None,
            graphs: tuple[str, ...], precision: str, runtime: str, engine: str | None, policy: str | None,
            max_steps: int | None, batch_size: int, out_dir: str, max_logit_rel: float | None, fp64_floor: bool,
-           max_fp64_error_ratio: float | None, min_exact_agreement: float | None, min_halting_agreement: float | None,
+           max_fp64_error_ratio: float | None, min_exact_agreement: float | None,
+           min_solved_agreement: float | None, min_halting_agreement: float | None,
            max_accuracy_drop: float | None, open_loop: bool, max_abs: float) -> None:
     """Closed-loop parity of bundle graphs against the PyTorch fp32 reference; non-zero exit on a failed gate."""
     from hrm_edge.act import solve_in_batches
@@ -292,7 +298,7 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
                             record_logits=solver.kind == "segment")
         gates = with_overrides(DEFAULT_GATES[b.graphs[name]["precision"]], solver.kind == "segment",
                                max_logit_rel=max_logit_rel, max_fp64_error_ratio=max_fp64_error_ratio,
-                               min_exact_agreement=min_exact_agreement,
+                               min_exact_agreement=min_exact_agreement, min_solved_agreement=min_solved_agreement,
                                min_halting_agreement=min_halting_agreement, max_accuracy_drop=max_accuracy_drop)
         metrics = compare(reference, cand, pset.labels, fp64=fp64 if b.graphs[name]["precision"] == "fp32" else None)
         if metrics.get("fp64_error_ratio") is not None and max_logit_rel is None:

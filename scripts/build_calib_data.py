@@ -160,11 +160,20 @@ def sudoku_meta(grid: np.ndarray, box: tuple[int, int], extra: dict[str, Any]) -
 
 
 def generated_sudoku(
-    seed: int, set_code: int, box: tuple[int, int], levels: tuple[int, ...], per_level: int, dedup: Dedup
+    seed: int,
+    set_code: int,
+    box: tuple[int, int],
+    levels: tuple[int, ...],
+    per_level: int,
+    dedup: Dedup,
+    streams: tuple[tuple[str, str], ...] = tuple((s, s) for s in SPLITS),
+    first_stream: int = 0,
 ) -> dict[str, list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]]:
-    """``per_level`` generated puzzles per givens level and split."""
-    out: dict[str, list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]] = {s: [] for s in SPLITS}
-    for s_idx, split in enumerate(SPLITS):
+    """``per_level`` generated puzzles per givens level and (split, id tag) stream; stream i draws
+    from random stream ``first_stream + i``."""
+    out: dict[str, list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]] = {s: [] for s, _ in streams}
+    for i, (split, tag) in enumerate(streams):
+        s_idx = first_stream + i
         for givens in levels:
             made, attempt = 0, 0
             while made < per_level:
@@ -176,7 +185,7 @@ def generated_sudoku(
                 if not dedup.accept(grid_to_tokens(puzzle), puzzle):
                     continue
                 extra = {
-                    "id": f"gen{box[0] * box[1]}-g{givens}-{split}-{made:03d}",
+                    "id": f"gen{box[0] * box[1]}-g{givens}-{tag}-{made:03d}",
                     "source": "generated",
                     "target_givens": givens,
                     "seed": entropy,
@@ -244,7 +253,10 @@ def write_sudoku_set(
     splits: dict[str, list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]],
     manifest: dict[str, Any],
     seed: int,
+    extra: dict[str, list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]] | None = None,
 ) -> None:
+    """Write one Sudoku set; ``extra[split]`` is shuffled on its own and appended after the split's
+    items, so the first items of a split stay what they were before the extra ones were added."""
     codec = SudokuCodec(*box)
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
@@ -253,6 +265,8 @@ def write_sudoku_set(
     manifest["stats"] = {}
     for s_idx, split in enumerate(SPLITS):
         items = shuffled(np.random.default_rng([seed, 900, s_idx]), splits[split])
+        if extra and extra.get(split):
+            items += shuffled(np.random.default_rng([seed, 901, s_idx]), extra[split])
         for puzzle, solution, _meta in items:
             assert count_solutions(puzzle, box) == 1
             assert codec.check(grid_to_tokens(puzzle), grid_to_tokens(solution))
@@ -462,7 +476,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # 6x6 (2x3 boxes): generated only.
     levels6 = (10, 14, 18, 22)
-    gen6 = generated_sudoku(seed, 6, (2, 3), levels6, 64, Dedup(lambda g: sudoku_symmetry_key(g, (2, 3))))
+    dedup6 = Dedup(lambda g: sudoku_symmetry_key(g, (2, 3)))
+    gen6 = generated_sudoku(seed, 6, (2, 3), levels6, 64, dedup6)
+    # 768 more calibration puzzles after the first 256: the INT8 mixed-precision search gates on the
+    # calibration puzzles closed loop, and 256 were too few to predict the 256-puzzle validation gate
+    # (HRM demo: 0 of 256 calibration puzzles solved differently, 3 of 256 validation puzzles).
+    extra6 = generated_sudoku(seed, 6, (2, 3), levels6, 192, dedup6, streams=(("calib", "calibx"),),
+                              first_stream=len(SPLITS))
     manifest6: dict[str, Any] = {
         "format": "text: '<puzzle> <solution>' per line, 36 chars each, '.' = blank; boxes 2 rows x 3 columns",
         "sources": [{"name": "generated", "licence": GENERATED_LICENCE}],
@@ -472,13 +492,16 @@ def main(argv: list[str] | None = None) -> None:
             "box": [2, 3],
             "givens_levels": list(levels6),
             "per_level_per_split": 64,
+            "extra_calib_per_level": 192,
+            "extra_calib_note": "calib lines 257-1024 (ids *-calibx-*) were added for the INT8 search; "
+            "lines 1-256 are unchanged",
             "command": f"python {SCRIPT} --seed {seed}",
         },
         "labels": "unique solutions from the exact solver",
         "difficulty": manifest9["difficulty"],
         "disjointness": manifest9["disjointness"],
     }
-    write_sudoku_set(root, "sudoku6", (2, 3), gen6, manifest6, seed)
+    write_sudoku_set(root, "sudoku6", (2, 3), gen6, manifest6, seed, extra=extra6)
 
     build_maze_set(root, "maze", 30, ((40, 79), (80, 109), (110, 159), (160, 900)), 32, seed, 30)
     build_maze_set(root, "maze15", 15, ((10, 19), (20, 29), (30, 44), (45, 225)), 32, seed, 15)

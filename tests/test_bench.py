@@ -63,6 +63,8 @@ def test_bench_writes_json_with_the_documented_fields(report):
     assert set(data["targets"]) == {"int8_segment_b1", "e2e_q_int8", "fp32_b16_peak"}
     prof = data["profiles"][model["name"]]
     assert prof["cpufused fp32"]["ops"]["MultiHeadAttention"]["ms"] > 0
+    int8_ops = prof["cpufused int8"]["ops"]  # where the INT8 segment's time goes, by (ORT-fused) op type
+    assert sum(o["ms"] for op, o in int8_ops.items() if "Integer" in op or "Quantize" in op) > 0, sorted(int8_ops)
     assert "Softmax" in prof["standard fp32"]["ops"] or "FusedMatMul" in prof["standard fp32"]["ops"]
     assert (report["out"] / "bench.md").read_text().startswith("# hrm-edge bench")
 

@@ -26,7 +26,7 @@ from hrm_edge.puzzles.datasets import sha256_file
 
 CALIB = Path(__file__).resolve().parents[1] / "calib_data"
 SETS = {"sudoku": "sudoku", "sudoku6": "sudoku6", "maze": "maze", "maze15": "maze:15", "arc": "arc"}
-COUNTS = {"sudoku": (512, 512), "sudoku6": (256, 256), "maze": (128, 128), "maze15": (128, 128), "arc": (415, 419)}
+COUNTS = {"sudoku": (512, 512), "sudoku6": (1024, 256), "maze": (128, 128), "maze15": (128, 128), "arc": (415, 419)}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_tampered_file_is_rejected(tmp_path: Path) -> None:
     shutil.copytree(CALIB / "sudoku6", copy)
     data = copy / "val.txt"
     data.write_text(data.read_text().replace("1", "2", 1))
-    assert len(load_puzzle_set(copy / "calib.txt")) == 256  # untouched split still loads
+    assert len(load_puzzle_set(copy / "calib.txt")) == 1024  # untouched split still loads
     with pytest.raises(PuzzleError, match=r"val\.txt: sha256 mismatch"):
         load_puzzle_set(copy, "val")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,47 @@ def test_a_graph_with_a_subtly_wrong_weight_fails_the_fp64_gate(demo, tmp_path):
     assert metrics["fp64_error_ratio"] > 10
     failed = [c["name"] for c in gate(metrics, DEFAULT_GATES["fp32"]) if not c["passed"]]
     assert "fp64_error_ratio" in failed
+
+
+def _with_prediction(result, puzzle: int, cells: np.ndarray):
+    """`result` with puzzle `puzzle`'s final prediction replaced by `cells`."""
+    predictions = result.predictions.copy()
+    predictions[puzzle] = cells
+    return dataclasses.replace(result, predictions=predictions)
+
+
+def test_a_different_wrong_answer_where_the_reference_fails_keeps_solved_agreement(demo):
+    _, puzzles, fp32, _, _ = demo
+    labels = puzzles[2]
+    unsolved = np.flatnonzero(~(fp32.predictions == labels).all(-1))
+    assert len(unsolved) >= 1  # the demo fails some validation puzzles
+    wrong = fp32.predictions[unsolved[0]].copy()
+    j = np.flatnonzero(wrong == labels[unsolved[0]])[0]  # a right cell made wrong: still wrong, differently
+    wrong[j] = wrong[j] % 6 + 1
+    metrics = compare(fp32, _with_prediction(fp32, unsolved[0], wrong), labels)
+    assert metrics["exact_agreement"] == 1 - 1 / N
+    assert metrics["solved_agreement"] == 1.0
+    assert [c["name"] for c in gate(metrics, DEFAULT_GATES["int8"]) if not c["passed"]] == []
+
+
+def test_failing_a_puzzle_the_reference_solves_costs_solved_agreement(demo):
+    _, puzzles, fp32, _, _ = demo
+    labels = puzzles[2]
+    solved = np.flatnonzero((fp32.predictions == labels).all(-1))
+    wrong = labels[solved[0]].copy()
+    wrong[0] = wrong[0] % 6 + 1
+    metrics = compare(fp32, _with_prediction(fp32, solved[0], wrong), labels)
+    assert metrics["solved_agreement"] == metrics["exact_agreement"] == 1 - 1 / N
+    failed = [c["name"] for c in gate(metrics, DEFAULT_GATES["int8"]) if not c["passed"]]
+    assert failed == ["solved_agreement", "accuracy_drop"]  # 1 of 64 is 1.6 points
+
+
+def test_without_labels_the_solved_gate_falls_back_to_identical_outputs(demo):
+    _, puzzles, fp32, _, _ = demo
+    unsolved = np.flatnonzero(~(fp32.predictions == puzzles[2]).all(-1))
+    wrong = fp32.predictions[unsolved[0]].copy()
+    wrong[0] = wrong[0] % 6 + 1
+    metrics = compare(fp32, _with_prediction(fp32, unsolved[0], wrong), None)
+    assert "solved_agreement" not in metrics
+    checks = {c["name"]: c for c in gate(metrics, DEFAULT_GATES["int8"])}
+    assert checks["exact_agreement"]["threshold"] == 0.99 and not checks["exact_agreement"]["passed"]

@@ -28,6 +28,7 @@ from hrm_edge.model import create_model
 from hrm_edge.model.config import preset_config
 from hrm_edge.parity import Gates
 from hrm_edge.puzzles.datasets import load_puzzle_set
+from tests.model_helpers import spread_q_head
 
 PLANT, CHANNEL = 3000.0, 3
 # Gate of the search tests: the int8 gates plus a per-step logit gate between ordinary INT8 noise
@@ -365,3 +366,41 @@ def test_add_int8_graphs_writes_graphs_entries_and_report(built, calib, tmp_path
     again = manifest["graphs"]["segment.int8-tensorrt"]
     assert again["calibration"]["cache_hit"] and again["quantization"]["search_cached"]
     assert again["quantization"]["float_sites"] == b.graphs["segment.int8-tensorrt"]["quantization"]["float_sites"]
+
+
+def test_open_loop_score_includes_the_halting_margin(built, calib, tmp_path):
+    """The sensitivity pass scores q_halt - q_continue too, so sites that move halting decisions rank."""
+    from hrm_edge.export.graphs import export_segment
+
+    model = spread_q_head(copy.deepcopy(built["model"]))  # the official init makes q constant
+    ck = Checkpoint(model, model.config, "sudoku6")
+    pipe = Q.Int8Pipeline(export_segment(model, tmp_path / "q.onnx"), ck, calib, tmp_path / "w", calib_size=12,
+                          smooth_alpha=None, gptq=False, cache_dir=tmp_path / "cache", progress=False)
+    full = pipe.quantize(Q.settings_for("tensorrt"))
+    q_head = next(s.node for s in pipe.sites if s.label == "q_head")
+    per_step = pipe.open_loop.errors(full)["per_step"]
+    assert all(p["q_margin"] > 0 for p in per_step)
+    assert all(p["q_margin"] == 0 for p in pipe.open_loop.errors(pipe.fp32)["per_step"])
+    full_q = np.mean([p["q_margin"] for p in per_step])
+    float_head = S.restore_float(full, pipe.fp32, [q_head], "float")
+    assert np.mean([p["q_margin"] for p in pipe.open_loop.errors(float_head)["per_step"]]) < full_q
+
+
+def _scripted(results):
+    """An `evaluate` for search_exclusions: gate checks looked up by the number of excluded sites."""
+    def evaluate(excluded):
+        checks = [{"name": n, "value": v, "threshold": t, "passed": v >= t} for n, v, t in results[len(excluded)]]
+        m = {"exact_agreement": 0.9, "solved_agreement": checks[0]["value"], "halting_agreement": checks[1]["value"],
+             "token_agreement": 0.99, "accuracy_drop": 0.0}
+        return {"metrics": m, "gates": checks, "passed": all(c["passed"] for c in checks), "seconds": 0.0}
+    return evaluate
+
+
+def test_a_search_that_never_passes_keeps_the_trial_closest_to_passing():
+    # no exclusion: best solved agreement but halting far off; two exclusions: only solved agreement just short
+    results = {0: [("solved", 1.0, 0.995), ("halting", 0.91, 0.97)],
+               1: [("solved", 0.99, 0.995), ("halting", 0.95, 0.97)],
+               2: [("solved", 0.994, 0.995), ("halting", 0.975, 0.97)]}
+    result = S.search_exclusions(_scripted(results), ["a", "b"], max_excluded=2, progress=False)
+    assert not result.passed
+    assert result.excluded == ["a", "b"]
