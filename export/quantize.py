@@ -623,7 +623,7 @@ class Int8Pipeline:
         return h.hexdigest()
 
     def build(self, target: str, out: str | Path, *, mode: str | None = None, search: bool = True,
-              max_excluded_share: float = 0.5, max_evals: int = 16, prune: bool = True,
+              max_excluded_share: float = 1.0, max_evals: int = 16, prune: bool = True,
               excluded_weights: str = "int8", exclude: Sequence[str] | None = None) -> Int8Build:
         """Quantize for one target, search the exclusions, write `out` and describe it."""
         from hrm_edge.export.quant_search import leave_one_out, restore_float, search_exclusions, site_errors
@@ -761,7 +761,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: dict[str, Any], ck: Any, cal
                     per_channel: bool = True, search: bool = True, cache_dir: str | Path | None = None,
                     progress: bool = True, cpu_mode: str = "dynamic",
                     smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA, max_evals: int = 16,
-                    max_excluded_share: float = 0.5, excluded_weights: str = "int8", gptq: bool = True,
+                    max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
                     log: Callable[[str], None] | None = None) -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 

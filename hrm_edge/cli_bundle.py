@@ -67,8 +67,9 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--calib-data", type=click.Path(exists=True), help="Calibration set (default: calib_data/<task> calib).")
 @click.option("--search/--no-search", default=True, show_default=True,
               help="Keep the most sensitive layers in float until the parity gate passes on calibration puzzles.")
-@click.option("--max-float-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="The search keeps at most this share of the INT8 sites in float (more: closer to fp32, slower).")
+@click.option("--max-float-share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="The search keeps at most this share of the INT8 sites in float (1: as many as the gate needs; "
+                   "float sites still store int8 weights, so the file stays small, but they compute in float).")
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
 def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, unroll: tuple[int, ...],
