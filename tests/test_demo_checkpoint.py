@@ -16,7 +16,7 @@ from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 REPO = Path(__file__).resolve().parents[1]
 # name -> (family, task)
 DEMOS = {"sudoku6-demo": ("hrm", "sudoku6"), "trm-sudoku6-demo": ("trm", "sudoku6"),
-         "trm-sudoku6-att-demo": ("trm", "sudoku6")}
+         "trm-sudoku6-att-demo": ("trm", "sudoku6"), "trm-sudoku-demo": ("trm", "sudoku")}
 
 
 @pytest.fixture(scope="module", params=list(DEMOS))
