@@ -333,6 +333,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "trm-sudoku6-att-demo": dict(family="trm", seq_len=36, vocab_size=8, num_puzzle_identifiers=1, hidden_size=128,
                                  num_heads=4, L_layers=2, H_cycles=2, L_cycles=3, puzzle_emb_ndim=128,
                                  puzzle_emb_len=1, halt_max_steps=8),
+    # 15x15 maze TRM (attention, as the paper uses for mazes), the TRM twin of maze15-demo: the TRM
+    # learned 6x6 Sudoku 5-10x faster in CPU wall time than the HRM did.
+    "trm-maze15-demo": dict(family="trm", seq_len=225, vocab_size=6, num_puzzle_identifiers=1, hidden_size=128,
+                            num_heads=4, L_layers=2, H_cycles=2, L_cycles=3, puzzle_emb_ndim=128,
+                            puzzle_emb_len=1, halt_max_steps=8),
     # An 89k-parameter TRM for tests and smoke runs (the 32-wide puzzle row is zero-padded to 2 positions).
     "trm-sudoku-tiny": dict(family="trm", seq_len=81, vocab_size=11, num_puzzle_identifiers=1, hidden_size=32,
                             num_heads=2, L_layers=1, H_cycles=2, L_cycles=2, puzzle_emb_ndim=32, puzzle_emb_len=2,
