@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from hrm_edge.export.quant_search import SCORED
+from hrm_edge.parity import solved_metric
 
 REPORT_JSON = "quant_report.json"
 
@@ -74,7 +75,7 @@ def plot_target(section: dict[str, Any], path: str | Path) -> None:
     parity = section.get("calib_parity", {})
     ax1.set_title(f"{section.get('graph')}: error by layer (open loop, calibration inputs of every ACT step); "
                   f"red = kept in float. Calib parity: solved "
-                  f"{100 * (parity.get('solved_agreement') or parity.get('exact_agreement') or 0):.1f}%, "
+                  f"{100 * (parity.get(solved_metric(parity)) or 0):.1f}%, "
                   f"halting {100 * (parity.get('halting_agreement') or 0):.1f}%, "
                   f"{'PASS' if parity.get('passed') else 'FAIL'}", fontsize=9)
     ax1.legend(fontsize=8)

@@ -53,7 +53,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from hrm_edge.act import HaltingPolicy, SolveResult, solve_in_batches
-from hrm_edge.parity import Gates, compare, gate
+from hrm_edge.parity import Gates, compare, gate, solved_metric
 
 _WEIGHT_RE = re.compile(r"model\.inner\.(?:(?P<level>[HL])_level\.layers\.(?P<layer>\d+)\.(?P<block>self_attn|mlp)\."
                         r"(?P<proj>\w+?)|(?P<head>lm_head|q_head))\.weight")
@@ -315,8 +315,9 @@ class OpenLoop:
         per_step = []
         for (step, feeds), ref in zip(self.samples, self.reference, strict=True):
             got = sess.run(list(SEGMENT_OUTPUTS + Q_OUTPUTS), feeds)
-            errs = {name: _rel(g, r) for name, g, r in zip(SEGMENT_OUTPUTS, got, ref, strict=False)}
-            errs["q_margin"] = _rel(got[3] - got[4], ref[3] - ref[4])
+            n = len(SEGMENT_OUTPUTS)
+            errs = {name: _rel(g, r) for name, g, r in zip(SEGMENT_OUTPUTS, got[:n], ref[:n], strict=True)}
+            errs["q_margin"] = _rel(got[n] - got[n + 1], ref[n] - ref[n + 1])
             argmax = float((got[2].argmax(-1) == ref[2].argmax(-1)).mean())
             halt = float(((got[3] > got[4]) == (ref[3] > ref[4])).mean())
             per_step.append({"step": step, **errs, "token_agreement": argmax, "halt_agreement": halt})
@@ -450,8 +451,7 @@ def search_exclusions(evaluate: Callable[[list[str]], dict[str, Any]], ranked: S
         cache[key] = ev
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(excluded=len(excluded), solved=f"{m.get('solved_agreement', m['exact_agreement']):.3f}",
-                            passed=ev["passed"])
+            bar.set_postfix(excluded=len(excluded), solved=f"{m[solved_metric(m)]:.3f}", passed=ev["passed"])
         return ev
 
     try:

@@ -72,6 +72,7 @@ from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from hrm_edge.export.onnx_utils import check_graph, dedupe_initializers, graph_summary, set_metadata
+from hrm_edge.parity import solved_metric
 
 TARGETS = ("cpu", "tensorrt")
 PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "tensorrt": "tensorrt",
@@ -738,7 +739,7 @@ class Int8Pipeline:
         }
         self.log(f"  {out.name}: {out.stat().st_size / 1e6:.2f} MB ({100 * report['sizes']['ratio']:.0f}% of fp32), "
                  f"{len(excluded)}/{len(sites)} site(s) in float, calib solved agreement "
-                 f"{100 * m.get('solved_agreement', m['exact_agreement']):.1f}% (identical outputs "
+                 f"{100 * m[solved_metric(m)]:.1f}% (identical outputs "
                  f"{100 * m['exact_agreement']:.1f}%), halting {100 * m['halting_agreement']:.1f}%, "
                  f"{'PASS' if evaluation['passed'] else 'FAIL'}")
         return Int8Build(settings.target, out, entry, report)

@@ -806,9 +806,9 @@ def run_suite(paths: list[Path], s: Settings, out: Path, cache: Path, pauser: Pa
     if s.profile:
         for model in models:
             graphs = {"standard fp32": model.graphs["segx"], "cpufused fp32": model.graphs["fused"]}
-            if Path(model.graphs["int8"]).is_file():  # a shipped INT8 graph embeds the tokens itself (one Gather)
-                graphs["cpufused int8" if _takes_x(model.graphs["int8"]) else "cpufused int8 (embeds)"] = \
-                    model.graphs["int8"]
+            int8 = model.graphs["int8"]
+            if Path(int8).is_file():  # a shipped INT8 graph embeds the tokens itself (one Gather)
+                graphs["cpufused int8" if _takes_x(int8) else "cpufused int8 (embeds)"] = int8
             graphs = {k: v for k, v in graphs.items() if Path(v).is_file()}
             if graphs:
                 _log(f"bench: profiling {model.name} batch 1 ...")

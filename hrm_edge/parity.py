@@ -127,6 +127,12 @@ def compare(reference: SolveResult, candidate: SolveResult, labels: np.ndarray |
     return out
 
 
+def solved_metric(metrics: dict[str, Any]) -> str:
+    """The agreement the solved gate reads: "solved_agreement" where labels gave it, else
+    "exact_agreement" (identical outputs, the stricter measure)."""
+    return "solved_agreement" if metrics.get("solved_agreement") is not None else "exact_agreement"
+
+
 def gate(metrics: dict[str, Any], gates: Gates) -> list[dict[str, Any]]:
     """One record per gate: name, value, threshold, passed."""
     checks: list[dict[str, Any]] = []
@@ -144,7 +150,7 @@ def gate(metrics: dict[str, Any], gates: Gates) -> list[dict[str, Any]]:
         add("exact_agreement", metrics["exact_agreement"], gates.min_exact_agreement,
             metrics["exact_agreement"] >= gates.min_exact_agreement)
     if gates.min_solved_agreement is not None:
-        name = "solved_agreement" if "solved_agreement" in metrics else "exact_agreement"
+        name = solved_metric(metrics)
         add(name, metrics[name], gates.min_solved_agreement, metrics[name] >= gates.min_solved_agreement)
     add("halting_agreement", metrics["halting_agreement"], gates.min_halting_agreement,
         metrics["halting_agreement"] >= gates.min_halting_agreement)
