@@ -21,8 +21,8 @@ from hrm_edge.puzzles.datasets import PuzzleSet
 DEFAULT_POLICIES = ("fixed", "q", "threshold:0.9")
 
 
-def _buckets(pset: PuzzleSet) -> dict[str, np.ndarray]:
-    """Named boolean masks over the set: by source and givens band (Sudoku) and by difficulty level."""
+def difficulty_buckets(pset: PuzzleSet) -> dict[str, np.ndarray]:
+    """Named boolean masks over the set: by givens band and rater level (Sudoku), by path-length band (mazes)."""
     out: dict[str, np.ndarray] = {}
     meta = pset.meta or [{} for _ in range(len(pset))]
     if all("givens" in m for m in meta):
@@ -34,10 +34,10 @@ def _buckets(pset: PuzzleSet) -> dict[str, np.ndarray]:
     if all("level_name" in m for m in meta):
         for name in sorted({m["level_name"] for m in meta}):
             out[f"level {name}"] = np.array([m["level_name"] == name for m in meta])
-    elif all("path_length" in m for m in meta):
-        lengths = np.array([m["path_length"] for m in meta])
-        for lo in sorted({int(x) // 25 * 25 for x in lengths}):
-            out[f"path {lo}-{lo + 24}"] = (lengths >= lo) & (lengths < lo + 25)
+    elif all("band" in m for m in meta):  # mazes: the generator's shortest-path-length band, in steps
+        bands = [tuple(m["band"]) for m in meta]
+        for lo, hi in sorted(set(bands)):
+            out[f"path {lo}-{hi}"] = np.array([b == (lo, hi) for b in bands])
     return out
 
 
@@ -62,7 +62,7 @@ def score(pset: PuzzleSet, result: SolveResult) -> dict[str, Any]:
     everything = np.ones(len(pset), bool)
     return {**summary(everything),
             "segments_histogram": {int(k): int(v) for k, v in sorted(Counter(result.steps.tolist()).items())},
-            "buckets": {name: summary(sel) for name, sel in _buckets(pset).items()}}
+            "buckets": {name: summary(sel) for name, sel in difficulty_buckets(pset).items()}}
 
 
 def scaling_curve(pset: PuzzleSet, recorded: SolveResult) -> dict[str, list[float]]:

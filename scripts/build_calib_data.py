@@ -7,7 +7,8 @@ Sets (each a directory with ``calib`` and ``val`` splits, ``*.meta.jsonl`` and `
   adding givens from one of its solutions) plus generated puzzles at 30/36/45/55 givens;
   labelled by the exact solver, rated by the logical rater.
 - ``sudoku6``: generated 6x6 (2x3 boxes) puzzles at 10/14/18/22 givens.
-- ``maze`` (30x30) and ``maze15`` (15x15): generated mazes over shortest-path-length bands.
+- ``maze`` (30x30), ``maze15`` (15x15) and ``maze11`` (11x11, 1024 calibration mazes for the INT8
+  search): generated mazes over shortest-path-length bands.
 - ``arc``: test pairs of the ARC-AGI-1 training tasks (calib) and evaluation tasks (val).
 
 Calibration and validation never share a puzzle, compared by exact token ids and by a
@@ -287,8 +288,11 @@ def write_sudoku_set(
 
 # --------------------------------------------------------------------- maze
 def build_maze_set(
-    root: Path, name: str, size: int, bands: tuple[tuple[int, int], ...], per_band: int, seed: int, set_code: int
+    root: Path, name: str, size: int, bands: tuple[tuple[int, int], ...], per_band: int, seed: int, set_code: int,
+    calib_per_band: int | None = None,
 ) -> None:
+    """Generated mazes of one size: `per_band` per path-length band in each split (`calib_per_band` in calib
+    when given, so the INT8 search has more calibration mazes than the validation set holds)."""
     codec = MazeCodec(size)
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
@@ -306,6 +310,7 @@ def build_maze_set(
             "loop_frac": 0.05,
             "path_length_bands": [list(b) for b in bands],
             "per_band_per_split": per_band,
+            **({"calib_per_band": calib_per_band} if calib_per_band else {}),
             "command": f"python {SCRIPT} --seed {seed}",
         },
         "labels": "one shortest path (BFS) marked 'o'",
@@ -318,7 +323,8 @@ def build_maze_set(
         items: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
         for b_idx, (lo, hi) in enumerate(bands):
             made, attempt = 0, 0
-            while made < per_band:
+            wanted = calib_per_band if split == "calib" and calib_per_band else per_band
+            while made < wanted:
                 rng, entropy = rng_for(seed, set_code, s_idx, b_idx, attempt)
                 attempt += 1
                 maze, label = generate_maze(rng, size, min_path_len=lo, max_path_len=hi, loop_frac=0.05)
@@ -505,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
 
     build_maze_set(root, "maze", 30, ((40, 79), (80, 109), (110, 159), (160, 900)), 32, seed, 30)
     build_maze_set(root, "maze15", 15, ((10, 19), (20, 29), (30, 44), (45, 225)), 32, seed, 15)
+    build_maze_set(root, "maze11", 11, ((6, 11), (12, 17), (18, 25), (26, 121)), 64, seed, 11, calib_per_band=256)
     build_arc_set(root, data, seed)
     total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     print(f"wrote {root} ({total / 1e6:.2f} MB)")

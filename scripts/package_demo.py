@@ -71,7 +71,7 @@ def main() -> None:
         "train_steps": ck.card.get("step"), "puzzles_seen": ck.card.get("puzzles_seen"),
         "wall_minutes": ck.card.get("wall_minutes"), "hardware": f"{cpu_name()}, {threads} training thread(s)",
         "torch": str(torch.__version__), "data": ck.card.get("train_config", {}).get("extra", {}),
-        "validation": f"calib_data/{task} val ({len(pset)} puzzles, disjoint from calibration)",
+        "validation": f"calib_data/{calib_data_dir(task).name} val ({len(pset)} puzzles, disjoint from calibration)",
         "accuracy": {name: {k: p[k] for k in ("exact", "token", "valid", "mean_segments", "more_than_one_segment")}
                      for name, p in report["policies"].items()},
         "recipe_departures": ck.card.get("recipe_departures"), "note": args.note,
@@ -83,14 +83,17 @@ def main() -> None:
     plot_report(report, str(args.out_dir / "eval.png"))
     codec = pset.codec
     demo = [codec.decode(t) for t in pset.inputs[np.linspace(0, len(pset) - 1, args.demo_puzzles).astype(int)]]
-    (args.out_dir / "demo.txt").write_text(f"# {args.demo_puzzles} puzzles from calib_data/{task} val\n"
-                                           + "\n".join(demo) + "\n")
+    separator = "\n\n" if any("\n" in text for text in demo) else "\n"  # grids (mazes) need blank lines
+    (args.out_dir / "demo.txt").write_text(f"# {args.demo_puzzles} puzzles from {card['validation'].split(' (')[0]}\n"
+                                           + separator.join(demo) + "\n")
+    data_kind = ("generated mazes, dihedral augmentation" if task.startswith("maze")
+                 else "generated unique puzzles, augmented, givens curriculum")
     md = [f"# {args.out_dir.name}", "", f"{ck.config.family.upper()} for `{task}`, "
           f"{card['parameters']:,} parameters, {ck.config.halt_max_steps} ACT segments at most.", "",
           "## Training", "", f"- command: `{args.command}`", f"- seed: {card['seed']}",
           f"- steps: {card['train_steps']}, puzzles seen: {card['puzzles_seen']}, wall time: "
           f"{card['wall_minutes']} min", f"- hardware: {card['hardware']}, torch {card['torch']}",
-          f"- data: generated unique puzzles, augmented, givens curriculum ({json.dumps(card['data'])})",
+          f"- data: {data_kind} ({json.dumps(card['data'])})",
           f"- departures from the official recipe: {', '.join(card['recipe_departures'] or [])}", "",
           "## Accuracy (fp32 PyTorch reference, `hrm-edge eval` reproduces it)", "",
           f"On {card['validation']}.", "", table(report), "", "![eval](eval.png)", ""]

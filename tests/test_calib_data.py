@@ -25,8 +25,10 @@ from hrm_edge.puzzles import (
 from hrm_edge.puzzles.datasets import sha256_file
 
 CALIB = Path(__file__).resolve().parents[1] / "calib_data"
-SETS = {"sudoku": "sudoku", "sudoku6": "sudoku6", "maze": "maze", "maze15": "maze:15", "arc": "arc"}
-COUNTS = {"sudoku": (512, 512), "sudoku6": (1024, 256), "maze": (128, 128), "maze15": (128, 128), "arc": (415, 419)}
+SETS = {"sudoku": "sudoku", "sudoku6": "sudoku6", "maze": "maze", "maze15": "maze:15", "maze11": "maze:11",
+        "arc": "arc"}
+COUNTS = {"sudoku": (512, 512), "sudoku6": (1024, 256), "maze": (128, 128), "maze15": (128, 128),
+          "maze11": (1024, 256), "arc": (415, 419)}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def test_sudoku_labels_are_the_unique_solutions(sets: dict[str, dict[str, Puzzle
             assert count_solutions(tokens_to_grid(inp, codec.n), codec.box) == 1
 
 
-@pytest.mark.parametrize("name", ["maze", "maze15"])
+@pytest.mark.parametrize("name", ["maze", "maze15", "maze11"])
 def test_maze_labels_are_shortest_paths(sets: dict[str, dict[str, PuzzleSet]], name: str) -> None:
     for ps in sets[name].values():
         codec = ps.codec
@@ -127,6 +129,13 @@ def test_sudoku_difficulty_spans_easy_to_hard(sets: dict[str, dict[str, PuzzleSe
 def test_maze_difficulty_includes_hard_mazes(sets: dict[str, dict[str, PuzzleSet]]) -> None:
     for ps in sets["maze"].values():
         assert (ps.difficulty > 110).sum() >= 50 and ps.difficulty.min() >= 40
+
+
+def test_maze11_bands_are_equally_filled(sets: dict[str, dict[str, PuzzleSet]]) -> None:
+    for split, per_band in (("calib", 256), ("val", 64)):
+        steps = sets["maze11"][split].difficulty
+        counts = [int(((steps >= lo) & (steps <= hi)).sum()) for lo, hi in ((6, 11), (12, 17), (18, 25), (26, 121))]
+        assert counts == [per_band] * 4
 
 
 def test_tampered_file_is_rejected(tmp_path: Path) -> None:
