@@ -10,20 +10,22 @@ import pytest
 
 from hrm_edge.act import parse_policy, solve_in_batches
 from hrm_edge.checkpoint import load_checkpoint
-from hrm_edge.puzzles.datasets import load_puzzle_set
+from hrm_edge.evaluate import difficulty_buckets
+from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> (family, task)
 DEMOS = {"sudoku6-demo": ("hrm", "sudoku6"), "trm-sudoku6-demo": ("trm", "sudoku6"),
-         "trm-sudoku6-att-demo": ("trm", "sudoku6"), "trm-sudoku-demo": ("trm", "sudoku")}
+         "trm-sudoku6-att-demo": ("trm", "sudoku6"), "trm-sudoku-demo": ("trm", "sudoku"),
+         "trm-maze11-demo": ("trm", "maze:11")}
 
 
 @pytest.fixture(scope="module", params=list(DEMOS))
 def demo(request):
     path = REPO / "checkpoints" / request.param
     ck = load_checkpoint(path / "model.pt")
-    return path, ck, load_puzzle_set(REPO / "calib_data" / ck.task, split="val")
+    return path, ck, load_puzzle_set(calib_data_dir(ck.task), split="val")
 
 
 def test_demo_checkpoint_is_small_and_carded(demo):
@@ -48,10 +50,15 @@ def test_eval_reproduces_the_card(demo, policy):
     card = json.loads((path / "eval.json").read_text())["policies"][policy]
     res = solve_in_batches(TorchSegmentRunner(ck.model), pset.inputs, pset.puzzle_ids, parse_policy(policy),
                            ck.config.halt_max_steps, batch_size=256)
-    exact = float((res.predictions == pset.labels).all(-1).mean())
-    assert exact == pytest.approx(card["exact"], abs=1 / len(pset))
+    solved = (res.predictions == pset.labels).all(-1)
+    assert float(solved.mean()) == pytest.approx(card["exact"], abs=1 / len(pset))
     assert float(res.steps.mean()) == pytest.approx(card["mean_segments"], abs=0.02)
     assert np.isclose(card["exact"], ck.card["accuracy"][policy]["exact"])
+    for name, mask in difficulty_buckets(pset).items():  # the card's per-difficulty table too
+        entry = card["buckets"][name]
+        assert entry["count"] == mask.sum()
+        assert solved[mask].mean() == pytest.approx(entry["exact"], abs=1 / mask.sum())
+        assert res.steps[mask].mean() == pytest.approx(entry["mean_segments"], abs=0.05)
 
 
 def test_the_9x9_card_holds_on_its_generated_puzzles():
@@ -74,3 +81,12 @@ def test_the_9x9_card_holds_on_its_generated_puzzles():
             assert res.steps[in_bucket].mean() == pytest.approx(entry["mean_segments"], abs=0.05)
             checked += int(in_bucket.sum())
     assert checked == sel.sum() >= 256
+
+
+def test_the_maze_demos_halting_head_runs_longer_on_longer_paths():
+    """Per-band numbers from the card, which test_eval_reproduces_the_card re-measures."""
+    policies = json.loads((REPO / "checkpoints" / "trm-maze11-demo" / "eval.json").read_text())["policies"]
+    bands = ("path 6-11", "path 12-17", "path 18-25", "path 26-121")
+    segments = [policies["q"]["buckets"][b]["mean_segments"] for b in bands]
+    assert segments == sorted(segments) and segments[-1] > 2 * segments[0]
+    assert policies["fixed"]["exact"] - policies["q"]["exact"] <= 0.01
