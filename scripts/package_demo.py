@@ -60,8 +60,9 @@ def main() -> None:
     ck = load_checkpoint(args.run_dir / "model.pt")
     task = ck.task
     pset = load_puzzle_set(calib_data_dir(task), split="val")
+    data_name = f"calib_data/{calib_data_dir(task).name}"
     report = evaluate(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset, ck.config.halt_max_steps)
-    report.update(checkpoint=str(args.out_dir / "model.pt"), data=f"calib_data/{calib_data_dir(task).name}",
+    report.update(checkpoint=str(args.out_dir / "model.pt"), data=data_name,
                   runtime="torch cpu float32")
     train = ck.card.get("train_config", {})
     threads = train.get("threads") or torch.get_num_threads()
@@ -71,7 +72,7 @@ def main() -> None:
         "train_steps": ck.card.get("step"), "puzzles_seen": ck.card.get("puzzles_seen"),
         "wall_minutes": ck.card.get("wall_minutes"), "hardware": f"{cpu_name()}, {threads} training thread(s)",
         "torch": str(torch.__version__), "data": ck.card.get("train_config", {}).get("extra", {}),
-        "validation": f"calib_data/{calib_data_dir(task).name} val ({len(pset)} puzzles, disjoint from calibration)",
+        "validation": f"{data_name} val ({len(pset)} puzzles, disjoint from calibration)",
         "accuracy": {name: {k: p[k] for k in ("exact", "token", "valid", "mean_segments", "more_than_one_segment")}
                      for name, p in report["policies"].items()},
         "recipe_departures": ck.card.get("recipe_departures"), "note": args.note,
@@ -84,7 +85,7 @@ def main() -> None:
     codec = pset.codec
     demo = [codec.decode(t) for t in pset.inputs[np.linspace(0, len(pset) - 1, args.demo_puzzles).astype(int)]]
     separator = "\n\n" if any("\n" in text for text in demo) else "\n"  # grids (mazes) need blank lines
-    (args.out_dir / "demo.txt").write_text(f"# {args.demo_puzzles} puzzles from {card['validation'].split(' (')[0]}\n"
+    (args.out_dir / "demo.txt").write_text(f"# {args.demo_puzzles} puzzles from {data_name} val\n"
                                            + separator.join(demo) + "\n")
     data_kind = ("generated mazes, dihedral augmentation" if task.startswith("maze")
                  else "generated unique puzzles, augmented, givens curriculum")
