@@ -272,13 +272,20 @@ class Trainer:
         return (f"LR cooled down linearly to {cfg.cooldown_min:g}x over steps "
                 f"{cfg.max_steps - cfg.cooldown_steps}..{cfg.max_steps} (the official recipe keeps it constant)")
 
+    def _uses_givens(self) -> bool:
+        """Sudoku has a givens curriculum; generated mazes have none."""
+        return not self.cfg.task.startswith("maze")
+
     def card(self) -> dict[str, Any]:
-        return {"train_config": asdict(self.cfg), "step": self.step, "puzzles_seen": self.puzzles_seen,
-                "wall_minutes": round(self.elapsed / 60, 1), "curriculum_min_givens": self.lo,
-                "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-                "last_eval": self.history[-1] if self.history else None,
-                "recipe_departures": ["on-the-fly augmented puzzles with a givens curriculum",
-                                      self._lr_departure(), "AdamW on the puzzle embedding"]}
+        data = ("on-the-fly augmented puzzles with a givens curriculum" if self._uses_givens() else
+                "mazes generated on the fly in the validation set's path-length bands, dihedral augmentation")
+        card = {"train_config": asdict(self.cfg), "step": self.step, "puzzles_seen": self.puzzles_seen,
+                "wall_minutes": round(self.elapsed / 60, 1), "torch": str(torch.__version__),
+                "threads": torch.get_num_threads(), "last_eval": self.history[-1] if self.history else None,
+                "recipe_departures": [data, self._lr_departure(), "AdamW on the puzzle embedding"]}
+        if self._uses_givens():
+            card["curriculum_min_givens"] = self.lo
+        return card
 
     def fit(self, progress: bool = True) -> None:
         cfg = self.cfg
@@ -304,14 +311,14 @@ class Trainer:
                 now = time.monotonic()
                 self.elapsed += now - t_last
                 t_last = now
+                givens = {"min_givens": self.lo} if self._uses_givens() else {}
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc_ema']:.2f}", givens=self.lo,
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc_ema']:.2f}", **givens,
                                     seen=self.puzzles_seen)
                 if self.step % cfg.eval_every == 0:
                     record = {"step": self.step, "minutes": round(self.elapsed / 60, 2),
-                              "puzzles_seen": self.puzzles_seen, "min_givens": self.lo, **stats,
-                              **self.evaluate()}
+                              "puzzles_seen": self.puzzles_seen, **givens, **stats, **self.evaluate()}
                     self.history.append(record)
                     log.write(json.dumps(record) + "\n")
                     log.flush()

@@ -308,12 +308,13 @@ def build_maze_set(
             "seed": seed,
             "size": size,
             "loop_frac": 0.05,
+            "unique_path": True,
             "path_length_bands": [list(b) for b in bands],
             "per_band_per_split": per_band,
             **({"calib_per_band": calib_per_band} if calib_per_band else {}),
             "command": f"python {SCRIPT} --seed {seed}",
         },
-        "labels": "one shortest path (BFS) marked 'o'",
+        "labels": "the shortest path (BFS) marked 'o'; every maze has exactly one",
         "disjointness": "calib and val share no maze, compared by exact token ids and dihedral symmetry key",
         "splits": {},
         "stats": {},
@@ -327,7 +328,7 @@ def build_maze_set(
             while made < wanted:
                 rng, entropy = rng_for(seed, set_code, s_idx, b_idx, attempt)
                 attempt += 1
-                maze, label = generate_maze(rng, size, min_path_len=lo, max_path_len=hi, loop_frac=0.05)
+                maze, label = generate_maze(rng, size, min_path_len=lo, max_path_len=hi, loop_frac=0.05, max_tries=2000)
                 if not dedup.accept(maze.reshape(-1), maze):
                     continue
                 steps = path_length(maze)

@@ -23,6 +23,7 @@ from hrm_edge.puzzles import (
     tokens_to_grid,
 )
 from hrm_edge.puzzles.datasets import sha256_file
+from hrm_edge.puzzles.maze_gen import shortest_route_count
 
 CALIB = Path(__file__).resolve().parents[1] / "calib_data"
 SETS = {"sudoku": "sudoku", "sudoku6": "sudoku6", "maze": "maze", "maze15": "maze:15", "maze11": "maze:11",
@@ -105,6 +106,14 @@ def test_maze_labels_are_shortest_paths(sets: dict[str, dict[str, PuzzleSet]], n
         for inp, lab, steps in zip(ps.inputs, ps.labels, ps.difficulty, strict=True):
             assert codec.check(inp, lab) and codec.is_shortest(inp, lab)
             assert path_length(inp) == steps
+
+
+@pytest.mark.parametrize("name", ["maze", "maze15", "maze11"])
+def test_every_maze_has_exactly_one_shortest_path(sets: dict[str, dict[str, PuzzleSet]], name: str) -> None:
+    """Otherwise the label is an arbitrary pick among ties and exact accuracy would fault right answers."""
+    for ps in sets[name].values():
+        n = ps.codec.size
+        assert [shortest_route_count(inp.reshape(n, n)) for inp in ps.inputs] == [1] * len(ps)
 
 
 def test_arc_labels_are_the_official_outputs(sets: dict[str, dict[str, PuzzleSet]]) -> None:

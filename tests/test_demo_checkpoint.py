@@ -84,10 +84,13 @@ def test_the_9x9_card_holds_on_its_generated_puzzles():
     assert sum(int(m.sum()) for m in masks.values()) == sel.sum() >= 256
 
 
-def test_the_maze_demos_halting_head_runs_longer_on_longer_paths():
-    """Per-band numbers from the card, which test_eval_reproduces_the_card re-measures."""
+def test_the_maze_demo_solves_nine_in_ten_and_mostly_stops_after_one_segment():
+    """Numbers from the card, which test_eval_reproduces_the_card re-measures."""
     policies = json.loads((REPO / "checkpoints" / "trm-maze11-demo" / "eval.json").read_text())["policies"]
+    assert policies["fixed"]["exact"] >= 0.90 and policies["q"]["exact"] >= 0.90
     bands = ("path 6-11", "path 12-17", "path 18-25", "path 26-121")
     segments = [policies["q"]["buckets"][b]["mean_segments"] for b in bands]
-    assert segments == sorted(segments) and segments[-1] > 2 * segments[0]
-    assert policies["fixed"]["exact"] - policies["q"]["exact"] <= 0.01
+    assert segments == sorted(segments)  # a longer path never stops sooner on average
+    assert policies["q"]["mean_segments"] < 1.5  # of 8
+    # `q` (sigmoid(q_halt) > 0.5) gives up 1.6 points against `fixed`; a 0.9 threshold gives up none
+    assert policies["threshold:0.9"]["exact"] >= policies["fixed"]["exact"]

@@ -16,6 +16,7 @@ from hrm_edge.puzzles import (
     path_length,
     solve_maze,
 )
+from hrm_edge.puzzles.maze_gen import shortest_paths_from, shortest_route_count
 
 # Two routes from S to G: 6 steps down the left side, 10 round the right-hand side.
 HAND = [
@@ -158,6 +159,23 @@ def test_generated_mazes_are_solvable_and_labels_are_shortest(size: int, min_len
         assert (label == 5).sum() == steps - 1
 
 
+def test_shortest_paths_from_counts_equally_short_routes() -> None:
+    grid = MazeCodec(5).encode(text(["#####", "#S  #", "#   #", "#  G#", "#####"])).reshape(5, 5)
+    steps, routes = shortest_paths_from(grid, (1, 1))
+    assert steps[3, 3] == 4 and routes[3, 3] == 2  # six routes round the open square, capped at 2
+    assert steps[1, 3] == 2 and routes[1, 3] == 1  # straight along the top row
+    assert steps[0, 0] == -1 and routes[0, 0] == 0  # wall
+
+
+def test_generated_mazes_have_exactly_one_shortest_path() -> None:
+    """Many loops (loop_frac 0.3) make ties common; the default generator never labels one."""
+    rng = np.random.default_rng(11)
+    unique = [shortest_route_count(generate_maze(rng, 11, 12, 40, loop_frac=0.3)[0]) for _ in range(40)]
+    any_goal = [shortest_route_count(generate_maze(rng, 11, 12, 40, 0.3, unique_path=False)[0]) for _ in range(40)]
+    assert unique == [1] * 40
+    assert any_goal.count(2) >= 10
+
+
 def test_generator_is_deterministic_under_seed() -> None:
     a = generate_maze(np.random.default_rng(3), 15, min_path_len=10)
     b = generate_maze(np.random.default_rng(3), 15, min_path_len=10)
@@ -175,7 +193,7 @@ def test_generator_path_length_window() -> None:
 def test_generator_reports_unreachable_difficulty() -> None:
     with pytest.raises(PuzzleError, match=r"bad path length range \[50, 10\]"):
         generate_maze(np.random.default_rng(0), 7, min_path_len=50, max_path_len=10)
-    with pytest.raises(PuzzleError, match=r"no 7x7 maze with a shortest path of 40\.\.49 steps in 3 tries"):
+    with pytest.raises(PuzzleError, match=r"no 7x7 maze with a unique shortest path of 40\.\.49 steps in 3 tries"):
         generate_maze(np.random.default_rng(0), 7, min_path_len=40, max_tries=3)
 
 

@@ -136,7 +136,7 @@ def test_lr_warms_up_stays_constant_then_cools_down_to_its_floor():
 def test_maze_sampler_draws_solvable_mazes_in_the_bands_and_never_a_shipped_one():
     from hrm_edge.puzzles.datasets import load_puzzle_set
     from hrm_edge.puzzles.maze import MazeCodec
-    from hrm_edge.puzzles.maze_gen import maze_symmetry_key
+    from hrm_edge.puzzles.maze_gen import maze_symmetry_key, shortest_route_count
     from hrm_edge.train_data import MazeSampler
 
     val = load_puzzle_set("calib_data/maze15", split="val")
@@ -146,7 +146,7 @@ def test_maze_sampler_draws_solvable_mazes_in_the_bands_and_never_a_shipped_one(
     codec = MazeCodec(15)
     assert inputs.shape == labels.shape == (12, 225)
     for maze, label, length in zip(inputs, labels, lengths, strict=True):
-        assert codec.is_shortest(maze, label)
+        assert codec.is_shortest(maze, label) and shortest_route_count(maze.reshape(15, 15)) == 1
         assert 10 <= length <= 19 or 45 <= length <= 225
         assert maze_symmetry_key(maze) not in exclude
     again = MazeSampler(15, np.random.default_rng(0), [(10, 19), (45, 225)], exclude).sample(12)
@@ -165,6 +165,8 @@ def test_cli_trains_a_maze_model(tmp_path, capsys):
     assert ck.task == "maze:15" and ck.config.seq_len == 225
     card = load_checkpoint(tmp_path / "model.pt").card
     assert "path-length bands [[10, 19]" in card["train_config"]["extra"]["mazes"]
+    assert card["recipe_departures"][0].startswith("mazes generated on the fly")
+    assert "curriculum_min_givens" not in card  # mazes have no givens curriculum
 
 
 def test_sigterm_saves_the_state_and_says_how_to_resume(tmp_path):

@@ -6,7 +6,10 @@ fraction ``loop_frac`` of the remaining inner walls is knocked down so that
 several routes exist and the solver has to find the *shortest*. ``S`` and ``G``
 are then placed on open cells whose shortest path has a length (in steps) within
 ``[min_path_len, max_path_len]``: that is the difficulty knob (the official
-30x30-hard mazes have shortest paths longer than 110 steps).
+30x30-hard mazes have shortest paths longer than 110 steps). By default the goal is
+also one that only ONE shortest path reaches: with loops, two equally short routes
+are common (about 14% of 11x11 mazes), and then "the" label is an arbitrary pick
+that no model can learn and exact accuracy cannot credit.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from hrm_edge.puzzles.base import PuzzleError
 from hrm_edge.puzzles.dihedral import dihedral_transform
 from hrm_edge.puzzles.maze import GOAL, OPEN, START, WALL, label_from_path, solve_maze
 
-__all__ = ["augment_maze", "carve_maze", "generate_maze", "maze_symmetry_key"]
+__all__ = [
+    "augment_maze",
+    "carve_maze",
+    "generate_maze",
+    "maze_symmetry_key",
+    "shortest_paths_from",
+    "shortest_route_count",
+]
 
 MIN_GENERATED_SIZE = 5
 
@@ -64,19 +74,35 @@ def carve_maze(rng: np.random.Generator, size: int, loop_frac: float = 0.05) -> 
     return grid
 
 
-def _distances(grid: np.ndarray, start: tuple[int, int]) -> np.ndarray:
-    """BFS step counts from ``start`` over non-wall cells; -1 where unreachable. ``[n, n]``."""
+def shortest_paths_from(grid: np.ndarray, start: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """BFS from ``start`` over non-wall cells: ``(steps, routes)``, both ``int64 [n, n]``.
+
+    ``steps`` is the shortest-path length to each cell (-1 where unreachable); ``routes`` is how
+    many distinct shortest paths reach it, capped at 2 (0 where unreachable).
+    """
     n = grid.shape[0]
-    dist = np.full(grid.shape, -1, dtype=np.int64)
-    dist[start] = 0
+    steps = np.full(grid.shape, -1, dtype=np.int64)
+    routes = np.zeros(grid.shape, dtype=np.int64)
+    steps[start], routes[start] = 0, 1
     queue = deque([start])
     while queue:
         r, c = queue.popleft()
         for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-            if 0 <= nr < n and 0 <= nc < n and dist[nr, nc] < 0 and grid[nr, nc] != WALL:
-                dist[nr, nc] = dist[r, c] + 1
+            if not (0 <= nr < n and 0 <= nc < n) or grid[nr, nc] == WALL:
+                continue
+            if steps[nr, nc] < 0:
+                steps[nr, nc] = steps[r, c] + 1
                 queue.append((nr, nc))
-    return dist
+            if steps[nr, nc] == steps[r, c] + 1:
+                routes[nr, nc] = min(2, routes[nr, nc] + routes[r, c])
+    return steps, routes
+
+
+def shortest_route_count(maze: np.ndarray) -> int:
+    """How many distinct shortest S -> G paths ``maze`` (ids ``[n, n]``) has: 0, 1, or 2 meaning "two or more"."""
+    start = tuple(int(v) for v in np.argwhere(maze == START)[0])
+    goal = tuple(int(v) for v in np.argwhere(maze == GOAL)[0])
+    return int(shortest_paths_from(maze, start)[1][goal])
 
 
 def generate_maze(
@@ -86,6 +112,7 @@ def generate_maze(
     max_path_len: int | None = None,
     loop_frac: float = 0.05,
     max_tries: int = 50,
+    unique_path: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random maze with a start and a goal, and its solution.
 
@@ -95,9 +122,11 @@ def generate_maze(
         min_path_len, max_path_len: allowed shortest-path length in steps (difficulty).
         loop_frac: fraction of inner walls removed after carving (0 = a perfect maze).
         max_tries: how many (maze, start) draws to try before giving up.
+        unique_path: only pick goals that exactly one shortest path reaches, so the label is
+            the one right answer (False: any goal; ties then break as :func:`solve_maze` does).
 
     Returns:
-        ``(maze, label)``: ids ``int64 [size, size]``; ``label`` is ``maze`` with one shortest
+        ``(maze, label)``: ids ``int64 [size, size]``; ``label`` is ``maze`` with the shortest
         path (from :func:`solve_maze`) marked ``o``.
 
     Raises:
@@ -111,9 +140,10 @@ def generate_maze(
         grid = carve_maze(rng, size, loop_frac)
         open_cells = np.argwhere(grid == OPEN)
         start = tuple(int(v) for v in open_cells[rng.integers(len(open_cells))])
-        dist = _distances(grid, start)
+        dist, routes = shortest_paths_from(grid, start)
         longest = max(longest, int(dist.max()))
-        ok = np.argwhere((dist >= min_path_len) & (dist <= upper))
+        in_range = (dist >= min_path_len) & (dist <= upper)
+        ok = np.argwhere(in_range & (routes == 1) if unique_path else in_range)
         if len(ok) == 0:
             continue
         goal = tuple(int(v) for v in ok[rng.integers(len(ok))])
@@ -123,7 +153,8 @@ def generate_maze(
         assert path is not None and len(path) - 1 == dist[goal]
         return grid, label_from_path(grid, path)
     raise PuzzleError(
-        f"maze generator: no {size}x{size} maze with a shortest path of {min_path_len}..{upper} steps "
+        f"maze generator: no {size}x{size} maze with a{' unique' if unique_path else ''} shortest path of "
+        f"{min_path_len}..{upper} steps "
         f"in {max_tries} tries (longest seen: {longest})"
     )
 
