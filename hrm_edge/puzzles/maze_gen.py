@@ -154,8 +154,7 @@ def generate_maze(
         return grid, label_from_path(grid, path)
     raise PuzzleError(
         f"maze generator: no {size}x{size} maze with a{' unique' if unique_path else ''} shortest path of "
-        f"{min_path_len}..{upper} steps "
-        f"in {max_tries} tries (longest seen: {longest})"
+        f"{min_path_len}..{upper} steps in {max_tries} tries (longest seen: {longest})"
     )
 
 
