@@ -272,6 +272,14 @@ class Trainer:
         return (f"LR cooled down linearly to {cfg.cooldown_min:g}x over steps "
                 f"{cfg.max_steps - cfg.cooldown_steps}..{cfg.max_steps} (the official recipe keeps it constant)")
 
+    def _halting_departure(self) -> list[str]:
+        """A TRM trained with HRM's q_continue head departs from the TRM recipe (which halts on q_halt alone)."""
+        mcfg = self.model.config
+        if mcfg.family != "trm" or getattr(mcfg, "no_ACT_continue", True):
+            return []
+        return ["HRM's halting for a TRM (no_ACT_continue false): halt when q_halt > q_continue, q_continue "
+                "trained on the bootstrapped target from one extra no-grad segment"]
+
     def _uses_givens(self) -> bool:
         """Sudoku has a givens curriculum; generated mazes have none."""
         return not self.cfg.task.startswith("maze")
@@ -282,7 +290,8 @@ class Trainer:
         card = {"train_config": asdict(self.cfg), "step": self.step, "puzzles_seen": self.puzzles_seen,
                 "wall_minutes": round(self.elapsed / 60, 1), "torch": str(torch.__version__),
                 "threads": torch.get_num_threads(), "last_eval": self.history[-1] if self.history else None,
-                "recipe_departures": [data, self._lr_departure(), "AdamW on the puzzle embedding"]}
+                "recipe_departures": [data, self._lr_departure(), "AdamW on the puzzle embedding",
+                                      *self._halting_departure()]}
         if self._uses_givens():
             card["curriculum_min_givens"] = self.lo
         return card

@@ -115,6 +115,21 @@ def test_cli_trains_a_trm_with_config_overrides(tmp_path, capsys):
     assert ck.card["step"] == 2
 
 
+@pytest.mark.parametrize("no_act_continue", [True, False])
+def test_a_trm_learns_q_continue_only_with_hrm_halting(tmp_path, pool6, no_act_continue):
+    mcfg = preset_config("trm-sudoku-tiny", seq_len=36, vocab_size=8, forward_dtype="float32", halt_max_steps=3,
+                         no_ACT_continue=no_act_continue)
+    cfg = TrainConfig(task="sudoku6", batch_size=8, warmup_steps=2, eval_every=10**9, checkpoint_every=10**9,
+                      start_givens=30)
+    trainer = Trainer(mcfg, cfg, SudokuSampler(pool6, np.random.default_rng(0)), tmp_path)
+    for _ in range(3):
+        trainer.train_step()
+    q_continue_row = trainer.model.inner.q_head.weight[1]
+    assert bool((q_continue_row != 0).any()) is (not no_act_continue)  # the official init is all zeros
+    named = [d for d in trainer.card()["recipe_departures"] if d.startswith("HRM's halting for a TRM")]
+    assert len(named) == (0 if no_act_continue else 1)
+
+
 def test_cli_refuses_a_preset_of_the_other_family(tmp_path, capsys):
     from tests.cli_helpers import one_line_error
 
