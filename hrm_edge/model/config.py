@@ -340,7 +340,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                             puzzle_emb_len=1, halt_max_steps=8),
     # 11x11 maze TRM with the token MLP: the maze demo. 15x15 did not learn within the CPU budget (both
     # maze15 runs: 0% exact after 200+ steps); 121 cells cost about half as much per step, and the token
-    # MLP quantizes to full INT8 where the attention TRM needed weight-only INT8.
+    # MLP quantizes to full INT8 where the attention TRM needed weight-only INT8. The shipped demo's last
+    # phase ran with `--set no_ACT_continue=false` (HRM's q_continue halting; see its card).
     "trm-maze11-demo": dict(family="trm", seq_len=121, vocab_size=6, num_puzzle_identifiers=1, hidden_size=128,
                             num_heads=4, L_layers=2, H_cycles=2, L_cycles=3, puzzle_emb_ndim=128,
                             puzzle_emb_len=1, mlp_t=True, pos_encodings="none", halt_max_steps=8),
