@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/hrm-edge solve $(DEMO)/model.pt --file $(DEMO)/demo.txt --policy q
 
 bench: install
-	$(BIN)/python -m hrm_edge.bench --out bench/results
+	$(BIN)/hrm-edge bench --out bench/results
 
 # No `install` prerequisite: GPU machines bring their own CUDA torch and may have no network.
 gpu-test:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hrm_edge.puzzles.datasets import load_puzzle_set
-from hrm_edge.train_data import SudokuPool
+from hrm_edge.train.data import SudokuPool
 
 
 def box_preserving_permutations() -> np.ndarray:

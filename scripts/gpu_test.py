@@ -41,34 +41,17 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def bootstrap_imports() -> None:
-    """Make `hrm_edge`, `hrm_edge.export` and `hrm_edge.runtimes` importable from this checkout even
-    where the package is not installed (the GPU machine's own torch, no virtualenv)."""
-    try:
-        importlib.import_module("hrm_edge.runtimes.trt_runtime")
-        importlib.import_module("hrm_edge.export.trt_check")
-        return
-    except ImportError:
-        pass
+    """Make `hrm_edge` importable from this checkout even where the package is not installed (the
+    GPU machine's own torch, no virtualenv): every stage is a folder under hrm_edge/."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    for name in [m for m in sys.modules if m == "hrm_edge" or m.startswith("hrm_edge.")]:
-        del sys.modules[name]
-    import hrm_edge
-
-    for sub, folder in (("export", "export"), ("runtimes", "runtimes")):
-        spec = importlib.util.spec_from_file_location(f"hrm_edge.{sub}", ROOT / folder / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / folder)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[f"hrm_edge.{sub}"] = module
-        spec.loader.exec_module(module)
-        setattr(hrm_edge, sub, module)
 
 
 def run_cli(argv: list[str]) -> None:
     """The hrm-edge CLI, with `build` and `check-trt` added if the group does not have them yet."""
     bootstrap_imports()
-    from hrm_edge import cli_trt
-    from hrm_edge.cli import cli, main
+    from hrm_edge.cli import trt as cli_trt
+    from hrm_edge.cli.main import cli, main
 
     for command in (cli_trt.build, cli_trt.check_trt):
         if command.name not in cli.commands:
@@ -177,7 +160,7 @@ def torch_precision_study(model: Any, pset: Any, label: str, quick: bool, device
     import torch
 
     from hrm_edge.act import parse_policy, solve_in_batches
-    from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+    from hrm_edge.model.runner import TorchSegmentRunner
 
     model = model.to(device).eval()
     cfg = model.config
@@ -230,7 +213,7 @@ def tensorrt_study(env: dict[str, Any], ckpt: Path, bundle_dir: Path, quick: boo
 
     bootstrap_imports()
     from hrm_edge.bundle import open_bundle
-    from hrm_edge.runtimes.trt_runtime import TrtSegmentRunner, engine_dir_name, load_engine, version_tuple
+    from hrm_edge.runtimes.trt.runner import TrtSegmentRunner, engine_dir_name, load_engine, version_tuple
 
     out: dict[str, Any] = {"steps": [], "engines": {}, "failures": []}
 
@@ -259,7 +242,7 @@ def tensorrt_study(env: dict[str, Any], ckpt: Path, bundle_dir: Path, quick: boo
         precisions.append("int8")
     else:
         out["int8"] = "skipped: the bundle has no int8 segment graph with target tensorrt"
-    from hrm_edge.runtimes.trt_runtime import current_environment
+    from hrm_edge.runtimes.trt.runner import current_environment
 
     engine_dir = bundle_dir / "engines" / engine_dir_name(current_environment())
     results_dir = ROOT / "bench" / "results"
@@ -307,8 +290,8 @@ def _torch_same_model(bundle: Any, quick: bool) -> dict[str, Any]:
     """PyTorch CUDA eager time per segment of the bundle's source checkpoint (fp32, bf16)."""
     import numpy as np
 
-    from hrm_edge.checkpoint import load_checkpoint
-    from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+    from hrm_edge.model.checkpoint import load_checkpoint
+    from hrm_edge.model.runner import TorchSegmentRunner
 
     src = bundle.manifest.get("source_checkpoint", {}).get("path")
     if not src or not Path(src).exists():
@@ -371,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if ckpt.exists():
             try:
-                from hrm_edge.checkpoint import load_checkpoint
+                from hrm_edge.model.checkpoint import load_checkpoint
 
                 ck = load_checkpoint(ckpt)
                 report["torch"]["demo"] = torch_precision_study(ck.model, _val_set(ck.task), str(args.checkpoint),

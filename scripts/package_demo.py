@@ -2,7 +2,7 @@
 
     python scripts/package_demo.py RUN_DIR checkpoints/NAME --command "hrm-edge train ..."
 
-The card's accuracy numbers are measured here by `hrm_edge.evaluate` (fp32 PyTorch reference on
+The card's accuracy numbers are measured here by `hrm_edge.train.evaluate` (fp32 PyTorch reference on
 the calib_data validation split), exactly what `hrm-edge eval` reproduces.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrm_edge.checkpoint import load_checkpoint, save_checkpoint
-from hrm_edge.evaluate import evaluate, plot_report
+from hrm_edge.model.checkpoint import load_checkpoint, save_checkpoint
+from hrm_edge.model.runner import TorchSegmentRunner
 from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
-from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from hrm_edge.train.evaluate import evaluate, plot_report
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hrm_edge.bench_worker import ort_session
+from hrm_edge.bench.worker import ort_session
 from hrm_edge.export import graphs
 from hrm_edge.export.fuse import fuse_model
 

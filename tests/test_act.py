@@ -9,7 +9,7 @@ import torch
 from hrm_edge.act import parse_policy, run_act, solve_in_batches
 from hrm_edge.errors import PolicyError
 from hrm_edge.model.hrm import HRM
-from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from hrm_edge.model.runner import TorchSegmentRunner
 from tests.model_helpers import q_model
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from hrm_edge.bundle import BundleError, open_bundle
-from hrm_edge.checkpoint import save_checkpoint
-from hrm_edge.cli import main
+from hrm_edge.cli.main import main
+from hrm_edge.model.checkpoint import save_checkpoint
 from tests.cli_helpers import one_line_error, run_cli
 from tests.model_helpers import q_model
 
@@ -124,7 +124,7 @@ def test_interrupted_export_leaves_nothing_behind(tiny_ckpt, tmp_path, monkeypat
 
 def test_verify_runs_with_torch_unimportable(bundle_dir):
     script = ("import sys; sys.modules['torch'] = None\n"
-              "from hrm_edge.cli import main\n"
+              "from hrm_edge.cli.main import main\n"
               f"main(['verify', {str(bundle_dir)!r}, '--graph', 'segment.fp32', '--graph', 'act_loop.fp32'])\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

@@ -13,12 +13,13 @@ import torch
 from onnx import numpy_helper
 
 from hrm_edge.act import parse_policy, solve_in_batches
-from hrm_edge.checkpoint import load_checkpoint
 from hrm_edge.export import graphs
+from hrm_edge.model.checkpoint import load_checkpoint
+from hrm_edge.model.runner import TorchSegmentRunner
 from hrm_edge.parity import DEFAULT_GATES, compare, gate
 from hrm_edge.puzzles.datasets import load_puzzle_set
-from hrm_edge.runtimes import ort_runtime
-from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from hrm_edge.runtimes.ort import loader as ort_loader
+from hrm_edge.runtimes.ort import runner as ort_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 N = 64  # validation puzzles
@@ -47,7 +48,7 @@ def demo(tmp_path_factory):
 def ort_run(model, path, puzzles):
     tokens, ids, _ = puzzles
     carry = graphs.export_initial_carry(model)
-    runner = ort_runtime.OrtSegmentRunner(ort_runtime.make_session(path, threads=1), carry["H_init"], carry["L_init"])
+    runner = ort_runtime.OrtSegmentRunner(ort_loader.make_session(path, threads=1), carry["H_init"], carry["L_init"])
     return solve_in_batches(runner, tokens, ids, parse_policy("q"), model.config.halt_max_steps, N,
                             record_steps=True, record_logits=True)
 

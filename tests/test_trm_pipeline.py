@@ -10,14 +10,15 @@ import torch
 from onnx import numpy_helper
 
 from hrm_edge.act import parse_policy, run_act
-from hrm_edge.checkpoint import Checkpoint
 from hrm_edge.export import graphs
-from hrm_edge.export import quantize as Q
 from hrm_edge.export.onnx_utils import check_graph, graph_summary
-from hrm_edge.export.trt_check import check_trt
+from hrm_edge.model.checkpoint import Checkpoint
+from hrm_edge.model.runner import TorchSegmentRunner
 from hrm_edge.puzzles.datasets import load_puzzle_set
-from hrm_edge.runtimes import ort_runtime
-from hrm_edge.runtimes.torch_runtime import TorchSegmentRunner
+from hrm_edge.quant import quantize as Q
+from hrm_edge.runtimes.ort import loader as ort_loader
+from hrm_edge.runtimes.ort import runner as ort_runtime
+from hrm_edge.runtimes.trt.check import check_trt
 from tests.model_helpers import q_model
 
 VARIANTS = {
@@ -66,7 +67,7 @@ def test_segment_graph_matches_the_trm_segment(exported, variant):
     z_H, z_L = z_H + 0.5 * torch.randn(z_H.shape, generator=gen), z_L + 0.5 * torch.randn(z_L.shape, generator=gen)
     with torch.no_grad():
         want = model.segment(z_H, z_L, torch.from_numpy(tokens), torch.from_numpy(ids))
-    got = ort_runtime.make_session(seg, threads=1).run(list(graphs.SEGMENT_OUTPUTS), {
+    got = ort_loader.make_session(seg, threads=1).run(list(graphs.SEGMENT_OUTPUTS), {
         "tokens": tokens, "puzzle_ids": ids, "z_H": z_H.numpy(), "z_L": z_L.numpy()})
     for name, g, w in zip(graphs.SEGMENT_OUTPUTS, got, want, strict=True):
         assert g.shape == tuple(w.shape), name
@@ -86,15 +87,15 @@ def test_every_graph_kind_solves_like_the_torch_reference(exported, variant, gra
     assert len(set(want.steps.tolist())) >= 2  # the halting head really exits at different steps
     carry = graphs.export_initial_carry(model)
     if graph == "segment":
-        runner = ort_runtime.OrtSegmentRunner(ort_runtime.make_session(seg, threads=1), carry["H_init"],
+        runner = ort_runtime.OrtSegmentRunner(ort_loader.make_session(seg, threads=1), carry["H_init"],
                                               carry["L_init"])
         got = run_act(runner, tokens, ids, policy, 5)
     elif graph == "unrolled2":
-        runner = ort_runtime.OrtUnrolledRunner(ort_runtime.make_session(unrolled, threads=1), carry["H_init"],
+        runner = ort_runtime.OrtUnrolledRunner(ort_loader.make_session(unrolled, threads=1), carry["H_init"],
                                                carry["L_init"])
         got = ort_runtime.run_act_unrolled(runner, tokens, ids, policy, 5)
     else:
-        got = ort_runtime.run_act_loop_graph(ort_runtime.make_session(loop, threads=1), tokens, ids, policy, 5)
+        got = ort_runtime.run_act_loop_graph(ort_loader.make_session(loop, threads=1), tokens, ids, policy, 5)
     np.testing.assert_array_equal(got.steps, want.steps)
     np.testing.assert_array_equal(got.predictions, want.predictions)
     np.testing.assert_allclose(got.q_halt, want.q_halt, atol=1e-4)

@@ -8,7 +8,8 @@ Token ids follow the official HRM dataset builders exactly:
 """
 
 from hrm_edge.puzzles.arc import ArcCodec, crop_grid, iter_test_pairs, load_arc_tasks, validate_grid
-from hrm_edge.puzzles.base import KNOWN_TASKS, Codec, PuzzleError, get_codec
+from hrm_edge.puzzles.base import Codec, PuzzleError
+from hrm_edge.puzzles.codecs import KNOWN_TASKS, get_codec
 from hrm_edge.puzzles.datasets import PuzzleSet, load_puzzle_set
 from hrm_edge.puzzles.dihedral import dihedral_transform, inverse_dihedral_transform
 from hrm_edge.puzzles.maze import MazeCodec, label_from_path, path_length, solve_maze

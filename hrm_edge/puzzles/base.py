@@ -13,9 +13,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["KNOWN_TASKS", "Codec", "PuzzleError", "get_codec"]
+__all__ = ["Codec", "PuzzleError"]
 
-KNOWN_TASKS: tuple[str, ...] = ("sudoku", "sudoku6", "maze", "maze:<n>", "arc")
 
 
 class PuzzleError(ValueError):
@@ -43,7 +42,7 @@ class Codec(abc.ABC):
     """Text <-> token-id conversion and answer checking for one task.
 
     Attributes:
-        task: task name as accepted by :func:`get_codec` (e.g. ``"sudoku"``).
+        task: task name as accepted by :func:`hrm_edge.puzzles.codecs.get_codec` (e.g. ``"sudoku"``).
         seq_len: number of token positions of one puzzle.
         vocab_size: number of token ids (ids are ``0 .. vocab_size-1``).
         pad_id: the padding id (always 0 in the official datasets).
@@ -120,33 +119,3 @@ class Codec(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(task={self.task!r}, seq_len={self.seq_len}, vocab_size={self.vocab_size})"
-
-
-def get_codec(task: str) -> Codec:
-    """Codec for a task name.
-
-    Known tasks: ``"sudoku"`` (9x9, official ids), ``"sudoku6"`` (6x6, 2x3 boxes),
-    ``"maze"`` (30x30, official ids), ``"maze:<n>"`` (n x n maze, 2 <= n <= 30, same ids),
-    ``"arc"`` (30x30 canvas, official ids). Raises :class:`PuzzleError` for anything else.
-    """
-    from hrm_edge.puzzles.arc import ArcCodec
-    from hrm_edge.puzzles.maze import MAX_MAZE_SIZE, MIN_MAZE_SIZE, MazeCodec
-    from hrm_edge.puzzles.sudoku import SudokuCodec
-
-    name = str(task).strip().lower()
-    if name == "sudoku":
-        return SudokuCodec(3, 3)
-    if name == "sudoku6":
-        return SudokuCodec(2, 3)
-    if name == "maze":
-        return MazeCodec(30)
-    if name.startswith("maze:"):
-        size_text = name.split(":", 1)[1]
-        if not size_text.isdigit() or not MIN_MAZE_SIZE <= int(size_text) <= MAX_MAZE_SIZE:
-            raise PuzzleError(
-                f"task {task!r}: maze size must be an integer {MIN_MAZE_SIZE}..{MAX_MAZE_SIZE}, e.g. 'maze:15'"
-            )
-        return MazeCodec(int(size_text))
-    if name == "arc":
-        return ArcCodec()
-    raise PuzzleError(f"unknown task {task!r}; known tasks: {', '.join(KNOWN_TASKS)}")

@@ -24,7 +24,8 @@ import numpy as np
 
 from hrm_edge.files import sha256_file
 from hrm_edge.puzzles.arc import ArcCodec
-from hrm_edge.puzzles.base import Codec, PuzzleError, get_codec
+from hrm_edge.puzzles.base import Codec, PuzzleError
+from hrm_edge.puzzles.codecs import get_codec
 from hrm_edge.puzzles.maze import MazeCodec
 from hrm_edge.puzzles.sudoku import SudokuCodec
 

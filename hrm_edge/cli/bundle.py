@@ -1,0 +1,345 @@
+"""`hrm-edge export`, `verify` and `parity`: make a bundle, re-check it, gate it against PyTorch.
+
+`verify` with the ONNX Runtime or TensorRT runtime needs no torch; `export` and `parity` do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import numpy as np
+
+from hrm_edge.act import SolveResult, parse_policy
+from hrm_edge.bundle import BundleError, open_bundle
+from hrm_edge.cli.common import load_for_cli
+from hrm_edge.errors import HrmEdgeError
+from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity, with_overrides
+
+if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
+    from hrm_edge.model.checkpoint import Checkpoint
+
+
+def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> Any:
+    from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
+
+    path = Path(data) if data else calib_data_dir(task)
+    if not path.exists():
+        raise HrmEdgeError(f"no puzzle set for task {task!r} at {path}: pass --data")
+    pset = load_puzzle_set(path, split=None if path.is_file() else split)
+    if limit:
+        pset.inputs, pset.puzzle_ids = pset.inputs[:limit], pset.puzzle_ids[:limit]
+        pset.labels = None if pset.labels is None else pset.labels[:limit]
+        pset.meta, pset.names, pset.difficulty = pset.meta[:limit], pset.names[:limit], pset.difficulty[:limit]
+    return pset
+
+
+@click.command(name="export")
+@click.argument("ckpt", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle directory to create.")
+@click.option("--task", help="Task, if the checkpoint does not record it.")
+@click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
+@click.option("--fp16/--no-fp16", default=True, show_default=True, help="Also export the FP16 segment graph.")
+@click.option("--unroll", "unroll", multiple=True, type=click.IntRange(2), help="Add a K-segment graph (repeatable).")
+@click.option("--act-loop", is_flag=True, help="Add the whole ACT loop as one ONNX Loop graph.")
+@click.option("--golden-data", type=click.Path(exists=True), help="Puzzle set for reference.npz (default calib_data).")
+@click.option("--golden", "golden_count", type=click.IntRange(1), default=16, show_default=True,
+              help="Golden puzzles in reference.npz.")
+@click.option("--policy", default="q", show_default=True, help="Default halting policy recorded in the manifest.")
+@click.option("--max-steps", type=click.IntRange(1), help="Default segment cap (default: halt_max_steps).")
+@click.option("--opset", type=click.IntRange(18, 20), default=18, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--puzzle-ids", help="Keep only these puzzle-embedding rows (comma-separated original ids; 0 is kept).")
+@click.option("--arc-tasks", help="Keep the rows of these ARC tasks and their augmentations (comma-separated).")
+@click.option("--identifiers", type=click.Path(exists=True), help="The dataset's identifiers.json (for --arc-tasks).")
+@click.option("--int8", is_flag=True,
+              help="Add INT8 graph(s): ACT-aware calibration, mixed-precision search, then the parity gate.")
+@click.option("--int8-target", "int8_targets", multiple=True,
+              help="cpu | tensorrt, or optimum preset names avx512_vnni | arm64 | tensorrt (default: cpu; "
+                   "jetson: tensorrt).")
+@click.option("--calib", "calib_method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Calibration method.")
+@click.option("--calib-size", type=click.IntRange(1), default=1024, show_default=True,
+              help="Calibration puzzles (statistics and the search's closed-loop gate; at most the set's size).")
+@click.option("--calib-data", type=click.Path(exists=True), help="Calibration set (default: calib_data/<task> calib).")
+@click.option("--search/--no-search", default=True, show_default=True,
+              help="Keep the most sensitive layers in float until the parity gate passes on calibration puzzles.")
+@click.option("--max-float-share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="The search keeps at most this share of the INT8 sites in float (1: as many as the gate needs; "
+                   "float sites still store int8 weights, so the file stays small, but they compute in float).")
+@click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
+              help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
+def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, unroll: tuple[int, ...],
+               act_loop: bool, golden_data: str | None, golden_count: int, policy: str, max_steps: int | None,
+               opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None, identifiers: str | None,
+               int8: bool, int8_targets: tuple[str, ...], calib_method: str, calib_size: int, calib_data: str | None,
+               search: bool, max_float_share: float, target: str) -> None:
+    """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
+    from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
+    from hrm_edge.export.device_bundle import add_device_files, write_tarball
+
+    parse_policy(policy)
+    ck = load_for_cli(ckpt, task, seq_len)
+    task = task or ck.task
+    if task is None:
+        raise click.UsageError("the checkpoint does not say its task: pass --task")
+    ck.task = task
+    golden = _puzzle_set(golden_data, task, "val", golden_count)
+    specs = [GraphSpec("segment", "fp32")]
+    if fp16:
+        specs.append(GraphSpec("segment", "fp16"))
+    specs += [GraphSpec("unrolled", "fp32", k) for k in unroll]
+    if act_loop:
+        specs.append(GraphSpec("act_loop", "fp32"))
+    if target == "jetson" and not fp16:
+        raise click.UsageError("--target jetson needs the FP16 graph (TensorRT builds FP16 engines from it)")
+    hooks = []
+    if int8:
+        from hrm_edge.export.puzzle_rows import calib_for_kept_ids
+        from hrm_edge.quant.quantize import add_int8_graphs
+
+        calib = _puzzle_set(calib_data, task, "calib", None)
+        targets = int8_targets or (("tensorrt",) if target == "jetson" else ("cpu",))
+
+        def add_int8(tmp: Path, manifest: dict[str, Any], exported: Checkpoint) -> None:
+            rows = manifest.get("puzzle_rows")
+            calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows["kept_original_ids"])
+            add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
+                            calib_size=calib_size, search=search, max_excluded_share=max_float_share,
+                            log=lambda m: click.echo(m, err=True))
+
+        hooks.append(add_int8)
+    if target == "jetson":
+        hooks.append(add_device_files)
+
+    def extra(tmp: Path, manifest: dict[str, Any], exported: Checkpoint) -> None:
+        for hook in hooks:
+            hook(tmp, manifest, exported)
+    kept = None
+    if puzzle_ids or arc_tasks:
+        from hrm_edge.export.puzzle_rows import select_ids
+
+        try:
+            ids = [int(x) for x in puzzle_ids.split(",")] if puzzle_ids else []
+        except ValueError:
+            raise click.UsageError(f"--puzzle-ids {puzzle_ids!r}: expected comma-separated integers") from None
+        kept = select_ids(ck.config.num_puzzle_identifiers, ids, arc_tasks.split(",") if arc_tasks else (),
+                          identifiers)
+    out = write_bundle(ck, Path(output), specs, golden, policy=policy, max_steps=max_steps, opset=opset, force=force,
+                       log=lambda m: click.echo(m, err=True), extra_steps=extra, keep_puzzle_ids=kept)
+    if target == "jetson":
+        tarball = write_tarball(out)
+        click.echo(f"wrote {tarball} ({tarball.stat().st_size / 1e6:.1f} MB)", err=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    sizes = ", ".join(f"{n} {(out / g['file']).stat().st_size / 1e6:.2f} MB" for n, g in manifest["graphs"].items())
+    click.echo(f"wrote {out}: {sizes}; {manifest['export_seconds']} s")
+    if int8:
+        click.echo("INT8 parity gate on the validation set:", err=True)
+        ctx = click.get_current_context()
+        ctx.invoke(parity, bundle=str(out), checkpoint=ckpt, precision="int8",
+                   out_dir=str(out.parent / f"{out.name}-parity"))
+
+
+def _reference_result(ref: dict[str, np.ndarray]) -> SolveResult:
+    """The golden run as a SolveResult; per-step logits beyond each puzzle's halting step masked."""
+    logits = ref["step_logits"].copy()
+    T = logits.shape[0]
+    after = np.arange(1, T + 1)[:, None] > ref["steps"][None, :]
+    logits[after] = np.nan
+    q_halt = np.where(after, np.nan, ref["step_q_halt"])
+    return SolveResult(predictions=ref["predictions"], steps=ref["steps"], q_halt=np.zeros(len(ref["steps"])),
+                       q_continue=np.zeros(len(ref["steps"])), step_predictions=ref["step_predictions"],
+                       step_q_halt=q_halt, step_q_continue=ref["step_q_continue"], step_logits=logits)
+
+
+def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any]]) -> str:
+    ok = all(c["passed"] for c in checks)
+    err, rel = metrics.get("max_logit_abs"), metrics.get("max_logit_rel")
+    err_text = f", max |dlogit| {err:.2e} (relative {rel:.1e})" if err is not None else ""
+    if metrics.get("fp64_error_ratio") is not None:
+        err_text += f", error vs fp64 {metrics['fp64_error_ratio']:.2f}x PyTorch fp32's"
+    solved = metrics.get("solved_agreement")
+    solved_text = f"solved agreement {100 * solved:.1f}%, " if solved is not None else ""
+    return (f"{'PASS' if ok else 'FAIL'} {name}: {metrics['puzzles']} puzzles, {solved_text}identical outputs "
+            f"{100 * metrics['exact_agreement']:.1f}%, halting agreement {100 * metrics['halting_agreement']:.1f}%"
+            f"{err_text}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--runtime", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+@click.option("--graph", "graphs", multiple=True, help="Graphs to check (default: every graph the runtime runs).")
+@click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
+@click.option("--checkpoint", type=click.Path(exists=True), help="Source checkpoint (runtime torch).")
+def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | None, checkpoint: str | None) -> None:
+    """Re-check BUNDLE: file hashes, then the golden puzzles on a runtime."""
+    b = open_bundle(bundle)
+    ref = b.reference()
+    info = b.manifest["reference"]
+    policy, steps = parse_policy(info["policy"]), int(info["max_steps"])
+    labels = ref["labels"] if ref["labels"].any() else None
+    reference = _reference_result(ref)
+    failures = []
+    click.echo(f"{b.path}: {len(b.manifest['files'])} files, sha256 OK")
+    if runtime == "torch":
+        from hrm_edge.act import solve_in_batches
+        from hrm_edge.model.runner import TorchSegmentRunner
+
+        src = checkpoint or b.manifest["source_checkpoint"].get("path")
+        if not src or not Path(src).exists():
+            raise BundleError("runtime torch re-runs the source checkpoint: pass --checkpoint")
+        ck = load_for_cli(src, b.task, None)
+        res = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), ref["inputs"],
+                               ref["puzzle_ids"], policy, steps, 64, record_steps=True, record_logits=True)
+        runs = {"torch.fp32": (res, with_overrides(DEFAULT_GATES["fp32"], True, max_logit_rel=1e-6))}
+    else:
+        from hrm_edge.runtimes.solver import GraphSolver
+
+        names = graphs or tuple(n for n, g in b.graphs.items()
+                                if (runtime == "ort" or g["kind"] == "segment") and g["kind"] != "embed")
+        runs = {}
+        for name in names:
+            solver = GraphSolver(b, name, runtime, engine=engine)
+            res = solver.solve(ref["inputs"], ref["puzzle_ids"], policy, steps, record_logits=solver.kind == "segment")
+            runs[name] = (res, with_overrides(DEFAULT_GATES[b.graphs[name]["precision"]], solver.kind == "segment"))
+    for name, (res, gates) in runs.items():
+        metrics = compare(reference, res, labels)
+        checks = gate(metrics, gates)
+        click.echo(_summary_line(name, metrics, checks))
+        failures += [f"{name}: {c['name']}" for c in checks if not c["passed"]]
+    if failures:
+        raise HrmEdgeError(f"verify failed ({len(failures)} gate(s)): {'; '.join(failures[:4])}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--checkpoint", type=click.Path(exists=True), help="Reference checkpoint (default: the bundle's source).")
+@click.option("--data", type=click.Path(exists=True), help="Puzzle set (default: calib_data/<task>).")
+@click.option("--split", default="val", show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Use only the first N puzzles.")
+@click.option("--graph", "graphs", multiple=True, help="Graphs to compare (default: all of --precision).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "all"]), default="all", show_default=True)
+@click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
+@click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
+@click.option("--policy", help="Halting policy (default: the bundle's).")
+@click.option("--max-steps", type=click.IntRange(1), help="Segment cap (default: the bundle's).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(), default="parity_out", show_default=True)
+@click.option("--max-logit-rel", type=float,
+              help="Gate: per-step max |dlogit| / max |reference logit| (segment graphs; fp32 default 1e-5, "
+                   "reported only when the fp64 floor runs).")
+@click.option("--fp64-floor/--no-fp64-floor", default=True, show_default=True,
+              help="Also run the reference in float64 and gate fp32 graphs on their error against it, relative to "
+                   "PyTorch fp32's own (README: Parity gates).")
+@click.option("--max-fp64-error-ratio", type=float,
+              help="Gate: candidate-vs-fp64 over PyTorch-fp32-vs-fp64 per-step max error (fp32 default 2).")
+@click.option("--min-exact-agreement", type=float, help="Gate: share of identical outputs.")
+@click.option("--min-solved-agreement", type=float,
+              help="Gate: share of puzzles both sides solve or both fail (labelled data; int8/fp16 default 0.99).")
+@click.option("--min-halting-agreement", type=float, help="Gate: share of identical halting steps.")
+@click.option("--max-accuracy-drop", type=float, help="Gate: exact-accuracy drop vs the reference (0.005 = 0.5 pt).")
+@click.option("--open-loop", is_flag=True,
+              help="Instead: feed each segment graph the reference carry of every step (for random weights).")
+@click.option("--max-abs", type=float, default=1e-4, show_default=True, help="Open-loop gate on every output.")
+def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, limit: int | None,
+           graphs: tuple[str, ...], precision: str, runtime: str, engine: str | None, policy: str | None,
+           max_steps: int | None, batch_size: int, out_dir: str, max_logit_rel: float | None, fp64_floor: bool,
+           max_fp64_error_ratio: float | None, min_exact_agreement: float | None,
+           min_solved_agreement: float | None, min_halting_agreement: float | None,
+           max_accuracy_drop: float | None, open_loop: bool, max_abs: float) -> None:
+    """Closed-loop parity of bundle graphs against the PyTorch fp32 reference; non-zero exit on a failed gate."""
+    from hrm_edge.act import solve_in_batches
+    from hrm_edge.model.runner import TorchSegmentRunner
+    from hrm_edge.runtimes.solver import GraphSolver
+
+    b = open_bundle(bundle)
+    src = checkpoint or b.manifest["source_checkpoint"].get("path")
+    if not src or not Path(src).exists():
+        raise BundleError("parity needs the reference checkpoint: pass --checkpoint")
+    ck = load_for_cli(src, b.task, None)
+    pset = _puzzle_set(data, b.task, split, limit)
+    halting = parse_policy(policy or b.manifest["halting"]["default_policy"])
+    steps = max_steps or int(b.manifest["halting"]["max_steps"])
+    names = graphs or tuple(n for n, g in b.graphs.items() if g["kind"] != "embed"
+                            and (precision == "all" or g["precision"] == precision)
+                            and (runtime == "ort" or g["kind"] == "segment"))
+    if not names:
+        raise BundleError(f"{b.path}: no {precision} graph to compare")
+    if open_loop:
+        _open_loop(b, ck, pset, names, steps, max_abs, Path(out_dir))
+        return
+    click.echo(f"reference: torch cpu fp32 on {len(pset)} {pset.task} {pset.split} puzzles, policy {halting}, "
+               f"max_steps {steps}", err=True)
+    reference = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset.inputs,
+                                 pset.puzzle_ids, halting, steps, batch_size, record_steps=True, record_logits=True)
+    fp64 = None
+    if fp64_floor and any(b.graphs[n]["precision"] == "fp32" and b.graphs[n]["kind"] == "segment" for n in names):
+        import copy
+
+        import torch
+
+        click.echo("reference in float64 (the fp64 floor) ...", err=True)
+        exact = copy.deepcopy(ck.model).double().set_compute_dtype(torch.float64)
+        fp64 = solve_in_batches(TorchSegmentRunner(exact), pset.inputs, pset.puzzle_ids, halting, steps,
+                                batch_size, record_steps=True, record_logits=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"bundle": str(b.path), "checkpoint": str(src), "data": f"{pset.task} {pset.split}",
+                              "puzzles": len(pset), "policy": str(halting), "max_steps": steps, "runtime": runtime,
+                              "fp64_floor": fp64 is not None, "graphs": {}}
+    suites = []
+    failed = []
+    for name in names:
+        solver = GraphSolver(b, name, runtime, engine=engine)
+        click.echo(f"running {name} on {runtime} ...", err=True)
+        cand = solver.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size,
+                            record_logits=solver.kind == "segment")
+        gates = with_overrides(DEFAULT_GATES[b.graphs[name]["precision"]], solver.kind == "segment",
+                               max_logit_rel=max_logit_rel, max_fp64_error_ratio=max_fp64_error_ratio,
+                               min_exact_agreement=min_exact_agreement, min_solved_agreement=min_solved_agreement,
+                               min_halting_agreement=min_halting_agreement, max_accuracy_drop=max_accuracy_drop)
+        metrics = compare(reference, cand, pset.labels, fp64=fp64 if b.graphs[name]["precision"] == "fp32" else None)
+        if metrics.get("fp64_error_ratio") is not None and max_logit_rel is None:
+            gates = dataclasses.replace(gates, max_logit_rel=None)  # the fp64 floor replaces the fixed bound
+        checks = gate(metrics, gates)
+        entry = {"metrics": metrics, "gates": checks, "candidate": f"{name} on {runtime}",
+                 "reference": "torch fp32"}
+        report["graphs"][name] = entry
+        plot_parity(entry, str(out / f"parity-{name}.png"))
+        suites.append(junit_xml(f"parity.{name}", checks))
+        click.echo(_summary_line(name, metrics, checks))
+        failed += [f"{name}: {c['name']} {c['value']} vs {c['threshold']}" for c in checks if not c["passed"]]
+    (out / "parity.json").write_text(json.dumps(report, indent=2))
+    (out / "parity.xml").write_text("<testsuites>" + "".join(suites) + "</testsuites>\n")
+    click.echo(f"wrote {out / 'parity.json'}, {out / 'parity.xml'} and {len(names)} PNG(s)")
+    if failed:
+        raise HrmEdgeError(f"parity gate failed: {'; '.join(failed[:4])}")
+
+
+def _open_loop(b: Any, ck: Any, pset: Any, names: tuple[str, ...], steps: int, max_abs: float, out: Path) -> None:
+    """`parity --open-loop`: per-step, per-output max-abs errors of each segment graph."""
+    from hrm_edge.export.open_loop import open_loop_errors
+    from hrm_edge.runtimes.ort.loader import make_session
+
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"bundle": str(b.path), "mode": "open loop", "puzzles": len(pset), "steps": steps,
+                              "max_abs_gate": max_abs, "graphs": {}}
+    failed = []
+    model = ck.model.set_compute_dtype("float32")
+    for name in names:
+        if b.graphs[name]["kind"] != "segment":
+            continue
+        rows = open_loop_errors(model, make_session(b.graph_path(name)), pset.inputs, pset.puzzle_ids, steps,
+                                b.model_puzzle_ids(pset.puzzle_ids))
+        worst = max(max(r[k] for k in ("logits", "q_halt", "q_continue", "z_H_out", "z_L_out")) for r in rows)
+        report["graphs"][name] = {"per_step": rows, "max_abs": worst, "passed": worst <= max_abs}
+        click.echo(f"{'PASS' if worst <= max_abs else 'FAIL'} {name} open loop: {steps} steps x {len(pset)} puzzles, "
+                   f"max |d| over logits, q, z_H, z_L = {worst:.2e} (gate {max_abs:g})")
+        if worst > max_abs:
+            failed.append(f"{name}: {worst:.2e}")
+    (out / "parity_open_loop.json").write_text(json.dumps(report, indent=2))
+    if failed:
+        raise HrmEdgeError(f"open-loop parity gate failed: {'; '.join(failed)}")

@@ -1,0 +1,250 @@
+"""`hrm-edge` command line. Every user error prints one line `error: ...` and exits non-zero.
+
+Commands that need torch import it inside the command, so commands that work on a
+bundle keep working on devices without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from hrm_edge.act import parse_policy
+from hrm_edge.cli.common import DTYPES, load_for_cli
+from hrm_edge.errors import HrmEdgeError
+from hrm_edge.puzzles.base import PuzzleError
+from hrm_edge.puzzles.codecs import get_codec
+
+
+def _read_puzzle_texts(codec, puzzle: tuple[str, ...], file: str | None) -> list[str]:
+    texts: list[str] = []
+    for p in puzzle:
+        texts.extend(codec.split(p))
+    if file is not None:
+        data = sys.stdin.read() if file == "-" else Path(file).read_text()
+        texts.extend(codec.split(data))
+    if not texts:
+        raise click.UsageError("no puzzles given: use --puzzle TEXT, --file PATH or --file - (stdin)")
+    return texts
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hrm-edge")
+def cli() -> None:
+    """Deploy Hierarchical Reasoning Model (HRM) checkpoints: solve, inspect, convert, train."""
+
+
+def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str, dtype: str):
+    """(task, max_steps, solve(tokens, policy, steps, batch) -> SolveResult, label) for a checkpoint."""
+    from hrm_edge.act import solve_in_batches
+    from hrm_edge.model.runner import TorchSegmentRunner
+
+    ck = load_for_cli(ckpt, task, seq_len)
+    try:
+        model = ck.model.to(device).set_compute_dtype(dtype)
+    except (RuntimeError, AssertionError) as exc:
+        raise HrmEdgeError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
+    runner = TorchSegmentRunner(model, device)
+
+    def run(tokens: np.ndarray, policy, steps: int, batch: int):
+        return solve_in_batches(runner, tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
+
+    return task or ck.task, ck.config.seq_len, ck.config.halt_max_steps, run, f"torch {device} {dtype}"
+
+
+def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | None):
+    """The same for a bundle, on ONNX Runtime or TensorRT (no torch)."""
+    from hrm_edge.bundle import open_bundle
+    from hrm_edge.runtimes.solver import GraphSolver
+
+    b = open_bundle(path)
+    if graph is None:
+        preferred = ("segment.int8-cpu", "segment.fp32") if runtime == "ort" else ("segment.fp16",)
+        graph = next((g for g in preferred if g in b.graphs), next(iter(b.graphs)))
+    solver = GraphSolver(b, graph, runtime, engine=engine)
+
+    def run(tokens: np.ndarray, policy, steps: int, batch: int):
+        return solver.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
+
+    return b.task, int(b.config["seq_len"]), int(b.manifest["halting"]["max_steps"]), run, f"{runtime} {graph}"
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--task", help="Puzzle codec: sudoku, sudoku6, maze, maze:<n>, arc (default: from the model).")
+@click.option("--puzzle", multiple=True, help="A puzzle as text (repeatable).")
+@click.option("--file", "file", type=str, help="File with puzzles, one per line or blank-line separated; - = stdin.")
+@click.option("--policy", default="q", show_default=True, help="Halting policy: fixed | q | threshold:<p>.")
+@click.option("--max-steps", type=click.IntRange(1), help="Segment cap (default: the model's halt_max_steps).")
+@click.option("--device", default="cpu", show_default=True, help="torch device (checkpoints): cpu, cuda, cuda:1 ...")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="(checkpoints)")
+@click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="(bundles)")
+@click.option("--graph", help="Bundle graph (default: segment.int8-cpu, else segment.fp32; trt: segment.fp16).")
+@click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (bundles, runtime trt).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per puzzle instead of grids.")
+def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | None, policy: str,
+          max_steps: int | None, device: str, dtype: str, runtime: str, graph: str | None, engine: str | None,
+          batch_size: int, seq_len: int | None, as_json: bool) -> None:
+    """Solve puzzles with MODEL: a checkpoint (PyTorch reference) or an exported bundle directory
+    (ONNX Runtime or TensorRT; needs no torch)."""
+    halting = parse_policy(policy)
+    if Path(model).is_dir() and (Path(model) / "manifest.json").is_file():
+        found_task, model_seq, default_steps, run, label = _bundle_solver(model, graph, runtime, engine)
+    else:
+        found_task, model_seq, default_steps, run, label = _torch_solver(model, task, seq_len, device, dtype)
+    task = task or found_task
+    if task is None:
+        raise click.UsageError("the model does not say its task: pass --task")
+    codec = get_codec(task)
+    if codec.seq_len != model_seq:
+        raise HrmEdgeError(f"task {task!r} has seq_len {codec.seq_len}, the model expects {model_seq}")
+    texts = _read_puzzle_texts(codec, puzzle, file)
+    tokens = np.stack([codec.encode(t, index=i + 1) for i, t in enumerate(texts)])
+    steps = max_steps or default_steps
+    t0 = time.perf_counter()
+    result = run(tokens, halting, steps, batch_size)
+    elapsed = time.perf_counter() - t0
+    solved = 0
+    for i in range(len(texts)):
+        ok = bool(codec.check(tokens[i], result.predictions[i]))
+        solved += ok
+        record = {"index": i + 1, "puzzle": codec.decode(tokens[i]), "solution": codec.decode(result.predictions[i]),
+                  "valid": ok, "segments": int(result.steps[i]), "q_halt": float(result.q_halt[i]),
+                  "q_continue": float(result.q_continue[i])}
+        if as_json:
+            click.echo(json.dumps(record))
+            continue
+        click.echo(f"# puzzle {i + 1}: {'VALID' if ok else 'INVALID'} solution, {record['segments']} segment(s)")
+        click.echo(codec.format_grid(result.predictions[i]))
+        click.echo()
+    summary = {"puzzles": len(texts), "valid": solved, "policy": str(halting), "max_steps": steps,
+               "mean_segments": float(result.steps.mean()), "seconds": round(elapsed, 4),
+               "ms_per_puzzle": round(1000 * elapsed / len(texts), 2), "runtime": label}
+    if as_json:
+        click.echo(json.dumps({"summary": summary}))
+    else:
+        click.echo(f"{solved}/{len(texts)} valid, mean {summary['mean_segments']:.2f} segments, "
+                   f"{elapsed:.2f} s ({summary['ms_per_puzzle']} ms/puzzle, {label}, policy {halting})")
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path(exists=True))
+@click.option("--task", help="Task, for official checkpoints without dataset.json.")
+@click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
+@click.option("--json", "as_json", is_flag=True)
+def info(ckpt: str, task: str | None, seq_len: int | None, as_json: bool) -> None:
+    """Print the config, parameter count, task and provenance of CKPT."""
+    ck = load_for_cli(ckpt, task, seq_len)
+    data = {"task": ck.task, "parameters": ck.model.parameter_count(),
+            "segment_gflop_batch1": round(ck.config.segment_flops(1) / 1e9, 3),
+            "config": ck.config.to_dict(), "provenance": ck.provenance, "card": ck.card}
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(f"task:        {ck.task}")
+    click.echo(f"parameters:  {data['parameters']:,}")
+    click.echo(f"segment:     {data['segment_gflop_batch1']} GFLOP at batch 1")
+    click.echo("config:")
+    for k, v in ck.config.to_dict().items():
+        click.echo(f"  {k}: {v}")
+    click.echo("provenance:")
+    for k, v in ck.provenance.items():
+        click.echo(f"  {k}: {v}")
+    if ck.card:
+        click.echo("card:")
+        for k, v in ck.card.items():
+            click.echo(f"  {k}: {v}")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Output .pt (single file) or .safetensors (+ .json config).")
+@click.option("--task", help="Task, stored in the file (and used for seq_len if no dataset.json).")
+@click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
+def convert(src: str, output: str, task: str | None, seq_len: int | None) -> None:
+    """Convert an official training checkpoint (directory or step_<N>) into one hrm-edge file."""
+    from hrm_edge.model.checkpoint import save_checkpoint
+
+    if not output.endswith((".pt", ".safetensors")):
+        raise click.UsageError("--output must end in .pt or .safetensors")
+    ck = load_for_cli(src, task, seq_len)
+    out = save_checkpoint(output, ck.model, ck.task, provenance={"converted_from": ck.provenance}, card=ck.card)
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {ck.model.parameter_count():,} parameters, "
+               f"task {ck.task})")
+
+
+@cli.command()
+@click.argument("preset")
+@click.option("-o", "--output", required=True, type=click.Path())
+@click.option("--seed", type=int, default=0, show_default=True)
+def init(preset: str, output: str, seed: int) -> None:
+    """Write a seeded, UNTRAINED model of a named config (sudoku-27m, sudoku-demo, sudoku-tiny).
+
+    Random weights are for speed measurements and plumbing tests only: a random HRM is
+    chaotic and solves nothing.
+    """
+    import torch
+
+    from hrm_edge.model import create_model
+    from hrm_edge.model.checkpoint import guess_task, save_checkpoint
+    from hrm_edge.model.config import preset_config
+
+    config = preset_config(preset)
+    torch.manual_seed(seed)
+    model = create_model(config)
+    task = guess_task(config.seq_len, config.vocab_size)
+    out = save_checkpoint(output, model, task, provenance={"init": preset, "seed": seed},
+                          card={"weights": f"random (seed {seed}); untrained, for speed tests only"})
+    click.echo(f"wrote {out}: preset {preset}, {model.parameter_count():,} parameters, untrained")
+
+
+def _register_commands() -> None:
+    from hrm_edge.cli import bench, trt
+    from hrm_edge.cli import bundle as cli_bundle
+    from hrm_edge.cli import train as cli_train
+
+    for command in (cli_train.eval_cmd, cli_train.train, cli_bundle.export_cmd, cli_bundle.verify,
+                    cli_bundle.parity, trt.build, trt.check_trt, bench.bench):
+        cli.add_command(command)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the click group and turns every error into one line and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="hrm-edge", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (HrmEdgeError, PuzzleError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("HRM_EDGE_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        click.echo(f"error: internal error {type(exc).__name__}: {first} (HRM_EDGE_DEBUG=1 shows a traceback)",
+                   err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

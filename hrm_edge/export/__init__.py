@@ -1,0 +1,1 @@
+"""PyTorch to ONNX: the graphs, their CPU fusion, and the bundle writer (needs torch)."""

@@ -1,0 +1,191 @@
+"""Write a deployable bundle from a checkpoint, atomically: graphs, manifest, initial carry and
+golden reference outputs. Everything is written into a temporary sibling directory that is
+renamed into place only when complete, so an interrupted export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm_edge import __version__
+from hrm_edge.act import parse_policy, solve_in_batches
+from hrm_edge.bundle import CARRY_INIT, MANIFEST, REFERENCE, SCHEMA_VERSION, BundleError, remap_ids
+from hrm_edge.files import sha256_file
+from hrm_edge.model.checkpoint import Checkpoint
+from hrm_edge.puzzles.datasets import PuzzleSet
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph to export: kind "segment" | "unrolled" | "act_loop", precision "fp32" | "fp16"."""
+
+    kind: str
+    precision: str = "fp32"
+    k: int | None = None
+
+    @property
+    def name(self) -> str:
+        stem = {"segment": "segment", "unrolled": f"unrolled{self.k}", "act_loop": "act_loop"}[self.kind]
+        return f"{stem}.{self.precision}"
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    versions = {"hrm_edge": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    with contextlib.suppress(ImportError):
+        import onnxscript
+
+        versions["onnxscript"] = onnxscript.__version__
+    return versions
+
+
+def reference_outputs(ck: Checkpoint, golden: PuzzleSet, policy: str, max_steps: int,
+                      kept_ids: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Golden outputs of the fp32 PyTorch reference on CPU (fields: hrm_edge.bundle.REFERENCE_FIELDS).
+    Puzzle ids are stored as the original identifiers; `kept_ids` maps them for a pruned model."""
+    from hrm_edge.model.runner import TorchSegmentRunner
+
+    runner = TorchSegmentRunner(ck.model, "cpu")
+    ids = golden.puzzle_ids if kept_ids is None else remap_ids(golden.puzzle_ids, kept_ids)
+    recorded = solve_in_batches(runner, golden.inputs, ids, parse_policy("fixed"), max_steps,
+                                batch_size=64, record_logits=True)
+    by_policy = solve_in_batches(runner, golden.inputs, ids, parse_policy(policy), max_steps, batch_size=64)
+    labels = golden.labels if golden.labels is not None else np.zeros_like(golden.inputs)
+    return {"inputs": golden.inputs, "puzzle_ids": golden.puzzle_ids, "labels": labels,
+            "predictions": by_policy.predictions, "steps": by_policy.steps,
+            "step_predictions": recorded.step_predictions, "step_q_halt": recorded.step_q_halt,
+            "step_q_continue": recorded.step_q_continue, "step_logits": recorded.step_logits}
+
+
+def _export_graph(ck: Checkpoint, spec: GraphSpec, path: Path, opset: int, max_steps: int,
+                  exported: dict[str, Path]) -> None:
+    """Export one graph; unrolled and loop graphs are composed from the segment graph of the
+    same precision in `exported` (exported first when missing), so each weight is traced once."""
+    from hrm_edge.export import graphs
+
+    dtype = {"fp32": "float32", "fp16": "float16"}[spec.precision]
+    segment = exported.get(f"segment.{spec.precision}")
+    if spec.kind == "segment":
+        graphs.export_segment(ck.model, path, opset=opset, dtype=dtype)
+    elif spec.kind == "unrolled":
+        graphs.export_unrolled(ck.model, path, k=spec.k, opset=opset, dtype=dtype, segment=segment)
+    elif spec.kind == "act_loop":
+        graphs.export_act_loop(ck.model, path, max_steps=max_steps, opset=opset, dtype=dtype, segment=segment)
+    else:
+        raise BundleError(f"unknown graph kind {spec.kind!r}")
+
+
+def source_checkpoint(ck: Checkpoint) -> dict[str, Any]:
+    """Provenance of the exported checkpoint; its path absolute, so `parity` and `bench` find it from any
+    working directory."""
+    out = {k: ck.provenance.get(k) for k in ("format", "path", "sha256", "step")}
+    if out["path"]:
+        out["path"] = str(Path(out["path"]).resolve())
+    return out
+
+
+def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
+                 max_steps: int | None = None, opset: int = 18, force: bool = False,
+                 keep_puzzle_ids: list[int] | None = None,
+                 log: Callable[[str], None] = print,
+                 extra_steps: Callable[[Path, dict[str, Any], Checkpoint], None] | None = None) -> Path:
+    """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
+
+    `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
+
+    `extra_steps(tmp_dir, manifest, ck)` may add files and graphs (e.g. INT8) before hashing; `ck` is the
+    checkpoint as exported (puzzle rows already pruned)."""
+    from hrm_edge.export.onnx_utils import check_graph, graph_summary
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out}: already exists (use --force to replace it)")
+    if ck.task is None:
+        raise BundleError("the checkpoint does not say its task: pass --task")
+    steps = max_steps or ck.config.halt_max_steps
+    puzzle_rows = None
+    if keep_puzzle_ids is not None:
+        from hrm_edge.export.puzzle_rows import prune_puzzle_embeddings
+
+        full_rows = ck.config.num_puzzle_identifiers
+        ck = dataclasses.replace(ck, model=prune_puzzle_embeddings(ck.model, keep_puzzle_ids))
+        ck.config = ck.model.config
+        puzzle_rows = {"kept_original_ids": keep_puzzle_ids, "original_rows": full_rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        t_start = time.perf_counter()
+        graphs: dict[str, dict[str, Any]] = {}
+        exported: dict[str, Path] = {}
+        for spec in sorted(specs, key=lambda sp: sp.kind != "segment"):
+            t0 = time.perf_counter()
+            path = tmp / f"{spec.name}.onnx"
+            log(f"exporting {spec.name} ...")
+            _export_graph(ck, spec, path, opset, steps, exported)
+            exported[spec.name] = path
+            check_graph(path)
+            summary = graph_summary(path)
+            graphs[spec.name] = {"file": path.name, "kind": spec.kind, "precision": spec.precision, "k": spec.k,
+                                 "opset": summary["opset"], "inputs": summary["inputs"],
+                                 "outputs": summary["outputs"], "bytes": path.stat().st_size,
+                                 "op_types": summary["op_types"],
+                                 "export_seconds": round(time.perf_counter() - t0, 2)}
+            log(f"  {spec.name}: {path.stat().st_size / 1e6:.2f} MB, {summary['node_count']} nodes, "
+                f"{time.perf_counter() - t0:.1f} s")
+        h_init = ck.model.inner.H_init.detach().float().cpu().numpy()
+        l_init = ck.model.inner.L_init.detach().float().cpu().numpy()
+        np.savez(tmp / CARRY_INIT, H_init=h_init, L_init=l_init)
+        log(f"running the PyTorch reference on {len(golden)} golden puzzles ...")
+        np.savez_compressed(tmp / REFERENCE, **reference_outputs(ck, golden, policy, steps, keep_puzzle_ids))
+        manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": {"family": getattr(ck.config, "family", "hrm"), "config": ck.config.to_dict(),
+                      "parameters": ck.model.parameter_count(), "total_len": ck.config.total_len},
+            "task": {"name": ck.task, "seq_len": ck.config.seq_len, "vocab_size": ck.config.vocab_size},
+            "halting": {"default_policy": policy, "max_steps": steps},
+            "graphs": graphs,
+            "carry_init": CARRY_INIT,
+            "puzzle_rows": puzzle_rows,
+            "reference": {"file": REFERENCE, "puzzles": len(golden), "policy": policy, "max_steps": steps,
+                          "source": f"{golden.task} {golden.split}", "runtime": "torch cpu float32"},
+            "source_checkpoint": source_checkpoint(ck),
+            "card": ck.card,
+            "exporter": library_versions(),
+        }
+        if extra_steps is not None:
+            extra_steps(tmp, manifest, ck)
+        manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest["export_seconds"] = round(time.perf_counter() - t_start, 2)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        for p in tmp.iterdir():
+            os.chmod(p, 0o644)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

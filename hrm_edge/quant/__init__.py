@@ -1,0 +1,1 @@
+"""Post-training INT8 quantization: ACT-aware calibration, the mixed-precision search, reports."""

@@ -1,0 +1,811 @@
+"""INT8 segment graphs for two targets from one pipeline: `hrm-edge export --int8`.
+
+Entry point: `add_int8_graphs(bundle_tmp_dir, manifest, ck, calib, targets=("cpu",), ...)` -- given
+the bundle's fp32 segment graph it writes `segment.int8-<target>.onnx`, their manifest graph
+entries, and the quantization report (`quant_report.json`, `quant_report-<target>.png`).
+
+Pipeline (shared by the targets; every statistic is cached, see `hrm_edge.quant.calibration`):
+1. prepare: `fold_weight_transposes` (the dynamo exporter leaves `Transpose(W)` before every
+   Linear; ORT quantizes weights per channel only when they are initializers);
+2. SmoothQuant for SwiGLU (`smooth_swiglu`, alpha `smooth_alpha`, default 0.85): the input of
+   down_proj, silu(gate) * up, has channels ~30x larger than the rest (calibration |max| 150-180
+   against a per-channel median of ~4 on the 6x6 demo); dividing them out through the `up` columns of
+   gate_up and into down_proj's rows is exact in fp32 and adds no op. Measured (6x6 demo step 3500,
+   256 calibration puzzles, all sites int8, open-loop error of carry+logits / closed-loop exact
+   agreement): none 0.0288 / 77.7%, alpha 0.5 0.0123 / 89.1%, 0.7 0.0100 / 89.5%, 0.85 0.0097 /
+   85.6% (cpu dynamic; static and tensorrt alike, 0.85 lowest open-loop error in all three);
+3. ACT-aware calibration: the segment inputs of every ACT step the runtime reaches, weighted by how
+   many puzzles still run there (`ActCalibrationReader`);
+4. quantize for the target (`settings_for`); static graphs then get `keep_float_paths` (ORT's QDQ
+   quantizer feeds the DEQUANTIZED tensor to every consumer, residual Adds and the carry output
+   included; afterwards only MatMul/Gemm inputs are quantized);
+5. GPTQ (`apply_gptq`): the int8 weights are re-rounded to minimise the error of x @ W on
+   calibration inputs (scales unchanged). Weight-only int8 with round-to-nearest agreed with fp32 on
+   93.4% of the calibration puzzles, with GPTQ on 98.0% (fp16: 98.8%): it raises the ceiling the
+   mixed-precision search can reach;
+6. the mixed-precision search (`hrm_edge.quant.search`) keeps the most sensitive sites in
+   float until the int8 parity gate, tightened by `SEARCH_MARGIN`, passes on the calibration
+   puzzles, closed loop (1024 by default: with 256, the HRM demo's search saw 0 puzzles solved
+   differently and the validation gate then saw 3 of 256). Sites are ranked by how much keeping
+   each alone in float lowers the open-loop error of the carry, the logits and the halting margin
+   q_halt - q_continue. When no trial passes, the one closest to passing is kept.
+
+Targets ("cpu" | "tensorrt"; optimum preset names map: avx512_vnni, avx2, arm64 -> cpu, tensorrt):
+- cpu: `mode="dynamic"` (default) -- `quantize_dynamic`: weights int8 per channel (symmetric,
+  QInt8), activations uint8 with a range computed per call (DynamicQuantizeLinear -> MatMulInteger);
+  MatMuls with constant weights only. `mode="static"`: QDQ with unsigned activations (QUInt8,
+  calibrated ranges) and signed per-channel weights (QInt8) on MatMul/Gemm inputs -- the U8S8 layout
+  ORT runs with VNNI/AMX. Same speed (27M, batch 1, 1 thread: 43.7 ms both, fp32 144.8 ms); the
+  dynamic flavour agrees with fp32 on more puzzles (per-call ranges follow the carry as it changes
+  over ACT steps; open-loop error 0.0097 vs 0.0103 at alpha 0.85).
+- tensorrt: static QDQ, symmetric signed int8 activations and weights, zero points 0
+  (ActivationSymmetric, WeightSymmetric), Q/DQ only on MatMul/Gemm inputs (no output Q/DQ, biases
+  float); norms, softmax, RoPE and the residual/carry path in float: TensorRT's
+  explicit-quantization form. It runs on ORT CPU too (for parity checks); it is meant for
+  `hrm-edge build --precision int8`.
+Attention matmuls (activation x activation) stay float by default in every flavour
+(`settings_for(..., attention=True)` quantizes them): they were the largest static error source
+(open-loop error 0.0130 -> 0.0104 cpu static, 0.0156 -> 0.0104 tensorrt when left float; exact
+agreement 76.6 -> 82.8%, 64.1 -> 82.0%, 6x6 demo step 2000, 128 puzzles).
+
+Every op stays in the default ONNX domain (QuantizeLinear, DequantizeLinear, MatMulInteger,
+DynamicQuantizeLinear, Cast, Mul), so `check_graph` holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+from hrm_edge.export.onnx_utils import check_graph, dedupe_initializers, graph_summary, set_metadata
+from hrm_edge.parity import solved_metric
+
+TARGETS = ("cpu", "tensorrt")
+PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "tensorrt": "tensorrt",
+           "trt": "tensorrt"}
+WEIGHT_OPS = ("MatMul", "Gemm")
+MODES = ("dynamic", "static")
+DEFAULT_SMOOTH_ALPHA = 0.85
+# The search must pass the int8 parity gate on the calibration puzzles with this margin, because the
+# gate is then checked on unseen validation puzzles. Measured on the TRM 6x6 demo (step 2000, 256
+# puzzles each): a search that just passed on calibration (99.2% exact agreement, 96.1% halting) gave
+# 98.0% / 95.3% on validation.
+SEARCH_MARGIN = {"min_solved_agreement": 0.005, "min_halting_agreement": 0.02}
+SEARCH_CACHE_VERSION = 2  # 2: halting margin in the sensitivity score
+
+
+def search_gates() -> Any:
+    """The int8 parity gate tightened by `SEARCH_MARGIN`: what the search must pass on calibration puzzles."""
+    from hrm_edge.parity import DEFAULT_GATES
+
+    base = DEFAULT_GATES["int8"]
+    return dataclasses.replace(base, **{k: min(1.0, getattr(base, k) + m) for k, m in SEARCH_MARGIN.items()
+                                        if getattr(base, k) is not None})
+
+
+def normalize_target(name: str) -> str:
+    """"cpu" | "tensorrt" from a target or an optimum preset name (avx512_vnni, avx2, arm64 -> cpu)."""
+    try:
+        return PRESETS[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"unknown INT8 target {name!r}; use one of {', '.join(PRESETS)}") from None
+
+
+def graph_name(target: str) -> str:
+    """Manifest graph name of a target's INT8 segment graph (its file is `<name>.onnx`)."""
+    return f"segment.int8-{normalize_target(target)}"
+
+
+@dataclass
+class QuantSettings:
+    """How a graph is quantized for one target (everything but the calibration and exclusions)."""
+
+    target: str = "cpu"
+    mode: str = "dynamic"  # "dynamic" | "static" (QDQ)
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    per_channel: bool = True
+    op_types: tuple[str, ...] = ("MatMul",)
+    extra_options: dict[str, Any] = field(default_factory=dict)
+    attention: bool = False  # also quantize the activation x activation MatMuls (attention scores / values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["op_types"] = list(self.op_types)
+        return d
+
+
+def settings_for(target: str, mode: str | None = None, per_channel: bool = True, attention: bool = False
+                 ) -> QuantSettings:
+    """The settings of a target (see the module docstring). `attention`: also quantize the attention
+    matmuls (static modes; the dynamic mode quantizes constant-weight MatMuls only)."""
+    target = normalize_target(target)
+    if target == "tensorrt":
+        if mode not in (None, "static"):
+            raise ValueError("the tensorrt target is static QDQ only (TensorRT has no dynamic quantization)")
+        return QuantSettings("tensorrt", "static", "QInt8", "QInt8", per_channel, WEIGHT_OPS,
+                             {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                              "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}, attention)
+    mode = mode or "dynamic"
+    if mode not in MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "dynamic":
+        return QuantSettings("cpu", "dynamic", "QUInt8", "QInt8", per_channel, ("MatMul",),
+                             {"MatMulConstBOnly": True})
+    return QuantSettings("cpu", "static", "QUInt8", "QInt8", per_channel, WEIGHT_OPS,
+                         {"WeightSymmetric": True, "QuantizeBias": False,
+                          "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}, attention)
+
+
+# ----------------------------------------------------------------------------------------------
+# graph preparation
+
+
+def fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """Replace Transpose(initializer) nodes by transposed initializers named `<weight>__T` (the
+    module name stays readable for the report), in place; identical results are merged.
+    Returns the number of nodes folded."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    keep: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    rename: dict[str, str] = {}
+    made: set[str] = set()
+    for node in g.node:
+        if node.op_type == "Transpose" and len(node.input) == 1 and node.input[0] in inits:
+            w = numpy_helper.to_array(inits[node.input[0]])
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            name = f"{node.input[0]}__T"
+            rename[node.output[0]] = name
+            if name not in made:
+                made.add(name)
+                new_inits.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(w, perm)), name))
+        else:
+            keep.append(node)
+    if not rename:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            node.input[i] = rename.get(name, name)
+    for out in g.output:
+        if out.name in rename:
+            keep.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name]))
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(new_inits)
+    for v in [v for v in g.value_info if v.name in rename]:
+        g.value_info.remove(v)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+    dedupe_initializers(model)
+    return len(rename)
+
+
+def swiglu_pairs(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The SwiGLU blocks: per down_proj weight, its gate_up weight and the activation input of every
+    MatMul using it (one per call site). Found from the weight names of a prepared graph."""
+    inits = {t.name for t in model.graph.initializer}
+    pairs: dict[str, dict[str, Any]] = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = node.input[1]
+        if ".mlp.down_proj.weight" in w:
+            gu = w.replace(".mlp.down_proj.weight", ".mlp.gate_up_proj.weight")
+            if gu in inits:
+                pairs.setdefault(w, {"down": w, "gate_up": gu, "inputs": []})["inputs"].append(node.input[0])
+    return list(pairs.values())
+
+
+def smooth_swiglu(model: onnx.ModelProto, act_absmax: dict[str, np.ndarray], alpha: float = DEFAULT_SMOOTH_ALPHA
+                  ) -> dict[str, Any]:
+    """SmoothQuant for SwiGLU, folded exactly into the weights (no new op), in place.
+
+    Channel j of down_proj's input is divided by s_j = amax_j^alpha / wmax_j^(1 - alpha) (amax_j:
+    its calibration |max| over every call site and ACT step; wmax_j: |max| of down_proj's row j)
+    by scaling column j of the `up` half of gate_up_proj by 1/s_j; row j of down_proj is multiplied
+    by s_j. `act_absmax`: down weight name -> per-channel |max| [I]. Returns per-block facts."""
+    inits = {t.name: t for t in model.graph.initializer}
+    info: dict[str, Any] = {}
+    for pair in swiglu_pairs(model):
+        amax = act_absmax.get(pair["down"])
+        if amax is None:
+            continue
+        wd = numpy_helper.to_array(inits[pair["down"]]).astype(np.float32)  # [I, D]
+        wgu = numpy_helper.to_array(inits[pair["gate_up"]]).astype(np.float32).copy()  # [D, 2I]
+        inter = wd.shape[0]
+        if wgu.shape[1] != 2 * inter:
+            continue
+        wmax = np.abs(wd).max(axis=1)
+        s = np.power(np.maximum(amax, 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1.0 - alpha)
+        s = np.clip(s, 1e-3, 1e3).astype(np.float32)
+        wgu[:, inter:] /= s[None, :]
+        inits[pair["down"]].CopyFrom(numpy_helper.from_array(wd * s[:, None], pair["down"]))
+        inits[pair["gate_up"]].CopyFrom(numpy_helper.from_array(wgu, pair["gate_up"]))
+        info[pair["down"]] = {"sites": len(pair["inputs"]), "act_absmax_before": round(float(amax.max()), 3),
+                              "act_absmax_after": round(float((amax / s).max()), 3),
+                              "act_absmax_median": round(float(np.median(amax)), 3)}
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# quantizing
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer logs a pre-processing hint at WARNING on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_graph(fp32: str | Path, out: str | Path, settings: QuantSettings, ranges: str | Path | None = None,
+                   method: str = "minmax", nodes_to_exclude: Sequence[str] = ()) -> Path:
+    """Quantize a prepared fp32 segment graph; static mode reads its ranges from the calibration
+    cache file `ranges` (no reader, no recalibration). Returns `out`."""
+    from hrm_edge.quant.calibration import calibration_method
+
+    out = Path(out)
+    with _quiet():
+        if settings.mode == "dynamic":
+            quantize_dynamic(str(fp32), str(out), op_types_to_quantize=list(settings.op_types),
+                             per_channel=settings.per_channel, weight_type=getattr(QuantType, settings.weight_type),
+                             nodes_to_exclude=list(nodes_to_exclude), extra_options=dict(settings.extra_options))
+        else:
+            if ranges is None:
+                raise ValueError("static quantization needs calibrated ranges")
+            quantize_static(str(fp32), str(out), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
+                            activation_type=getattr(QuantType, settings.activation_type),
+                            weight_type=getattr(QuantType, settings.weight_type),
+                            nodes_to_exclude=list(nodes_to_exclude), calibrate_method=calibration_method(method),
+                            extra_options=dict(settings.extra_options), calibration_cache_path=str(ranges))
+    return out
+
+
+def keep_float_paths(model: onnx.ModelProto, op_types: Sequence[str] = WEIGHT_OPS) -> int:
+    """Give the float tensor back to every consumer of a quantized activation that is not a quantized
+    op, in place; returns the number of inputs rewired.
+
+    ORT's QDQ quantizer rewires ALL consumers of a quantized tensor to its DequantizeLinear output
+    (`replace_input_of_all_nodes`), and when the tensor is a graph output it makes the graph output
+    the dequantized value. For HRM that puts 8-bit noise on the residual stream (the Add of every
+    post-norm block reads the quantized block input), on the input injection (z_L + z_H + x) and on
+    the carry itself (z_H_out feeds lm_head, so the carry handed to the next ACT step was quantized).
+    After this pass only the MatMul/Gemm inputs are quantized; the residual/carry path stays fp32."""
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    graph_outputs = {o.name for o in g.output}
+    inits = {t.name for t in g.initializer}
+    rewired = 0
+    for dq in [n for n in g.node if n.op_type == "DequantizeLinear"]:
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+            continue
+        float_name, dq_out = q.input[0], dq.output[0]
+        if dq_out in graph_outputs:  # ORT renamed the float producer's output to <t>_QuantizeLinear_Input
+            new_dq = f"{dq_out}_DequantizeLinear_Output"
+            for node in g.node:
+                for i, name in enumerate(node.input):
+                    if name == dq_out and node.op_type in op_types:
+                        node.input[i] = new_dq
+                for i, name in enumerate(node.output):
+                    if name == float_name:
+                        node.output[i] = dq_out
+                for i, name in enumerate(node.input):
+                    if name == float_name:
+                        node.input[i] = dq_out
+            dq.output[0] = new_dq
+            float_name, dq_out = dq_out, new_dq
+            rewired += 1
+        for node in g.node:
+            if node.op_type in op_types or node is dq:
+                continue
+            for i, name in enumerate(node.input):
+                if name == dq_out:
+                    node.input[i] = float_name
+                    rewired += 1
+    return rewired
+
+
+def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.01,
+              act_order: bool = True, block: int = 64) -> np.ndarray:
+    """GPTQ rounding (Frantar et al. 2022) of a MatMul weight W [K, N] (y = x @ W) to symmetric int8 with
+    the given per-output-channel `scale` [N] (zero point 0): input dimensions are quantized one at a
+    time and the rounding error of each is compensated on the not yet quantized ones through the
+    inverse of H = E[x x^T] [K, K], minimising ||x W - x W_q|| on the calibration inputs instead of
+    ||W - W_q||. Columns in order of decreasing H diagonal (act order), lazy updates in blocks.
+    Returns int8 [K, N]."""
+    w = weight.T.astype(np.float64).copy()  # [N, K]: one row per output channel
+    k = w.shape[1]
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    w, h = w[:, perm], h[perm][:, perm]
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    lower = np.linalg.cholesky(h)
+    h_inv = np.linalg.solve(lower.T, np.linalg.solve(lower, np.eye(k)))  # H^-1
+    upper = np.linalg.cholesky(h_inv).T
+    sc = np.asarray(scale, np.float64).reshape(-1, 1)
+    q = np.zeros_like(w)
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        wb = w[:, b0:b1].copy()
+        errs = np.zeros_like(wb)
+        for j in range(b1 - b0):
+            qj = np.clip(np.round(wb[:, j:j + 1] / sc), -127, 127)
+            q[:, b0 + j] = qj[:, 0]
+            err = (wb[:, j:j + 1] - qj * sc) / upper[b0 + j, b0 + j]
+            wb[:, j:] -= err * upper[b0 + j, b0 + j:b1]
+            errs[:, j:j + 1] = err
+        w[:, b1:] -= errs @ upper[b0:b1, b1:]
+    return q[:, np.argsort(perm)].T.astype(np.int8)
+
+
+def apply_gptq(qmodel: onnx.ModelProto, hessians: dict[str, np.ndarray], fp32: onnx.ModelProto,
+               memo: dict[Any, np.ndarray] | None = None) -> list[str]:
+    """Re-round, in place, the int8 weights `<W>_quantized` of `qmodel` (per-channel or per-tensor, zero
+    point 0, scale kept) with GPTQ; returns the weights changed. Weights without a Hessian, with a
+    non-zero zero point or a layout other than a MatMul B [K, N] are left as ORT rounded them.
+    `memo`: results by (weight, scale) shared between targets with the same weight scales."""
+    memo = {} if memo is None else memo
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    fp_inits = {t.name: t for t in fp32.graph.initializer}
+    done = []
+    for name, hessian in hessians.items():
+        qn, sn, zn = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+        if qn not in inits or sn not in inits or name not in fp_inits:
+            continue
+        w = numpy_helper.to_array(fp_inits[name]).astype(np.float32)
+        q_old = numpy_helper.to_array(inits[qn])
+        scale = numpy_helper.to_array(inits[sn]).astype(np.float32)
+        if q_old.dtype != np.int8 or q_old.shape != w.shape or w.ndim != 2 or hessian.shape != (w.shape[0],) * 2:
+            continue
+        if zn in inits and numpy_helper.to_array(inits[zn]).any():
+            continue
+        if scale.size not in (1, w.shape[1]):
+            continue
+        scale = np.broadcast_to(scale.reshape(-1), (w.shape[1],))
+        key = (name, scale.tobytes())
+        if key not in memo:
+            memo[key] = gptq_int8(w, hessian, scale)
+        inits[qn].CopyFrom(numpy_helper.from_array(memo[key], qn))
+        done.append(name)
+    return done
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """Facts about the quantization ops of a graph: counts, quantized dtypes and zero points."""
+    inits = {t.name: t for t in model.graph.initializer}
+    zps: list[np.ndarray] = []
+    dtypes: dict[str, set[str]] = {"activation": set(), "weight": set()}
+    per_channel = 0
+    q_ops = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger")
+    counts = {op: 0 for op in q_ops}
+    for node in model.graph.node:
+        if node.op_type in counts:
+            counts[node.op_type] += 1
+        if node.op_type == "DequantizeLinear":
+            src = node.input[0]
+            role = "weight" if src in inits else "activation"
+            if src in inits:
+                dtypes[role].add(onnx.helper.tensor_dtype_to_np_dtype(inits[src].data_type).name)
+                if len(inits[node.input[1]].dims) == 1 and inits[node.input[1]].dims[0] > 1:
+                    per_channel += 1
+            if len(node.input) > 2 and node.input[2] in inits:
+                zp = inits[node.input[2]]
+                zps.append(numpy_helper.to_array(zp))
+                if src not in inits:
+                    dtypes["activation"].add(onnx.helper.tensor_dtype_to_np_dtype(zp.data_type).name)
+        elif node.op_type == "MatMulInteger" and node.input[1] in inits:
+            dtypes["weight"].add(onnx.helper.tensor_dtype_to_np_dtype(inits[node.input[1]].data_type).name)
+            if len(node.input) > 3 and node.input[3] in inits:
+                zps.append(numpy_helper.to_array(inits[node.input[3]]))
+                per_channel += int(inits[node.input[3]].dims[0] > 1 if inits[node.input[3]].dims else 0)
+        elif node.op_type == "DynamicQuantizeLinear":
+            dtypes["activation"].add("uint8")
+    return {**{k: v for k, v in counts.items() if v}, "activation_dtypes": sorted(dtypes["activation"]),
+            "weight_dtypes": sorted(dtypes["weight"]), "per_channel_weights": per_channel,
+            "all_zero_points_zero": bool(all((z == 0).all() for z in zps)) if zps else None}
+
+
+def quantized_sites(sites: Sequence[Any], qmodel: onnx.ModelProto, fp32: onnx.ModelProto) -> list[Any]:
+    """The sites that `qmodel` actually quantizes (their output is no longer the fp32 node's)."""
+    fp_nodes = {n.name: n for n in fp32.graph.node}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    out = []
+    for s in sites:
+        q, f = producer.get(s.output), fp_nodes[s.node]
+        if q is None or q.op_type != f.op_type or list(q.input) != list(f.input):
+            out.append(s)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the pipeline
+
+
+@dataclass
+class Int8Build:
+    """One target's result: the graph file, its manifest entry and its report section."""
+
+    target: str
+    path: Path
+    entry: dict[str, Any]
+    report: dict[str, Any]
+
+
+class Int8Pipeline:
+    """Shared state of one INT8 export: the prepared/smoothed fp32 graph, the calibration reader and
+    ranges, the fp32 PyTorch reference on the calibration puzzles and the evaluators.
+
+    fp32_graph: the bundle's fp32 segment graph; ck: its checkpoint; calib: the calibration split
+    (the first `calib_size` puzzles are used); policy / max_steps: the bundle's halting defaults.
+    """
+
+    def __init__(self, fp32_graph: str | Path, ck: Any, calib: Any, work_dir: str | Path, *, method: str = "minmax",
+                 calib_size: int = 1024, per_channel: bool = True, smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA,
+                 policy: str = "q", max_steps: int | None = None, cache_dir: str | Path | None = None,
+                 min_step_share: float = 0.125, batch_size: int = 64, sensitivity_per_step: int = 8,
+                 threads: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+                 gates: Any = None, float_paths: bool = True, gptq: bool = True, gptq_per_step: int = 16) -> None:
+        from hrm_edge.act import parse_policy
+        from hrm_edge.quant.calibration import ActCalibrationReader, calibration_method, default_cache_dir
+
+        calibration_method(method)
+        self.ck, self.work_dir = ck, Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.model = ck.model.set_compute_dtype("float32").eval()
+        cfg = self.model.config
+        self.method, self.per_channel, self.smooth_alpha = method, per_channel, smooth_alpha
+        self.policy = parse_policy(policy)
+        self.max_steps = int(max_steps or cfg.halt_max_steps)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.batch_size, self.threads, self.progress = batch_size, threads, progress
+        self.sensitivity_per_step = sensitivity_per_step
+        self.gates = gates if gates is not None else search_gates()
+        self.float_paths = float_paths
+        self.gptq, self.gptq_per_step = gptq, gptq_per_step
+        self._hessians: dict[str, np.ndarray] | None = None
+        self._gptq_memo: dict[Any, np.ndarray] = {}
+        self.log = log or (lambda m: None)
+        n = min(int(calib_size), len(calib))
+        self.tokens = np.ascontiguousarray(calib.inputs[:n], np.int64)
+        self.puzzle_ids = np.ascontiguousarray(calib.puzzle_ids[:n], np.int64)
+        self.labels = None if calib.labels is None else calib.labels[:n]
+        self.calib_source = f"{getattr(calib, 'task', '?')} {getattr(calib, 'split', '?')}[:{n}]"
+        self.src_graph = Path(fp32_graph)
+        src = onnx.load(str(fp32_graph))
+        self.input_names = tuple(i.name for i in src.graph.input)
+        self.reader = ActCalibrationReader(self.model, self.tokens, self.puzzle_ids, self.max_steps, str(self.policy),
+                                           min_step_share, batch_size=32, input_names=self.input_names,
+                                           progress=progress)
+        # 1. prepare
+        folded = fold_weight_transposes(src)
+        self.prepared_path = self.work_dir / "segment.fp32.prepared.onnx"
+        onnx.save(src, str(self.prepared_path))
+        self.prep_info: dict[str, Any] = {"weight_transposes_folded": folded}
+        # 2. smooth
+        self.fp32_path = self.prepared_path
+        if smooth_alpha:
+            self._smooth(src)
+        self.fp32 = onnx.load(str(self.fp32_path))
+        from hrm_edge.quant.search import find_sites
+
+        self.sites = find_sites(self.fp32)
+        self._calibration: Any = None
+        self._closed: Any = None
+        self._open: Any = None
+
+    # -- stages
+    def _smooth(self, prepared: onnx.ModelProto) -> None:
+        from hrm_edge.quant.calibration import channel_absmax
+
+        pairs = swiglu_pairs(prepared)
+        if not pairs:
+            self.prep_info["smoothquant"] = "no SwiGLU block found"
+            return
+        self.log(f"SmoothQuant statistics over {len(self.tokens)} calibration puzzles ...")
+        stats = channel_absmax(self.prepared_path, self.reader, [a for p in pairs for a in p["inputs"]],
+                               self.cache_dir, self.progress)
+        amax = {p["down"]: np.max([stats[a] for a in p["inputs"]], axis=0) for p in pairs}
+        info = smooth_swiglu(prepared, amax, float(self.smooth_alpha))
+        self.fp32_path = self.work_dir / "segment.fp32.smoothed.onnx"
+        onnx.save(prepared, str(self.fp32_path))
+        self.prep_info["smoothquant"] = {"alpha": self.smooth_alpha, "blocks": info}
+
+    @property
+    def calibration(self) -> Any:
+        """ACT-aware ranges of the prepared graph (every MatMul/Gemm input), from the cache when possible."""
+        if self._calibration is None:
+            from hrm_edge.quant.calibration import calibrate
+
+            self._calibration = calibrate(self.fp32_path, self.reader, self.method, op_types=list(WEIGHT_OPS),
+                                          cache_dir=self.cache_dir, progress=self.progress)
+            self.log(f"calibration ({self.method}): " + ("cache hit " + self._calibration.key[:12]
+                                                          if self._calibration.cache_hit
+                                                          else f"{self._calibration.seconds:.1f} s"))
+        return self._calibration
+
+    @property
+    def closed_loop(self) -> Any:
+        if self._closed is None:
+            from hrm_edge.act import solve_in_batches
+            from hrm_edge.model.runner import TorchSegmentRunner
+            from hrm_edge.quant.search import ClosedLoop
+
+            self.log(f"PyTorch fp32 reference on {len(self.tokens)} calibration puzzles (policy {self.policy}) ...")
+            reference = solve_in_batches(TorchSegmentRunner(self.model), self.tokens, self.puzzle_ids, self.policy,
+                                         self.max_steps, self.batch_size, record_steps=True, record_logits=True)
+            inner = self.model.inner
+            self._closed = ClosedLoop(self.tokens, self.puzzle_ids, self.labels, reference,
+                                      inner.H_init.detach().float().numpy(), inner.L_init.detach().float().numpy(),
+                                      self.model.config.total_len, self.policy, self.max_steps,
+                                      self.gates,
+                                      self.batch_size, self.threads, self.work_dir)
+        return self._closed
+
+    @property
+    def open_loop(self) -> Any:
+        if self._open is None:
+            from hrm_edge.quant.search import OpenLoop
+
+            self._open = OpenLoop(self.fp32, self.reader.subset(self.sensitivity_per_step), self.threads)
+        return self._open
+
+    def quantize(self, settings: QuantSettings) -> onnx.ModelProto:
+        """The fully quantized graph (no exclusions) for these settings."""
+        path = self.work_dir / f"segment.int8-{settings.target}.full.onnx"
+        ranges = self.calibration.ranges_path if settings.mode == "static" else None
+        skip = [s.node for s in self.sites if s.kind == "bmm"] if settings.mode == "static" and not settings.attention \
+            else []
+        quantize_graph(self.fp32_path, path, settings, ranges, self.method, nodes_to_exclude=skip)
+        model = onnx.load(str(path))
+        if settings.mode == "static" and self.float_paths:
+            keep_float_paths(model, settings.op_types)
+        if self.gptq:
+            changed = apply_gptq(model, self.hessians, self.fp32, self._gptq_memo)
+            self.prep_info.setdefault("gptq", {})[settings.target] = {"weights": len(changed),
+                                                                      "per_step": self.gptq_per_step}
+        return model
+
+    @property
+    def hessians(self) -> dict[str, np.ndarray]:
+        """GPTQ statistics: per weight, E[x x^T] over the inputs of all its call sites (cached)."""
+        if self._hessians is None:
+            from hrm_edge.quant.calibration import input_hessians
+
+            nodes = {n.name: n for n in self.fp32.graph.node}
+            groups: dict[str, list[str]] = {}
+            for s in self.sites:
+                if s.kind == "weight" and s.weight is not None and nodes[s.node].op_type == "MatMul":
+                    groups.setdefault(s.weight, []).append(nodes[s.node].input[0])
+            self._hessians = input_hessians(self.fp32_path, self.reader.subset(self.gptq_per_step), groups,
+                                            {"per_step": self.gptq_per_step}, self.reader, self.cache_dir,
+                                            self.progress)
+        return self._hessians
+
+    def _search_key(self, settings: QuantSettings, search_opts: dict[str, Any]) -> str:
+        h = hashlib.sha256()
+        h.update(f"hrm-edge-int8-search-v{SEARCH_CACHE_VERSION}".encode())
+        with open(self.fp32_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(self.tokens.tobytes())
+        h.update(self.puzzle_ids.tobytes())
+        meta = {"settings": settings.to_dict(), "method": self.method if settings.mode == "static" else None,
+                "policy": str(self.policy), "max_steps": self.max_steps, "batch_size": self.batch_size,
+                "gates": asdict(self.gates), "float_paths": self.float_paths,
+                "gptq": self.gptq, "gptq_per_step": self.gptq_per_step,
+                "per_step": self.sensitivity_per_step, **search_opts}
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def build(self, target: str, out: str | Path, *, mode: str | None = None, search: bool = True,
+              max_excluded_share: float = 1.0, max_evals: int = 16, prune: bool = True,
+              excluded_weights: str = "int8", exclude: Sequence[str] | None = None) -> Int8Build:
+        """Quantize for one target, search the exclusions, write `out` and describe it."""
+        from hrm_edge.quant.search import leave_one_out, restore_float, search_exclusions, site_errors
+
+        t0 = time.perf_counter()
+        settings = settings_for(target, mode, self.per_channel)
+        if settings.target == "tensorrt" and excluded_weights == "int8":
+            excluded_weights = "int8-dq"  # TensorRT takes int8 weights only through DequantizeLinear
+        self.log(f"INT8 {settings.target} ({settings.mode}) ...")
+        full = self.quantize(settings)
+        sites = quantized_sites(self.sites, full, self.fp32)
+        by_node = {s.node: s for s in sites}
+        base_err, benefit, result, trials = None, {}, None, []
+        search_opts = {"max_excluded_share": max_excluded_share, "max_evals": max_evals, "prune": prune,
+                       "excluded_weights": excluded_weights}
+        key = self._search_key(settings, search_opts)
+        cached = self.cache_dir / f"{key}.search.json"
+        excluded: list[str] = []
+        searched_from_cache = False
+        if search and cached.is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
+                data = json.loads(cached.read_text())
+                excluded, benefit, trials = data["excluded"], data["benefit"], data["trials"]
+                base_err = data.get("base_open_loop")
+                searched_from_cache = True
+                self.log(f"  search: cache hit {key[:12]} ({len(excluded)} site(s) in float)")
+        if search and not searched_from_cache:
+
+            def evaluate(ex: list[str]) -> dict[str, Any]:
+                return self.closed_loop.evaluate(restore_float(full, self.fp32, ex, excluded_weights))
+
+            first = evaluate([])  # the sensitivity pass runs only when the all-int8 graph fails the gate
+            ranked: list[str] = []
+            if not first["passed"]:
+                base_err, benefit = leave_one_out(full, self.fp32, sites, self.open_loop, self.progress,
+                                                  excluded_weights)
+                ranked = sorted(benefit, key=lambda n: -benefit[n])
+            result = search_exclusions(evaluate, ranked, int(max_excluded_share * len(sites)), max_evals, prune,
+                                       self.progress, initial=first)
+            excluded = result.excluded
+            trials = [t.to_dict() for t in result.trials]
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps({"excluded": excluded, "benefit": benefit, "trials": trials,
+                                          "base_open_loop": base_err}, default=float))
+        if exclude is not None:  # an explicit list (labels or node names) instead of / after the search
+            by_label = {s.label: s.node for s in sites}
+            excluded = [by_label.get(n, n) for n in exclude]
+        final = restore_float(full, self.fp32, excluded, excluded_weights)
+        # Intermediate shapes are optional and every runtime infers them; on the small TRM demo they
+        # were 22 kB of a 579 kB graph, 1.2% of the fp32 file the size gate compares with.
+        del final.graph.value_info[:]
+        set_metadata(final, {"hrm_edge.dtype": "int8", "hrm_edge.int8_target": settings.target,
+                             "hrm_edge.int8_mode": settings.mode, "hrm_edge.int8_float_sites": len(excluded)})
+        out = Path(out)
+        onnx.save(final, str(out))
+        check_graph(out)
+        evaluation = self.closed_loop.evaluate(out, record=True)
+        final_err = self.open_loop.errors(final)
+        if base_err is None:
+            base_err = self.open_loop.errors(full)
+        samples = self.open_loop.samples
+        errs_full = site_errors(self.fp32, full, sites, samples, self.threads)
+        errs_final = site_errors(self.fp32, final, sites, samples, self.threads)
+        sample_steps = [s for s, _ in samples]
+        m = evaluation["metrics"]
+        parity = {k: m.get(k) for k in ("puzzles", "solved_agreement", "exact_agreement", "token_agreement",
+                                        "halting_agreement",
+                                        "accuracy_reference", "accuracy_candidate", "accuracy_drop",
+                                        "mean_steps_reference", "mean_steps_candidate")}
+        parity.update(passed=evaluation["passed"], gates=evaluation["gates"], data=self.calib_source,
+                      policy=str(self.policy), max_steps=self.max_steps)
+        excluded_info = [{"node": n, "label": by_node[n].label if n in by_node else n,
+                          "benefit": round(float(benefit.get(n, float("nan"))), 6)} for n in excluded]
+        summary = graph_summary(out)
+        calib = None
+        if settings.mode == "static":
+            c = self.calibration
+            calib = {**self.reader.describe(), "method": self.method, "cache_key": c.key, "cache_hit": c.cache_hit,
+                     "data": self.calib_source}
+        entry = {
+            "file": out.name, "kind": "segment", "precision": "int8", "target": settings.target, "k": None,
+            "opset": summary["opset"], "inputs": summary["inputs"], "outputs": summary["outputs"],
+            "bytes": out.stat().st_size, "op_types": summary["op_types"],
+            "quantization": {**settings.to_dict(), "method": self.method if settings.mode == "static" else "dynamic",
+                             "smoothquant_alpha": self.smooth_alpha, "gptq": self.gptq,
+                             "float_paths": self.float_paths, "sites": len(sites),
+                             "excluded_weights": excluded_weights,
+                             "float_sites": excluded_info, "search": bool(search),
+                             "search_cached": searched_from_cache, "qdq": qdq_summary(final)},
+            "calibration": calib if calib is not None else {"data": self.calib_source, "ranges": "per call (dynamic)",
+                                                            **({"smoothquant_statistics": self.reader.describe()}
+                                                               if self.smooth_alpha else {})},
+            "calib_parity": parity,
+            "export_seconds": round(time.perf_counter() - t0, 2),
+        }
+        report = {
+            "target": settings.target, "graph": out.name, "settings": entry["quantization"],
+            "calibration": entry["calibration"], "preparation": self.prep_info, "calib_parity": parity,
+            "closed_loop_per_step": m.get("per_step", []),
+            "open_loop": {"full": base_err, "final": final_err},
+            "search": {"trials": trials, "passed": evaluation["passed"],
+                       "max_excluded": int(max_excluded_share * len(sites)), "max_evals": max_evals},
+            "sites": [{**s.to_dict(), "excluded": s.node in excluded,
+                       "loo_benefit": None if s.node not in benefit else round(float(benefit[s.node]), 6),
+                       "error_full": round(float(errs_full[i].mean()), 6),
+                       "error_final": round(float(errs_final[i].mean()), 6),
+                       "error_full_by_step": _by_step(errs_full[i], sample_steps),
+                       "error_final_by_step": _by_step(errs_final[i], sample_steps)}
+                      for i, s in enumerate(sites)],
+            "sizes": {"fp32_bytes": self.src_graph.stat().st_size, "int8_bytes": out.stat().st_size,
+                      "ratio": round(out.stat().st_size / self.src_graph.stat().st_size, 4)},
+        }
+        self.log(f"  {out.name}: {out.stat().st_size / 1e6:.2f} MB ({100 * report['sizes']['ratio']:.0f}% of fp32), "
+                 f"{len(excluded)}/{len(sites)} site(s) in float, calib solved agreement "
+                 f"{100 * m[solved_metric(m)]:.1f}% (identical outputs "
+                 f"{100 * m['exact_agreement']:.1f}%), halting {100 * m['halting_agreement']:.1f}%, "
+                 f"{'PASS' if evaluation['passed'] else 'FAIL'}")
+        return Int8Build(settings.target, out, entry, report)
+
+
+def _by_step(values: np.ndarray, steps: Sequence[int]) -> list[float]:
+    out = []
+    for s in sorted(set(steps)):
+        idx = [i for i, t in enumerate(steps) if t == s]
+        out.append(round(float(np.mean(values[idx])), 6))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the bundle entry point
+
+
+def add_int8_graphs(bundle_tmp_dir: Path, manifest: dict[str, Any], ck: Any, calib: Any, *,
+                    targets: Sequence[str] = ("cpu",), method: str = "minmax", calib_size: int = 1024,
+                    per_channel: bool = True, search: bool = True, cache_dir: str | Path | None = None,
+                    progress: bool = True, cpu_mode: str = "dynamic",
+                    smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA, max_evals: int = 16,
+                    max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
+                    log: Callable[[str], None] | None = None) -> None:
+    """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
+
+    Reads `manifest["graphs"]["segment.fp32"]["file"]` from `bundle_tmp_dir`, writes the INT8 graph
+    of every target, adds their manifest entries (kind "segment", precision "int8", "target", the
+    quantization settings, the float sites with their measured benefit, the calibration and the
+    measured parity on the calibration puzzles under the bundle's halting policy) and writes
+    `quant_report.json` + `quant_report-<target>.png`. The golden reference data needs no extension:
+    INT8 graphs are checked against the same reference.npz with DEFAULT_GATES["int8"].
+    `calib`: the calibration split (never the validation split); `targets`: "cpu", "tensorrt" or
+    optimum preset names; `cpu_mode`: "dynamic" | "static"; `excluded_weights`: "int8" (float sites keep
+    int8 weights, file ~28% of fp32) | "float" (float sites fully fp32: closer to fp32, bigger file);
+    `max_excluded_share`: at most this share of the sites in float (beyond about a quarter the CPU
+    speed-up is mostly gone: 27M, 1 thread, 25% of sites float: 60 ms vs 37 ms all-int8 vs 145 ms fp32)."""
+    from hrm_edge.quant.report import write_report
+
+    bundle_tmp_dir = Path(bundle_tmp_dir)
+    targets = list(dict.fromkeys(normalize_target(t) for t in targets))
+    fp32_entry = manifest["graphs"]["segment.fp32"]
+    fp32_path = bundle_tmp_dir / fp32_entry["file"]
+    halting = manifest.get("halting", {})
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=bundle_tmp_dir) as work:
+        pipe = Int8Pipeline(fp32_path, ck, calib, work, method=method, calib_size=calib_size, per_channel=per_channel,
+                            smooth_alpha=smooth_alpha, policy=halting.get("default_policy", "q"),
+                            max_steps=halting.get("max_steps"), cache_dir=cache_dir, progress=progress, log=log,
+                            gptq=gptq)
+        builds = []
+        for target in targets:
+            name = graph_name(target)
+            build = pipe.build(target, bundle_tmp_dir / f"{name}.onnx", mode=cpu_mode if target == "cpu" else None,
+                               search=search, max_excluded_share=max_excluded_share, max_evals=max_evals,
+                               excluded_weights=excluded_weights)
+            manifest["graphs"][name] = build.entry
+            builds.append(build)
+        report = {"fp32_graph": fp32_entry["file"], "calibration_split": pipe.calib_source,
+                  "targets": {b.target: b.report for b in builds}}
+        write_report(bundle_tmp_dir, report)
+        for b in builds:
+            manifest["graphs"][graph_name(b.target)]["report"] = {"json": "quant_report.json",
+                                                                  "png": f"quant_report-{b.target}.png"}
+
+
+__all__ = ["DEFAULT_SMOOTH_ALPHA", "MODES", "PRESETS", "TARGETS", "Int8Build", "Int8Pipeline", "QuantSettings",
+           "add_int8_graphs", "apply_gptq", "fold_weight_transposes", "gptq_int8", "graph_name", "keep_float_paths",
+           "normalize_target", "qdq_summary", "quantize_graph", "quantized_sites", "settings_for", "smooth_swiglu",
+           "swiglu_pairs"]

@@ -1,0 +1,1 @@
+"""ONNX Runtime backend: `loader` builds sessions, `runner` drives the graphs (no torch)."""

@@ -1,0 +1,1 @@
+"""TensorRT backend: `check` (static graph check), `builder` (engines), `runner` (no torch)."""

@@ -1,0 +1,1 @@
+"""Training on a CPU (the HRM/TRM recipes), training data samplers, and accuracy evaluation."""
