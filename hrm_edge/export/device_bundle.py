@@ -120,7 +120,7 @@ Desktop GPUs with TensorRT 10.x work the same way (`--target desktop`).
 ## Three commands on the device (from this directory)
 
 ```bash
-pip install {wheel}          # numpy, click, pyyaml, onnxruntime; no torch
+pip install {wheel}          # numpy, click, pyyaml, onnxruntime, onnx; no torch
 hrm-edge build . --precision fp16 --target orin-nano   # or orin-agx / thor; --precision int8 if present
 hrm-edge verify . --runtime trt --engine engines/<gpu>-trt<version>/segment.fp16.engine
 ```
