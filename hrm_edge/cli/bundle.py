@@ -24,11 +24,11 @@ if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must i
 
 
 def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> Any:
-    from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
+    from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set, missing_set_message
 
     path = Path(data) if data else calib_data_dir(task)
     if not path.exists():
-        raise HrmEdgeError(f"no puzzle set for task {task!r} at {path}: pass --data")
+        raise HrmEdgeError(f"no puzzle set at {path}" if data else missing_set_message(task))
     pset = load_puzzle_set(path, split=None if path.is_file() else split)
     if limit:
         pset.inputs, pset.puzzle_ids = pset.inputs[:limit], pset.puzzle_ids[:limit]

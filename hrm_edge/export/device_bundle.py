@@ -3,39 +3,98 @@
 `add_device_files` runs inside `write_bundle` (before hashing), so the wheel and README are
 covered by the manifest's sha256 list like every other file; `write_tarball` packs the
 finished bundle directory as `<bundle>.tar.gz` for copying to the device.
+
+The runtime wheel is built from a clean copy of the source in a temporary directory, never in
+the checkout itself: only the files git tracks under `BUILD_FILES` (all of `BUILD_FILES` minus
+caches when the source is not a git checkout), so nothing is written into the checkout (it may
+be read-only) and no stale `build/lib` or untracked file can end up in the wheel.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from hrm_edge.bundle import BundleError
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
+# What the wheel is built from, relative to the source root (pyproject.toml's readme included).
+BUILD_FILES = ("pyproject.toml", "README.md", "hrm_edge")
+_CACHE_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+# pip's own framing lines around a build failure; the reason is the line of the backend's output.
+_PIP_FRAMING = ("subprocess-exited-with-error", "metadata-generation-failed", "Failed building wheel",
+                "Failed to build", "Could not build wheels", "See above", "originates from a subprocess",
+                "not a problem with pip", "not pip")
 
 # JetPack -> TensorRT shipped with it (NVIDIA release notes).
 JETPACK_TENSORRT = {"6.1": "10.3", "6.2": "10.3", "7.0": "10.13", "7.1": "10.16"}
 
 
-def build_runtime_wheel(dest: Path) -> Path:
-    """Build hrm-edge's pure-Python wheel (no dependencies bundled) into `dest`."""
-    if not (SOURCE_ROOT / "pyproject.toml").is_file():
-        raise BundleError("device bundles pack hrm-edge's own wheel and need a source checkout of hrm-edge")
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                               "-w", tmp, str(SOURCE_ROOT)], capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("hrm_edge-*.whl"))
+def source_root() -> Path:
+    """The directory holding hrm-edge's pyproject.toml and the imported `hrm_edge` package: the
+    source checkout (also under `pip install -e`). An install from a wheel has none."""
+    root = Path(str(files("hrm_edge"))).parent
+    if not (root / "pyproject.toml").is_file():
+        raise BundleError(f"device bundles pack hrm-edge's own wheel, built from its source, but hrm_edge is "
+                          f"installed without it (in {root}): export from a source checkout (pip install -e .)")
+    return root
+
+
+def source_files(root: Path) -> list[Path]:
+    """The files the wheel is built from, relative to `root`: those git tracks under `BUILD_FILES`
+    when `root` is a git checkout, else every file there except caches and compiled Python."""
+    try:
+        proc = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--", *BUILD_FILES],
+                              capture_output=True, text=True)
+        tracked = [Path(n) for n in proc.stdout.split("\0") if n] if proc.returncode == 0 else []
+    except OSError:  # no git
+        tracked = []
+    if tracked:
+        return [p for p in tracked if (root / p).is_file()]  # tracked but deleted in the work tree: left out
+    found: list[Path] = []
+    for name in BUILD_FILES:
+        path = root / name
+        candidates = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())
+        found += [q.relative_to(root) for q in candidates
+                  if not _CACHE_PARTS & set(q.parts) and q.suffix != ".pyc"]
+    return found
+
+
+def pip_failure_reason(output: str) -> str:
+    """The line of pip's output that says why a build failed: the last line naming an error that is not
+    pip's own framing ("subprocess-exited-with-error", "Failed to build one or more wheels", ...)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    reasons = [line for line in lines if "error" in line.lower() and not line.startswith(("File ", "×", "╰", "│"))
+               and not any(frame in line for frame in _PIP_FRAMING)]
+    return (reasons or lines or ["pip gave no output"])[-1]
+
+
+def build_runtime_wheel(dest: Path, root: Path | None = None) -> Path:
+    """Build hrm-edge's pure-Python wheel (no dependencies bundled) into `dest` from a clean copy of the
+    source at `root` (default: `source_root()`) made in a temporary directory. Raises BundleError with
+    pip's reason, on one line, when the build fails."""
+    root = root or source_root()
+    with tempfile.TemporaryDirectory(prefix="hrm-edge-wheel-") as tmp:
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
+        for rel in source_files(root):
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, src / rel)
+        # Build isolation (pip's default): the build-system requirements of pyproject.toml, from pip's index
+        # and cache, whatever the running environment has installed.
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
+                              capture_output=True, text=True, cwd=tmp)
+        wheels = sorted(out.glob("hrm_edge-*.whl"))
         if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no wheel produced"])[-1]
-            raise BundleError(f"building the runtime wheel failed: {last}")
+            raise BundleError(f"building the runtime wheel from {root} failed: "
+                              f"{pip_failure_reason(proc.stderr + proc.stdout)}")
         target = dest / wheels[0].name
-        os.replace(wheels[0], target)
+        shutil.move(wheels[0], target)
     return target
 
 
@@ -61,7 +120,7 @@ Desktop GPUs with TensorRT 10.x work the same way (`--target desktop`).
 ## Three commands on the device (from this directory)
 
 ```bash
-pip install {wheel}          # numpy, click, pyyaml, onnxruntime; no torch
+pip install {wheel}          # numpy, click, pyyaml, onnxruntime, onnx; no torch
 hrm-edge build . --precision fp16 --target orin-nano   # or orin-agx / thor; --precision int8 if present
 hrm-edge verify . --runtime trt --engine engines/<gpu>-trt<version>/segment.fp16.engine
 ```

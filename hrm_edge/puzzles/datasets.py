@@ -16,6 +16,7 @@ data format, and its ``files`` map gives the sha256 of every file, checked on lo
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,23 +31,55 @@ from hrm_edge.puzzles.maze import MazeCodec
 from hrm_edge.puzzles.sudoku import SudokuCodec
 
 __all__ = [
+    "CALIB_DATA_ENV",
     "MANIFEST_NAME",
     "PuzzleSet",
+    "calib_data_dir",
+    "calib_data_root",
     "format_maze_pair",
     "format_sudoku_pair",
     "load_puzzle_set",
+    "missing_set_message",
     "sha256_file",
 ]
 
 MANIFEST_NAME = "MANIFEST.json"
 
+CALIB_DATA = "calib_data"  # the folder of shipped sets at the root of an hrm-edge source checkout
+CALIB_DATA_ENV = "HRM_EDGE_CALIB_DATA"  # names a folder laid out like calib_data/
 
-CALIB_DATA = Path(__file__).resolve().parents[2] / "calib_data"
+
+def calib_data_root(cwd: Path | None = None) -> Path | None:
+    """The folder holding the shipped sets, or None when there is none to find.
+
+    The sets are not package data, and never located from this module's own path: they are
+    2.8 MB (every device bundle would carry them inside its runtime wheel, which only solves
+    puzzles it is given) under their own licences (calib_data/LICENSE-*), and an installed
+    package sits in site-packages, far from any checkout. So a set is always a path the user
+    can see. In order: ``$HRM_EDGE_CALIB_DATA`` when set; else the nearest ``calib_data/`` in
+    ``cwd`` (default: the current directory) or one of its parents, which finds the checkout's
+    own from anywhere inside it (``make demo``, the tests); else None. Commands that take a set
+    accept ``--data`` (or ``--calib-data``, ``--golden-data``, ``--val``) before all of these.
+    """
+    env = os.environ.get(CALIB_DATA_ENV)
+    if env:
+        return Path(env)
+    here = (cwd or Path.cwd()).resolve()
+    return next((d / CALIB_DATA for d in (here, *here.parents) if (d / CALIB_DATA).is_dir()), None)
 
 
 def calib_data_dir(task: str) -> Path:
-    """The shipped set of a task: calib_data/<task>, with the ':' of "maze:15" dropped (calib_data/maze15)."""
-    return CALIB_DATA / task.replace(":", "")
+    """The shipped set of a task: <calib_data_root()>/<task>, with the ':' of "maze:15" dropped
+    (calib_data/maze15). Without a root this is ``calib_data/<task>`` relative to the current
+    directory, which does not exist: callers check ``exists()`` and name ``--data`` (see
+    ``missing_set_message``)."""
+    return (calib_data_root() or Path(CALIB_DATA)) / task.replace(":", "")
+
+
+def missing_set_message(task: str) -> str:
+    """The one-line error for a task whose shipped set is not found."""
+    return (f"no puzzle set for task {task!r} at {calib_data_dir(task)}: pass --data, set {CALIB_DATA_ENV} "
+            f"to a folder laid out like hrm-edge's {CALIB_DATA}/, or run inside an hrm-edge checkout")
 
 
 @dataclass

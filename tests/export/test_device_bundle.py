@@ -1,16 +1,22 @@
-"""`hrm-edge export --target jetson`: a tarball with the torch-free runtime wheel that installs and runs."""
+"""`hrm-edge export --target jetson`: a tarball with the torch-free runtime wheel that installs and runs;
+the wheel is built from a clean copy of the tracked source, never inside the checkout."""
 
 from __future__ import annotations
 
+import shutil
+import stat
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from hrm_edge.bundle import BundleError
 from hrm_edge.cli.main import main
+from hrm_edge.export.device_bundle import BUILD_FILES, build_runtime_wheel, source_root
 from hrm_edge.model.checkpoint import save_checkpoint
 from hrm_edge.model.config import preset_config
 from hrm_edge.model.hrm import HRM
@@ -59,3 +65,71 @@ def test_runtime_wheel_installs_and_verifies_without_torch(device_bundle, tmp_pa
     proc = subprocess.run([sys.executable, "-c", solve], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"summary"' in proc.stdout
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` (.git excluded) -> (size, mtime in ns)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(root).parts}
+
+
+def _checkout_copy(dest: Path, git: bool) -> Path:
+    """A copy of the checkout's `BUILD_FILES` at `dest` (with them added to a fresh git index when `git`),
+    plus an untracked module and a stale build/lib file that must stay out of the wheel."""
+    root = source_root()
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "--", *BUILD_FILES], capture_output=True, text=True,
+                            check=True).stdout.split()
+    for name in listed:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / name, dest / name)
+    if git:
+        subprocess.run(["git", "init", "-q", str(dest)], check=True)
+        subprocess.run(["git", "-C", str(dest), "add", "."], check=True)
+        (dest / "hrm_edge" / "untracked_stray.py").write_text("STRAY = 1\n")
+    (dest / "build" / "lib" / "hrm_edge").mkdir(parents=True)
+    (dest / "build" / "lib" / "hrm_edge" / "stale_leftover.py").write_text("STALE = 1\n")
+    (dest / "hrm_edge" / "__pycache__").mkdir(exist_ok=True)
+    (dest / "hrm_edge" / "__pycache__" / "cached.cpython-311.pyc").write_bytes(b"\0")
+    return dest
+
+
+def _read_only(root: Path) -> None:
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _writable(root: Path) -> None:
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("git", [True, False], ids=["git-checkout", "plain-directory"])
+def test_wheel_is_built_from_the_tracked_source_of_a_read_only_checkout(tmp_path, git):
+    src = _checkout_copy(tmp_path / "checkout", git)
+    _read_only(src)
+    before = _tree(src)
+    try:
+        wheel = build_runtime_wheel(tmp_path, root=src)
+        after = _tree(src)
+    finally:
+        _writable(src)
+    assert after == before  # nothing written into the checkout: no build/, no *.egg-info
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"hrm_edge/cli/main.py", "hrm_edge/runtimes/trt/ops/trt-10.3.json"} <= names
+    assert not any("stale_leftover" in n or "__pycache__" in n for n in names)
+    assert "hrm_edge/untracked_stray.py" not in names
+
+
+def test_failed_wheel_build_is_one_error_line_with_pips_reason(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=68"]\n'
+                                           'build-backend = "setuptools.build_meta"\n'
+                                           '[project]\nname = "hrm-edge"\nversion = 1\n')
+    with pytest.raises(BundleError) as exc:
+        build_runtime_wheel(tmp_path, root=broken)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(f"building the runtime wheel from {broken} failed: ")
+    assert message.endswith("`project.version` must be string")

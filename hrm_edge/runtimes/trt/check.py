@@ -27,12 +27,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from hrm_edge.errors import HrmEdgeError
 
-TABLE_DIR = Path(__file__).resolve().parent / "ops"
+# The operator tables and rules, package data of this package (pyproject.toml: package-data), read
+# through importlib.resources so they are found in a checkout, an installed wheel or a zip alike.
+TABLE_DIR = files("hrm_edge.runtimes.trt") / "ops"
 SEVERITIES = ("error", "warning")
 
 
@@ -97,7 +100,8 @@ def _vtuple(version: str) -> tuple[int, ...]:
 
 def available_versions() -> list[str]:
     """TensorRT versions with an operator table, oldest first."""
-    names = [p.stem.removeprefix("trt-") for p in TABLE_DIR.glob("trt-*.json")]
+    names = [p.name.removeprefix("trt-").removesuffix(".json") for p in TABLE_DIR.iterdir()
+             if p.name.startswith("trt-") and p.name.endswith(".json")]
     return sorted(names, key=_vtuple)
 
 
