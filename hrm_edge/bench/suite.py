@@ -14,17 +14,19 @@ Runtime configurations (`RUNTIMES`; rows that cannot run are listed with the rea
 - ort-fp32: the portable standard-op segment graph as a bundle ships it (tokens in, embedding
   recomputed every segment), driven by `OrtSegmentRunner`;
 - ort-fp32-cpufused[/unrolledK|/loop]: `hrm_edge.export.fuse` applied to the segment graph
-  taking x (embedding once per batch) and driven by `CpuSegmentRunner` (IOBinding, carry never
-  copied), or to the K-unrolled / whole-ACT `Loop` graphs;
+  taking x (embedding once per batch) and driven by `OrtSegmentRunner` (on the CPU EP the carry
+  ping-pongs between two IOBinding-bound buffers, never copied), or to the K-unrolled / whole-ACT
+  `Loop` graphs (`OrtUnrolledRunner`, `run_act_loop_graph`);
 - ort-int8 (+ @1t): when the model is given as a bundle with a `segment.int8-cpu` graph (or with
-  `--int8-graph`), that graph fused after quantization; otherwise the bench's fallback,
-  `quantize_dynamic` (u8 activations, s8 per-channel weights, MatMul only) of the fused graph
-  ("fuse, then quantize");
+  `--int8-graph`), that graph fused after quantization; otherwise the bench's fallback, the
+  product's CPU dynamic mode (`hrm_edge.quant.quantize.quantize_graph` with
+  `settings_for("cpu", "dynamic")`: u8 activations, s8 per-channel weights, MatMul only) applied
+  to the fused graph ("fuse, then quantize");
   ort-int8-shipped: the bundle's INT8 graph as shipped (unfused; skipped without one);
   ort-int8-qf: the other order on the fallback: quantize the standard graph (weight transposes
   folded first, so the quantizer sees MatMul weights as initializers), then fuse;
   ort-int8/unrolledK, ort-int8/loop: that quantized standard graph composed into the unrolled /
-  Loop graph, then fused (`quantize_dynamic` does not quantize inside a Loop body);
+  Loop graph, then fused (the dynamic quantizer does not quantize inside a Loop body);
 - *@1t: the same graph with one intra-op thread;
 - openvino: only when the `openvino` package imports; tensorrt: only where TensorRT is installed
   (this CPU bench then lists it as skipped).
@@ -62,9 +64,9 @@ from hrm_edge.errors import HrmEdgeError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = Path("bench/results")
-# The demo checkpoint of `make bench`: the committed one once it exists, meanwhile a snapshot of
-# the local training run (copied into the cache, since training keeps rewriting it).
-DEMO_CHECKPOINTS = (REPO / "checkpoints" / "sudoku6-demo" / "model.pt", Path("/work/runs/sudoku6-demo/model.pt"))
+# The demo checkpoint of `make bench`. HRM_EDGE_DEMO_CKPT names another one instead (e.g. a run
+# still training: a checkpoint outside the repository is snapshotted into the cache first).
+DEMO_CHECKPOINT = REPO / "checkpoints" / "sudoku6-demo" / "model.pt"
 TRM_DEMO = REPO / "checkpoints" / "trm-sudoku6-demo" / "model.pt"  # the TRM row beside the HRM demo
 BIG_PRESET = "sudoku-27m"
 PREP_VERSION = 6  # bump when the cached graphs change
@@ -83,7 +85,6 @@ class Runtime:
     precision: str  # fp32 | bf16 | int8
     graph: str = "-"  # torch: "-"; ort: standard | cpufused | int8 source
     variant: str = "segment"
-    runner: str = "numpy"  # ort segment graphs: numpy (OrtSegmentRunner) | iobinding (CpuSegmentRunner)
     threads: int | None = None  # None: --threads (physical cores by default)
 
 
@@ -92,14 +93,14 @@ def runtimes(unroll: int) -> dict[str, Runtime]:
         Runtime(BASELINE, "torch", "fp32"),
         Runtime("torch-bf16", "torch", "bf16"),
         Runtime("ort-fp32", "ort", "fp32", "standard"),
-        Runtime("ort-fp32-cpufused", "ort", "fp32", "cpufused", runner="iobinding"),
+        Runtime("ort-fp32-cpufused", "ort", "fp32", "cpufused"),
         Runtime(f"ort-fp32-cpufused/unrolled{unroll}", "ort", "fp32", "cpufused", "unrolled"),
         Runtime("ort-fp32-cpufused/loop", "ort", "fp32", "cpufused", "loop"),
-        Runtime("ort-fp32-cpufused@1t", "ort", "fp32", "cpufused", runner="iobinding", threads=1),
-        Runtime("ort-int8", "ort", "int8", "cpufused", runner="iobinding"),
-        Runtime("ort-int8@1t", "ort", "int8", "cpufused", runner="iobinding", threads=1),
-        Runtime("ort-int8-shipped", "ort", "int8", "shipped", runner="iobinding"),
-        Runtime("ort-int8-qf", "ort", "int8", "quantize-then-fuse", runner="iobinding"),
+        Runtime("ort-fp32-cpufused@1t", "ort", "fp32", "cpufused", threads=1),
+        Runtime("ort-int8", "ort", "int8", "cpufused"),
+        Runtime("ort-int8@1t", "ort", "int8", "cpufused", threads=1),
+        Runtime("ort-int8-shipped", "ort", "int8", "shipped"),
+        Runtime("ort-int8-qf", "ort", "int8", "quantize-then-fuse"),
         Runtime(f"ort-int8/unrolled{unroll}", "ort", "int8", "cpufused", "unrolled"),
         Runtime("ort-int8/loop", "ort", "int8", "cpufused", "loop"),
         Runtime("openvino-fp32", "openvino", "fp32", "standard"),
@@ -330,7 +331,7 @@ def resolve_standard_models(cache: Path) -> list[Path]:
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     env = os.environ.get("HRM_EDGE_DEMO_CKPT")
-    demo = next((p for p in ((Path(env),) if env else DEMO_CHECKPOINTS) if p.is_file()), None)
+    demo = next((p for p in (Path(env) if env else DEMO_CHECKPOINT,) if p.is_file()), None)
     if demo is None:
         _log("bench: no demo checkpoint (checkpoints/sudoku6-demo/model.pt); skipping it")
     elif demo.is_relative_to(REPO):
@@ -374,23 +375,11 @@ def resolve_model_arg(path: Path) -> tuple[Path, Path | None]:
     return Path(src).resolve(), int8
 
 
-def _quantize_dynamic(src: Path, dst: Path) -> None:
-    import logging
-
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)
-    # DefaultTensorType: ONNX shape inference cannot type the outputs of contrib ops (fused graphs)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], extra_options={"DefaultTensorType": TensorProto.FLOAT})
-
-
 def _parity(a: str, b: str, x_feeds: dict[str, np.ndarray]) -> dict[str, float]:
     """Max-abs output differences of two graphs on the same feeds (one segment)."""
-    from hrm_edge.bench.worker import ort_session
+    from hrm_edge.runtimes.ort.loader import make_session
 
-    sa, sb = ort_session(a, 1), ort_session(b, 1)
+    sa, sb = make_session(a, threads=1), make_session(b, threads=1)
     names = [o.name for o in sa.get_outputs()]
     oa, ob = sa.run(names, x_feeds), sb.run(names, x_feeds)
     return {n: float(np.abs(u.astype(np.float64) - v.astype(np.float64)).max()) for n, u, v in zip(names, oa, ob,
@@ -470,8 +459,11 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
     if "loop" in fp32_variants:
         step("loop_fused", lambda: fuse_to(graphs.compose_act_loop(g["segx"], *carry(), embed=g["embed"]),
                                            g["loop_fused"]))
-    fallback = ("bench fallback: onnxruntime quantize_dynamic (u8 activations, s8 per-channel weights, MatMul "
-                "only) of the fused graph (fuse, then quantize)")
+    from hrm_edge.quant.quantize import quantize_graph, settings_for
+
+    cpu_dynamic = settings_for("cpu", "dynamic")  # the product's INT8 CPU mode: u8 x s8 per channel, MatMul
+    fallback = ("bench fallback: the product's CPU dynamic INT8 mode (u8 activations, s8 per-channel weights, "
+                "MatMul only) of the fused graph (fuse, then quantize)")
     if int8_graph is not None:
         g["int8_shipped"] = str(int8_graph)
         prep["int8_shipped_source"] = str(int8_graph)
@@ -481,17 +473,17 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
             step("int8", lambda: fuse_graph(int8_graph, g["int8"]).to_dict())
             prep["int8_source"] = f"{int8_graph} (the quantizer's graph), fused after quantization"
         else:
-            step("int8", lambda: _quantize_dynamic(Path(g["fused"]), Path(g["int8"])))
+            step("int8", lambda: quantize_graph(g["fused"], g["int8"], cpu_dynamic) and None)
             prep["int8_source"] = fallback
     if "ort-int8-qf" in wants or int8_variants:
         def quantize_standard() -> None:
             folded, _ = fuse_model(onnx.load(g["segx"]), rmsnorm=False, attention=False, split_projections=False)
             onnx.save(folded, g["int8_std"])
-            _quantize_dynamic(Path(g["int8_std"]), Path(g["int8_std"]))
+            quantize_graph(g["int8_std"], g["int8_std"], cpu_dynamic)
 
         step("int8_std", quantize_standard)  # standard ops only: composable into unrolled/Loop graphs
-        prep["int8_variants_source"] = ("bench fallback: quantize_dynamic of the standard x graph (weight transposes "
-                                        "folded), composed into the unrolled/Loop graph, then fused")
+        prep["int8_variants_source"] = ("bench fallback: the CPU dynamic INT8 mode on the standard x graph (weight "
+                                        "transposes folded), composed into the unrolled/Loop graph, then fused")
     if "ort-int8-qf" in wants:
         step("int8_qf", lambda: fuse_graph(g["int8_std"], g["int8_qf"]).to_dict())
     if any(v.startswith("unrolled") for v in int8_variants):
@@ -584,7 +576,7 @@ def _skip_reason(rt: Runtime, has_shipped_int8: bool = True) -> str | None:
 def _job(model: Model, rt: Runtime, batch: int, s: Settings, e2e: bool, n_puzzles: int) -> dict[str, Any]:
     g = model.graphs
     job: dict[str, Any] = {
-        "kind": "rows", "runtime": rt.engine, "precision": rt.precision, "variant": rt.variant, "runner": rt.runner,
+        "kind": "rows", "runtime": rt.engine, "precision": rt.precision, "variant": rt.variant,
         "batch": batch, "threads": rt.threads or s.threads, "policies": list(s.policies),
         "max_steps": model.max_steps,
         "checkpoint": str(model.checkpoint), "total_len": int(model.config.total_len), "e2e": e2e,

@@ -41,11 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, TensorsData
 from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data, save_tensors_data
 
 from hrm_edge.act import HaltingPolicy, parse_policy
+from hrm_edge.quant.search import with_outputs
+from hrm_edge.runtimes.ort.loader import make_session
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
@@ -395,7 +398,7 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {name: f[f"t{i}"] for i, name in enumerate(tensors)}
     _RUNS["calibrations"] += 1
-    session = _session_with_outputs(graph, tensors)
+    session = make_session(with_outputs(onnx.load(str(graph)), tensors).SerializeToString())
     out: dict[str, np.ndarray] = {}
     reader.rewind()
     batches = list(reader.batches())
@@ -432,7 +435,7 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {w: f[f"h{i}"] for i, w in enumerate(weights)}
     _RUNS["calibrations"] += 1
-    session = _session_with_outputs(graph, names)
+    session = make_session(with_outputs(onnx.load(str(graph)), names).SerializeToString())
     acc: dict[str, np.ndarray] = {}
     rows: dict[str, int] = dict.fromkeys(weights, 0)
     bar = _bar(progress, total=len(samples), desc="GPTQ statistics", unit="batch")
@@ -452,23 +455,6 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
     out = {w: (acc[w] / max(rows[w], 1)).astype(np.float32) for w in weights}
     _save_npz(path, {f"h{i}": out[w] for i, w in enumerate(weights)})
     return out
-
-
-def _session_with_outputs(graph: str | Path, names: list[str]) -> Any:
-    """A CPU session of `graph` that also returns these intermediate float tensors."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
-    model = onnx.load(str(graph))
-    known = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in known:
-            model.graph.output.append(helper.make_value_info(name, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
-                                                                                                 None)))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
