@@ -8,18 +8,10 @@ from pathlib import Path
 
 import click
 
-from hrm_edge.bench.suite import (
-    BASELINE,
-    DEFAULT_OUT,
-    PAUSE_PATTERN,
-    QUICK_RUNTIMES,
-    Pauser,
-    Settings,
-    resolve_model_arg,
-    resolve_standard_models,
-    run_suite,
-    runtimes,
-)
+from hrm_edge.bench.configs import BASELINE, QUICK_RUNTIMES, Settings, runtimes
+from hrm_edge.bench.pausing import PAUSE_PATTERN, Pauser
+from hrm_edge.bench.prepare import resolve_model_arg, resolve_standard_models
+from hrm_edge.bench.suite import DEFAULT_OUT, run_suite
 from hrm_edge.errors import HrmEdgeError
 
 
