@@ -47,6 +47,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, T
 from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data, save_tensors_data
 
 from hrm_edge.act import HaltingPolicy, parse_policy
+from hrm_edge.contract import SEGMENT_INPUTS
 from hrm_edge.quant.search import with_outputs
 from hrm_edge.runtimes.ort.loader import make_session
 
@@ -169,14 +170,14 @@ class ActCalibrationReader(CalibrationDataReader):
 
     model: the fp32 HRM (the reference); tokens int64 [N, S], puzzle_ids int64 [N]: the calibration
     puzzles; max_steps: T (default the config's halt_max_steps); policy: the halting policy whose
-    step distribution weights the samples; input_names: the graph's inputs ("tokens", "puzzle_ids",
-    "z_H", "z_L" or "x", "z_H", "z_L"); batch_size: rows per `get_next` (each batch holds one step).
+    step distribution weights the samples; input_names: the graph's inputs (`hrm_edge.contract`
+    SEGMENT_INPUTS or SEGMENT_X_INPUTS); batch_size: rows per `get_next` (each batch holds one step).
     The rollout runs on first use; `rewind()` starts over without re-running it.
     """
 
     def __init__(self, model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, max_steps: int | None = None,
                  policy: str = "q", min_step_share: float = 0.125, batch_size: int = 32,
-                 input_names: Sequence[str] = ("tokens", "puzzle_ids", "z_H", "z_L"), progress: bool = False) -> None:
+                 input_names: Sequence[str] = SEGMENT_INPUTS, progress: bool = False) -> None:
         self.model = model
         self.tokens = np.ascontiguousarray(tokens, np.int64)
         self.puzzle_ids = np.ascontiguousarray(puzzle_ids, np.int64)

@@ -50,6 +50,8 @@ from hrm_edge.runtimes.ort.loader import GPU_PROVIDERS, OnnxModelError
 
 CARRY_INPUTS = SEGMENT_INPUTS[2:]  # z_H, z_L
 CARRY_OUTPUTS = SEGMENT_OUTPUTS[:2]  # z_H_out, z_L_out: the next segment's z_H, z_L
+SEGMENT_READ = SEGMENT_OUTPUTS[3:]  # q_halt, q_continue: copied to the host after every segment
+UNROLLED_READ = UNROLLED_OUTPUTS[3:]  # q_halt, q_continue [K,B], preds [K,B,S]: after every chunk
 # numpy dtypes of the ORT type strings a runner's outputs have
 _NUMPY_TYPES = {**ORT_FLOAT_TYPES, "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
@@ -340,7 +342,7 @@ class OrtSegmentRunner(_CarryRunner):
         self._start(tokens, puzzle_ids)
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
-        out = self._run({}, ("q_halt", "q_continue"), ("logits",))
+        out = self._run({}, SEGMENT_READ, ("logits",))
         return out["q_halt"].astype(np.float32), out["q_continue"].astype(np.float32)
 
     def predictions(self, rows: np.ndarray) -> np.ndarray:
@@ -374,7 +376,7 @@ class OrtUnrolledRunner(_CarryRunner):
 
     def chunk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run K segments; (q_halt [K,b], q_continue [K,b] fp32, preds [K,b,S] int64)."""
-        out = self._run({"halted": np.zeros(self._batch, bool)}, ("q_halt", "q_continue", "preds"), ("logits",))
+        out = self._run({"halted": np.zeros(self._batch, bool)}, UNROLLED_READ, ("logits",))
         return out["q_halt"].astype(np.float32), out["q_continue"].astype(np.float32), out["preds"].astype(np.int64)
 
     def last_logits(self, rows: np.ndarray) -> np.ndarray:
