@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hrm_edge.bench.worker import ort_session
 from hrm_edge.export import graphs
 from hrm_edge.export.fuse import fuse_model
+from hrm_edge.runtimes.ort.loader import make_session
 
 
 def main() -> None:
@@ -31,12 +31,12 @@ def main() -> None:
     args = ap.parse_args()
     carry = np.load(args.cache / "carry_init.npz")
     standard = onnx.load(str(args.cache / "segment-x.fp32.onnx"))
-    sessions = {1: ort_session(str(args.cache / "segment-x.fp32-cpufused.onnx"), args.threads)}
+    sessions = {1: make_session(args.cache / "segment-x.fp32-cpufused.onnx", threads=args.threads)}
     for k in (2, 4, 8):
         path = args.cache / f"unrolled{k}-x.scan-cpufused.onnx"
         onnx.save(fuse_model(graphs.compose_unrolled(standard, k))[0], str(path))
-        sessions[k] = ort_session(str(path), args.threads)
-    embed = ort_session(str(args.cache / "embed.fp32.onnx"), args.threads)
+        sessions[k] = make_session(path, threads=args.threads)
+    embed = make_session(args.cache / "embed.fp32.onnx", threads=args.threads)
     seq_len = next(i for i in embed.get_inputs() if i.name == "tokens").shape[1]
     rng = np.random.default_rng(0)
     for batch in (1, 16):

@@ -16,11 +16,9 @@ JSON object on the last stdout line, after `RESULT_MARK`. Job kinds:
 Every timing window also records how much CPU other processes used meanwhile ("foreign" share
 of all cores, from /proc/stat): on a shared machine a latency is only comparable with that.
 
-`CpuSegmentRunner` is the fast ORT CPU `SegmentRunner`: the embedding is computed once per batch
-(segment graph taking x + embed graph), and the carry never leaves ORT-owned buffers between
-segments (IOBinding with two pre-built bindings that ping-pong between two carry buffers, no
-per-segment allocation or copy; only q_halt/q_continue are read each segment, logits only when a
-puzzle halts).
+ORT rows run the product runners (`hrm_edge.runtimes.ort.runner`: `OrtSegmentRunner`, whose CPU
+carry ping-pongs between two IOBinding-bound buffers, `OrtUnrolledRunner`, `run_act_loop_graph`)
+on sessions from `hrm_edge.runtimes.ort.loader.make_session`.
 """
 
 from __future__ import annotations
@@ -137,107 +135,6 @@ def _r(v: float, digits: int = 4) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# ORT sessions and the fast CPU runner
-
-
-def ort_session(path: str, threads: int, spin: bool = True, profile_prefix: str | None = None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-
-
-class CpuSegmentRunner:
-    """`hrm_edge.act.SegmentRunner` for the ORT CPU EP with the carry kept in two ORT-bound buffers that
-    swap roles every segment (IOBinding: no per-segment allocation or copy of the carry).
-
-    session: a segment graph taking x (then `embed_session`, the embed graph, runs once per batch)
-    or tokens/puzzle_ids (embedding inside the graph, `embed_session` None)."""
-
-    def __init__(self, session: Any, embed_session: Any, h_init: np.ndarray, l_init: np.ndarray) -> None:
-        inputs = {i.name for i in session.get_inputs()}
-        self.takes_x = inputs == {"x", "z_H", "z_L"}
-        if not self.takes_x and inputs != {"tokens", "puzzle_ids", "z_H", "z_L"}:
-            raise ValueError(f"CpuSegmentRunner needs a segment graph; got inputs {sorted(inputs)}")
-        if self.takes_x and embed_session is None:
-            raise ValueError("this segment graph takes x: pass the embed graph's session")
-        self.session, self.embed_session = session, embed_session
-        self.h_init = np.asarray(h_init, np.float32).reshape(-1)
-        self.l_init = np.asarray(l_init, np.float32).reshape(-1)
-        out = {o.name: o for o in session.get_outputs()}
-        self.seq_len, self.vocab = int(out["logits"].shape[1]), int(out["logits"].shape[2])
-        self.total_len = int(out["z_H_out"].shape[1])
-        self._feeds: dict[str, np.ndarray] = {}
-
-    def _bind(self) -> None:
-        import onnxruntime as ort
-
-        b = len(self._z[0][0])
-        v = ort.OrtValue.ortvalue_from_numpy
-        self._logits = np.empty((b, self.seq_len, self.vocab), np.float32)
-        self._qh, self._qc = np.empty(b, np.float32), np.empty(b, np.float32)
-        self._bindings = []
-        for src, dst in ((0, 1), (1, 0)):
-            binding = self.session.io_binding()
-            for name, value in self._feeds.items():
-                binding.bind_ortvalue_input(name, v(value))
-            binding.bind_ortvalue_input("z_H", v(self._z[src][0]))
-            binding.bind_ortvalue_input("z_L", v(self._z[src][1]))
-            binding.bind_ortvalue_output("z_H_out", v(self._z[dst][0]))
-            binding.bind_ortvalue_output("z_L_out", v(self._z[dst][1]))
-            binding.bind_ortvalue_output("logits", v(self._logits))
-            binding.bind_ortvalue_output("q_halt", v(self._qh))
-            binding.bind_ortvalue_output("q_continue", v(self._qc))
-            self._bindings.append(binding)
-        self._cur = 0
-
-    def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
-        tokens = np.ascontiguousarray(tokens, np.int64)
-        puzzle_ids = np.ascontiguousarray(puzzle_ids, np.int64)
-        if self.takes_x:
-            x = self.embed_session.run(["x"], {"tokens": tokens, "puzzle_ids": puzzle_ids})[0]
-            self._feeds = {"x": np.ascontiguousarray(x, np.float32)}
-        else:
-            self._feeds = {"tokens": tokens, "puzzle_ids": puzzle_ids}
-        shape = (len(tokens), self.total_len, len(self.h_init))
-        self._z = [(np.ascontiguousarray(np.broadcast_to(self.h_init, shape)),
-                    np.ascontiguousarray(np.broadcast_to(self.l_init, shape))),
-                   (np.empty(shape, np.float32), np.empty(shape, np.float32))]
-        self._bind()
-
-    def step(self) -> tuple[np.ndarray, np.ndarray]:
-        self.session.run_with_iobinding(self._bindings[self._cur])
-        self._cur ^= 1
-        return self._qh.copy(), self._qc.copy()
-
-    def predictions(self, rows: np.ndarray) -> np.ndarray:
-        return self._logits[np.asarray(rows, np.int64)].argmax(-1).astype(np.int64)
-
-    def logits(self, rows: np.ndarray) -> np.ndarray:
-        return self._logits[np.asarray(rows, np.int64)].copy()
-
-    def keep(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows, np.int64)
-        cur = self._z[self._cur]
-        logits = self._logits[rows]
-        self._feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self._feeds.items()}
-        shape = (len(rows), *cur[0].shape[1:])
-        self._z = [(np.ascontiguousarray(cur[0][rows]), np.ascontiguousarray(cur[1][rows])),
-                   (np.empty(shape, np.float32), np.empty(shape, np.float32))]
-        self._bind()
-        self._logits[...] = logits
-
-
-# ----------------------------------------------------------------------------------------------
 # the "rows" job
 
 
@@ -349,18 +246,17 @@ def _torch_driver(job: dict[str, Any]) -> _Driver:
 
 
 def _ort_driver(job: dict[str, Any]) -> _Driver:
+    from hrm_edge.runtimes.ort.loader import make_session
     from hrm_edge.runtimes.ort.runner import OrtSegmentRunner, OrtUnrolledRunner
 
     g = job["graphs"]
     threads, spin = job["threads"], job.get("spin", True)
     carry = np.load(g["carry"])
     h_init, l_init = carry["H_init"], carry["L_init"]
-    session = ort_session(g["main"], threads, spin)
-    embed = ort_session(g["embed"], threads, spin) if g.get("embed") else None
+    session = make_session(g["main"], threads=threads, spin=spin)
+    embed = make_session(g["embed"], threads=threads, spin=spin) if g.get("embed") else None
     variant = job["variant"]
     if variant == "segment":
-        if job.get("runner") == "iobinding":
-            return _RunnerDriver(CpuSegmentRunner(session, embed, h_init, l_init))
         return _RunnerDriver(OrtSegmentRunner(session, h_init, l_init, job["total_len"], embed_session=embed))
     if variant == "unrolled":
         return _UnrolledDriver(OrtUnrolledRunner(session, h_init, l_init, job["total_len"], embed_session=embed))
@@ -509,9 +405,10 @@ def _best_rate(fn: Any, flop: float, reps: int, seconds: float) -> tuple[float, 
 
 
 def run_peak(job: dict[str, Any]) -> dict[str, Any]:
-    import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper, numpy_helper
+
+    from hrm_edge.runtimes.ort.loader import make_session
 
     threads, n, sec = job["threads"], job.get("n", 2048), job.get("seconds", 2.0)
     torch.set_num_threads(threads)
@@ -527,10 +424,7 @@ def run_peak(job: dict[str, Any]) -> dict[str, Any]:
     def session(nodes: list[Any], inputs: list[Any], inits: list[Any], out_type: int) -> Any:
         graph = helper.make_graph(nodes, "peak", inputs, [helper.make_tensor_value_info("y", out_type, None)], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return make_session(model.SerializeToString(), threads=threads)
 
     rng = np.random.default_rng(0)
     x8 = rng.integers(0, 255, (n, n), dtype=np.uint8)
@@ -559,11 +453,13 @@ def run_profile(job: dict[str, Any]) -> dict[str, Any]:
     """Per op type: kernel ms per run and share, for each graph in job["graphs"] (name -> path)."""
     import tempfile
 
+    from hrm_edge.runtimes.ort.loader import make_session
+
     batch, threads, iters = job["batch"], job["threads"], job.get("iters", 10)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in job["graphs"].items():
-            session = ort_session(path, threads, profile_prefix=str(Path(tmp) / "profile"))
+            session = make_session(path, threads=threads, profile_prefix=str(Path(tmp) / "profile"))
             rng = np.random.default_rng(0)
             feeds = {}
             for i in session.get_inputs():
@@ -575,7 +471,7 @@ def run_profile(job: dict[str, Any]) -> dict[str, Any]:
             for _ in range(3):
                 session.run(None, feeds)
             session.end_profiling()
-            session = ort_session(path, threads, profile_prefix=str(Path(tmp) / "profile"))
+            session = make_session(path, threads=threads, profile_prefix=str(Path(tmp) / "profile"))
             meter = CpuMeter()
             meter.start()
             for _ in range(iters):

@@ -8,18 +8,10 @@ from pathlib import Path
 
 import click
 
-from hrm_edge.bench.suite import (
-    BASELINE,
-    DEFAULT_OUT,
-    PAUSE_PATTERN,
-    QUICK_RUNTIMES,
-    Pauser,
-    Settings,
-    resolve_model_arg,
-    resolve_standard_models,
-    run_suite,
-    runtimes,
-)
+from hrm_edge.bench.configs import BASELINE, QUICK_RUNTIMES, Settings, runtimes
+from hrm_edge.bench.pausing import PAUSE_PATTERN, Pauser
+from hrm_edge.bench.prepare import resolve_model_arg, resolve_standard_models
+from hrm_edge.bench.suite import DEFAULT_OUT, run_suite
 from hrm_edge.errors import HrmEdgeError
 
 
@@ -40,7 +32,7 @@ def _default_threads() -> int:
 @click.option("--policy", "policies", multiple=True, help="Halting policies (default: fixed and q).")
 @click.option("--unroll", type=click.IntRange(2), default=4, show_default=True, help="K of the unrolled graphs.")
 @click.option("--int8-graph", type=click.Path(exists=True, path_type=Path),
-              help="An INT8 segment graph for the (single) model instead of the bench's quantize_dynamic fallback.")
+              help="An INT8 segment graph for the (single) model instead of the bench's dynamic INT8 fallback.")
 @click.option("--puzzles", type=click.IntRange(1), help="Puzzles per end-to-end row (default: the whole val set).")
 @click.option("--e2e-budget", type=float, default=500.0, show_default=True,
               help="Skip end-to-end rows above this many GFLOP of work (fixed policy); micro rows always run.")

@@ -41,11 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, TensorsData
 from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data, save_tensors_data
 
 from hrm_edge.act import HaltingPolicy, parse_policy
+from hrm_edge.contract import SEGMENT_INPUTS
+from hrm_edge.quant.search import with_outputs
+from hrm_edge.runtimes.ort.loader import make_session
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
@@ -166,14 +170,14 @@ class ActCalibrationReader(CalibrationDataReader):
 
     model: the fp32 HRM (the reference); tokens int64 [N, S], puzzle_ids int64 [N]: the calibration
     puzzles; max_steps: T (default the config's halt_max_steps); policy: the halting policy whose
-    step distribution weights the samples; input_names: the graph's inputs ("tokens", "puzzle_ids",
-    "z_H", "z_L" or "x", "z_H", "z_L"); batch_size: rows per `get_next` (each batch holds one step).
+    step distribution weights the samples; input_names: the graph's inputs (`hrm_edge.contract`
+    SEGMENT_INPUTS or SEGMENT_X_INPUTS); batch_size: rows per `get_next` (each batch holds one step).
     The rollout runs on first use; `rewind()` starts over without re-running it.
     """
 
     def __init__(self, model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, max_steps: int | None = None,
                  policy: str = "q", min_step_share: float = 0.125, batch_size: int = 32,
-                 input_names: Sequence[str] = ("tokens", "puzzle_ids", "z_H", "z_L"), progress: bool = False) -> None:
+                 input_names: Sequence[str] = SEGMENT_INPUTS, progress: bool = False) -> None:
         self.model = model
         self.tokens = np.ascontiguousarray(tokens, np.int64)
         self.puzzle_ids = np.ascontiguousarray(puzzle_ids, np.int64)
@@ -395,7 +399,7 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {name: f[f"t{i}"] for i, name in enumerate(tensors)}
     _RUNS["calibrations"] += 1
-    session = _session_with_outputs(graph, tensors)
+    session = make_session(with_outputs(onnx.load(str(graph)), tensors).SerializeToString())
     out: dict[str, np.ndarray] = {}
     reader.rewind()
     batches = list(reader.batches())
@@ -432,7 +436,7 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {w: f[f"h{i}"] for i, w in enumerate(weights)}
     _RUNS["calibrations"] += 1
-    session = _session_with_outputs(graph, names)
+    session = make_session(with_outputs(onnx.load(str(graph)), names).SerializeToString())
     acc: dict[str, np.ndarray] = {}
     rows: dict[str, int] = dict.fromkeys(weights, 0)
     bar = _bar(progress, total=len(samples), desc="GPTQ statistics", unit="batch")
@@ -452,23 +456,6 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
     out = {w: (acc[w] / max(rows[w], 1)).astype(np.float32) for w in weights}
     _save_npz(path, {f"h{i}": out[w] for i, w in enumerate(weights)})
     return out
-
-
-def _session_with_outputs(graph: str | Path, names: list[str]) -> Any:
-    """A CPU session of `graph` that also returns these intermediate float tensors."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
-    model = onnx.load(str(graph))
-    known = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in known:
-            model.graph.output.append(helper.make_value_info(name, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
-                                                                                                 None)))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

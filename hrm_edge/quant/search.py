@@ -53,17 +53,20 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from hrm_edge.act import HaltingPolicy, SolveResult, solve_in_batches
+from hrm_edge.contract import SEGMENT_OUTPUTS
 from hrm_edge.parity import Gates, compare, gate, solved_metric
+from hrm_edge.runtimes.ort.loader import make_session
+from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
 
 _WEIGHT_RE = re.compile(r"model\.inner\.(?:(?P<level>[HL])_level\.layers\.(?P<layer>\d+)\.(?P<block>self_attn|mlp)\."
                         r"(?P<proj>\w+?)|(?P<head>lm_head|q_head))\.weight")
-SEGMENT_OUTPUTS = ("z_H_out", "z_L_out", "logits")
-Q_OUTPUTS = ("q_halt", "q_continue")
-# What the open-loop score averages. The halting margin is in it because the q policy's decision,
-# q_halt > q_continue, is what the closed-loop halting gate checks: without it the sensitivity pass
-# gave q_head a benefit of exactly 0 and the search could not raise halting agreement (HRM 6x6
-# demo, cpu flavour: 91% with every site int8, 95.3% with 25 of 50 in float).
-SCORED = (*SEGMENT_OUTPUTS, "q_margin")
+COMPARED = SEGMENT_OUTPUTS[:3]  # z_H_out, z_L_out, logits: compared tensor by tensor
+# What the open-loop score averages: the compared tensors and the halting margin q_halt - q_continue.
+# The margin is in it because the q policy's decision, q_halt > q_continue, is what the closed-loop
+# halting gate checks: without it the sensitivity pass gave q_head a benefit of exactly 0 and the
+# search could not raise halting agreement (HRM 6x6 demo, cpu flavour: 91% with every site int8,
+# 95.3% with 25 of 50 in float).
+SCORED = (*COMPARED, "q_margin")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,21 +279,13 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return out
 
 
-def session(model: onnx.ModelProto | bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session with all graph optimisations (the runtime's QDQ fusions) and quiet logs."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    if isinstance(data, Path):
-        data = str(data)
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-
 # ----------------------------------------------------------------------------------------------
 # open-loop errors
+
+
+def _outputs(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every segment output (`hrm_edge.contract.SEGMENT_OUTPUTS`) of one call, by name."""
+    return dict(zip(SEGMENT_OUTPUTS, session.run(list(SEGMENT_OUTPUTS), feeds), strict=True))
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -305,21 +300,20 @@ class OpenLoop:
                  threads: int | None = None) -> None:
         self.samples = samples
         self.threads = threads
-        sess = session(fp32, threads)
-        self.reference = [sess.run(list(SEGMENT_OUTPUTS + Q_OUTPUTS), feeds) for _, feeds in samples]
+        sess = make_session(fp32.SerializeToString(), threads=threads)
+        self.reference = [_outputs(sess, feeds) for _, feeds in samples]
 
     def errors(self, model: onnx.ModelProto) -> dict[str, Any]:
         """{"score": mean over samples of the mean rel. error of z_H_out, z_L_out, logits and the halting
         margin q_halt - q_continue; "per_step": [...]}"""
-        sess = session(model, self.threads)
+        sess = make_session(model.SerializeToString(), threads=self.threads)
         per_step = []
         for (step, feeds), ref in zip(self.samples, self.reference, strict=True):
-            got = sess.run(list(SEGMENT_OUTPUTS + Q_OUTPUTS), feeds)
-            n = len(SEGMENT_OUTPUTS)
-            errs = {name: _rel(g, r) for name, g, r in zip(SEGMENT_OUTPUTS, got[:n], ref[:n], strict=True)}
-            errs["q_margin"] = _rel(got[n] - got[n + 1], ref[n] - ref[n + 1])
-            argmax = float((got[2].argmax(-1) == ref[2].argmax(-1)).mean())
-            halt = float(((got[3] > got[4]) == (ref[3] > ref[4])).mean())
+            got = _outputs(sess, feeds)
+            errs = {name: _rel(got[name], ref[name]) for name in COMPARED}
+            errs["q_margin"] = _rel(got["q_halt"] - got["q_continue"], ref["q_halt"] - ref["q_continue"])
+            argmax = float((got["logits"].argmax(-1) == ref["logits"].argmax(-1)).mean())
+            halt = float(((got["q_halt"] > got["q_continue"]) == (ref["q_halt"] > ref["q_continue"])).mean())
             per_step.append({"step": step, **errs, "token_agreement": argmax, "halt_agreement": halt})
         score = float(np.mean([np.mean([e[n] for n in SCORED]) for e in per_step]))
         return {"score": score, "per_step": per_step}
@@ -330,8 +324,8 @@ def site_errors(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, sites: Sequence[
     """Relative L2 error of every site's output tensor, quantized vs fp32 graph: float [n_sites, n_samples]
     (one column per (step, batch) sample; qdq_loss_debug's activation matching, accumulated error)."""
     names = [s.output for s in sites]
-    fs = session(with_outputs(fp32, names), threads)
-    qs = session(with_outputs(qmodel, names), threads)
+    fs = make_session(with_outputs(fp32, names).SerializeToString(), threads=threads)
+    qs = make_session(with_outputs(qmodel, names).SerializeToString(), threads=threads)
     table = np.zeros((len(sites), len(samples)), np.float64)
     for j, (_, feeds) in enumerate(samples):
         for i, (a, b) in enumerate(zip(qs.run(names, feeds), fs.run(names, feeds), strict=True)):
@@ -377,9 +371,6 @@ class ClosedLoop:
         self.work_dir = Path(work_dir if work_dir is not None else self._tmp.name)  # type: ignore[union-attr]
 
     def run(self, model: onnx.ModelProto | str | Path, record: bool = False) -> SolveResult:
-        from hrm_edge.runtimes.ort.loader import make_session
-        from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
-
         path = Path(model) if not isinstance(model, onnx.ModelProto) else self.work_dir / "candidate.onnx"
         if isinstance(model, onnx.ModelProto):
             onnx.save(model, str(path))
@@ -515,4 +506,4 @@ def _bar(enabled: bool, **kw: Any) -> Any:
 
 
 __all__ = ["ClosedLoop", "OpenLoop", "SearchResult", "Site", "Trial", "find_sites", "leave_one_out",
-           "prune_dangling", "restore_float", "search_exclusions", "session", "site_errors", "with_outputs"]
+           "prune_dangling", "restore_float", "search_exclusions", "site_errors", "with_outputs"]

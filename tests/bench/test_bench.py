@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from hrm_edge.bench import pausing
 from hrm_edge.bench import suite as bench
 from hrm_edge.bench.worker import CpuMeter, run_peak, summarize
 from hrm_edge.cli.bench import bench as bench_cmd
@@ -105,9 +106,9 @@ def test_pauser_stops_and_resumes_matching_processes():
     proc = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", marker])
     try:
         time.sleep(0.2)
-        assert bench.find_processes(marker) == [proc.pid]
-        assert not set(bench.find_processes("python")) & bench._ancestors()  # never ourselves
-        pauser = bench.Pauser((marker,), max_seconds=30)
+        assert pausing.find_processes(marker) == [proc.pid]
+        assert not set(pausing.find_processes("python")) & pausing._ancestors()  # never ourselves
+        pauser = pausing.Pauser((marker,), max_seconds=30)
         with pauser.paused() as pids:
             assert pids == [proc.pid]
             time.sleep(0.1)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from hrm_edge.act import parse_policy, run_act
-from hrm_edge.bench.worker import CpuSegmentRunner
 from hrm_edge.export import graphs
 from hrm_edge.export.fuse import count_fused_ops, fuse_graph, fuse_model
 from hrm_edge.export.onnx_utils import GraphCheckError, check_graph
@@ -93,8 +92,10 @@ def test_fused_runner_gives_the_same_act_solutions(case, policy):
     want = run_act(OrtSegmentRunner(make_session(case["segment"], threads=1), carry["H_init"], carry["L_init"],
                                     embed_session=embed),
                    case["tokens"], case["puzzle_ids"], parse_policy(policy), MAX_STEPS)
-    got = run_act(CpuSegmentRunner(make_session(case["fused"], threads=1), embed, carry["H_init"], carry["L_init"]),
-                  case["tokens"], case["puzzle_ids"], parse_policy(policy), MAX_STEPS)
+    runner = OrtSegmentRunner(make_session(case["fused"], threads=1), carry["H_init"], carry["L_init"],
+                              embed_session=embed)
+    assert runner.carry_mode == "pingpong"  # the fast CPU path
+    got = run_act(runner, case["tokens"], case["puzzle_ids"], parse_policy(policy), MAX_STEPS)
     np.testing.assert_array_equal(got.steps, want.steps)
     np.testing.assert_array_equal(got.predictions, want.predictions)
     np.testing.assert_allclose(got.q_halt, want.q_halt, atol=1e-3)  # after up to 6 chaotic segments
@@ -148,7 +149,8 @@ def test_fusion_before_and_after_quantization(case, tmp_path):
     assert report.fused_ops == count_fused_ops(case["fused"])
     carry = case["carry"]
     embed = make_session(case["embed"], threads=1)
-    results = [run_act(CpuSegmentRunner(make_session(p, threads=1), embed, carry["H_init"], carry["L_init"]),
+    results = [run_act(OrtSegmentRunner(make_session(p, threads=1), carry["H_init"], carry["L_init"],
+                                        embed_session=embed),
                        case["tokens"], case["puzzle_ids"], parse_policy("fixed"), 2)
                for p in (q_after, tmp_path / "q.fused.onnx")]
     assert all(r.predictions.shape == case["tokens"].shape for r in results)
@@ -176,8 +178,6 @@ def test_skip_rmsnorm_variant(case):
     x = embed.run(["x"], {"tokens": case["tokens"], "puzzle_ids": case["puzzle_ids"]})[0]
     z = {k: np.ascontiguousarray(np.broadcast_to(case["carry"][f"{k[-1]}_init"], x.shape)) for k in ("z_H", "z_L")}
     a = make_session(case["fused"], threads=1).run(None, {"x": x, **z})
-    import onnxruntime as ort
-
-    b = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, **z})
+    b = make_session(fused.SerializeToString(), threads=1).run(None, {"x": x, **z})
     for u, v in zip(a, b, strict=True):
         np.testing.assert_allclose(v, u, atol=1e-4, rtol=0)

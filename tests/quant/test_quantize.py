@@ -28,6 +28,7 @@ from hrm_edge.parity import Gates
 from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.quant import quantize as Q
 from hrm_edge.quant import search as S
+from hrm_edge.runtimes.ort.loader import make_session
 from tests.model_helpers import spread_q_head
 
 PLANT, CHANNEL = 3000.0, 3
@@ -101,7 +102,7 @@ def pipe(built, calib, tmp_path_factory):
 
 
 def _run(model, feeds):
-    return S.session(model).run(None, feeds)
+    return make_session(model.SerializeToString()).run(None, feeds)
 
 
 def _feeds(pipe):

@@ -112,6 +112,55 @@ def test_segment_runner_with_io_binding_matches(bundle, sessions, reference, pol
     assert_same_solve(got, reference(policy))
 
 
+def assert_identical(got, want):
+    for field in ("predictions", "steps", "q_halt", "q_continue", "step_predictions", "step_q_halt", "step_logits"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=field)  # NaN == NaN here: same halting too
+
+
+def test_cpu_runner_keeps_the_carry_in_ping_pong_buffers_by_default(bundle, sessions):
+    assert segment_runner(bundle, sessions).carry_mode == "pingpong"
+    assert segment_runner(bundle, sessions, io_binding=False).carry_mode == "host"
+    assert segment_runner(bundle, sessions, io_binding=True).carry_mode == "device"
+
+
+@pytest.mark.parametrize("graph", ["segment", "segment_x"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_ping_pong_runner_is_bit_identical_to_session_run(bundle, sessions, graph, policy):
+    """Every step's logits and q values, and the batch shrinking as puzzles halt (q, threshold)."""
+    carry, embed = bundle["carry"], (sessions("embed") if graph == "segment_x" else None)
+    results = [run_act(OrtSegmentRunner(sessions(graph), carry["H_init"], carry["L_init"], embed_session=embed,
+                                        io_binding=io), bundle["tokens"], bundle["puzzle_ids"], parse_policy(policy),
+                       MAX_STEPS, record_steps=True, record_logits=True)
+               for io in (None, False)]
+    assert_identical(*results)
+
+
+def test_ping_pong_step_returns_q_values_the_next_segment_does_not_overwrite(bundle, sessions):
+    runner = segment_runner(bundle, sessions)
+    runner.start(bundle["tokens"], bundle["puzzle_ids"])
+    q_halt, q_continue = runner.step()
+    first = (q_halt.copy(), q_continue.copy(), runner.logits(np.arange(8)))
+    runner.step()
+    np.testing.assert_array_equal(q_halt, first[0])
+    np.testing.assert_array_equal(q_continue, first[1])
+    assert not np.array_equal(runner.logits(np.arange(8)), first[2])  # the buffer holds the new segment
+
+
+@pytest.mark.parametrize("policy", ["fixed", "q"])
+def test_ping_pong_unrolled_runner_is_bit_identical_to_session_run(bundle, sessions, policy):
+    carry = bundle["carry"]
+    results = []
+    for io in (None, False):
+        runner = OrtUnrolledRunner(sessions("unrolled2"), carry["H_init"], carry["L_init"], io_binding=io)
+        results.append(run_act_unrolled(runner, bundle["tokens"], bundle["puzzle_ids"], parse_policy(policy),
+                                        MAX_STEPS - 1, record_steps=True))
+    assert results[0].step_q_halt.shape == (MAX_STEPS - 1, 8)
+    assert_identical(*results)
+
+
 @pytest.mark.parametrize("policy", ["fixed", "q"])
 def test_segment_graph_taking_x_with_embed_session_matches(bundle, sessions, reference, policy):
     runner = OrtSegmentRunner(sessions("segment_x"), bundle["carry"]["H_init"], bundle["carry"]["L_init"],

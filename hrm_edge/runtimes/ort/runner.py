@@ -13,11 +13,18 @@ Sessions come from `hrm_edge.runtimes.ort.loader.make_session`; the tensor names
   prediction and q values, so steps and predictions equal the segment runner's.
 - `run_act_loop_graph`: the whole-ACT-loop graph (one call per batch).
 
-Carry placement: on the CPU EP the carry is numpy. On CUDA/TensorRT EPs (or with
-`io_binding=True`) inputs and the carry are OrtValues bound on the device with IOBinding, so the
-carry stays there between segments and only q_halt/q_continue (and, for the unrolled graph, the
-small per-segment argmax) come back each call; logits are copied to the host only when asked
-for. Shrinking the batch (`keep`) round-trips the carry through the host once per halting event.
+Where the carry lives between segments (`io_binding`, see `OrtSegmentRunner`):
+
+- "pingpong" (the default on the CPU EP): host buffers bound once per batch with IOBinding. The
+  carry sits in two buffer pairs that swap roles every segment (one is read, the other written),
+  and every other output has its own buffer, so a segment allocates and copies nothing; only
+  q_halt/q_continue (and, for the unrolled graph, the small per-segment argmax) are copied out.
+- "device" (the default on CUDA/TensorRT EPs): inputs and the carry are OrtValues on the device,
+  so the carry stays there between segments; logits are copied to the host only when asked for.
+- "host" (`io_binding=False`): plain `session.run` on numpy arrays, any EP.
+
+All three give bit-identical outputs on the CPU EP (same kernels on the same inputs). Shrinking
+the batch (`keep`) copies the kept rows once per halting event (through the host on a device).
 """
 
 from __future__ import annotations
@@ -29,20 +36,213 @@ import numpy as np
 import onnxruntime as ort
 
 from hrm_edge.act import HaltingPolicy, SolveResult
-from hrm_edge.contract import HALT_MODES, LOOP_INPUTS, ORT_FLOAT_TYPES, SEGMENT_OUTPUTS, UNROLLED_OUTPUTS
+from hrm_edge.contract import (
+    HALT_MODES,
+    LOOP_INPUTS,
+    LOOP_OUTPUTS,
+    ORT_FLOAT_TYPES,
+    SEGMENT_INPUTS,
+    SEGMENT_OUTPUTS,
+    UNROLLED_OUTPUTS,
+)
 from hrm_edge.errors import PolicyError
 from hrm_edge.runtimes.ort.loader import GPU_PROVIDERS, OnnxModelError
 
-# ----------------------------------------------------------------------------------------------
-# runners over the segment and K-unrolled graphs
+CARRY_INPUTS = SEGMENT_INPUTS[2:]  # z_H, z_L
+CARRY_OUTPUTS = SEGMENT_OUTPUTS[:2]  # z_H_out, z_L_out: the next segment's z_H, z_L
+SEGMENT_READ = SEGMENT_OUTPUTS[3:]  # q_halt, q_continue: copied to the host after every segment
+UNROLLED_READ = UNROLLED_OUTPUTS[3:]  # q_halt, q_continue [K,B], preds [K,B,S]: after every chunk
+# numpy dtypes of the ORT type strings a runner's outputs have
+_NUMPY_TYPES = {**ORT_FLOAT_TYPES, "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
 
 def _int64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+# ----------------------------------------------------------------------------------------------
+# where the carry lives: host arrays, ping-pong host buffers, or device OrtValues
+
+
+class _HostCarry:
+    """`session.run` on numpy arrays: each segment allocates its outputs (any EP)."""
+
+    mode = "host"
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self._feeds: dict[str, np.ndarray] = {}  # per-batch inputs (tokens/puzzle_ids or x)
+        self._z: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
+        self._last: dict[str, np.ndarray] = {}  # the lazy outputs of the last segment
+
+    def start(self, feeds: dict[str, np.ndarray], z_H: np.ndarray, z_L: np.ndarray) -> None:
+        self._feeds, self._z, self._last = feeds, (z_H, z_L), {}
+
+    def run(self, extra: dict[str, np.ndarray], host: tuple[str, ...], lazy: tuple[str, ...]) -> dict[str, Any]:
+        names = (*CARRY_OUTPUTS, *host, *lazy)
+        carry = dict(zip(CARRY_INPUTS, self._z, strict=True))
+        values = self.session.run(list(names), {**self._feeds, **carry, **extra})
+        out = dict(zip(names, values, strict=True))
+        self._z = (out[CARRY_OUTPUTS[0]], out[CARRY_OUTPUTS[1]])
+        self._last = {k: out[k] for k in lazy}
+        return {k: out[k] for k in host}
+
+    def fetch(self, name: str) -> np.ndarray:
+        return self._last[name]
+
+    def keep(self, rows: np.ndarray) -> None:
+        self._feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self._feeds.items()}
+        self._z = (np.ascontiguousarray(self._z[0][rows]), np.ascontiguousarray(self._z[1][rows]))
+        self._last = {k: v[rows] for k, v in self._last.items()}
+
+
+class _PingPongCarry:
+    """CPU EP: every input and output in a host buffer bound once per batch with IOBinding. The
+    carry's two buffer pairs swap roles every segment (two pre-built bindings), so a segment
+    allocates and copies nothing; outputs are read from their buffers after the call.
+
+    outputs: the bound outputs other than the carry, name -> (dims with None on the batch axis,
+    numpy dtype)."""
+
+    mode = "pingpong"
+
+    def __init__(self, session: ort.InferenceSession, outputs: dict[str, tuple[tuple[int | None, ...], np.dtype]]
+                 ) -> None:
+        self.session, self._specs = session, outputs
+        self._feeds: dict[str, np.ndarray] = {}
+        self._z: list[tuple[np.ndarray, np.ndarray]] = []  # [read this segment, write this segment]
+        self._out: dict[str, np.ndarray] = {}
+        self._extra: dict[str, np.ndarray] = {}  # per-call inputs (the unrolled graph's `halted`)
+        self._bindings: list[Any] = []
+        self._cur = 0  # which binding runs next: 0 reads _z[0] and writes _z[1], 1 the reverse
+
+    @staticmethod
+    def supports(session: ort.InferenceSession, names: tuple[str, ...]
+                 ) -> dict[str, tuple[tuple[int | None, ...], np.dtype]] | None:
+        """The buffer specs of these outputs (besides the carry), or None where a buffer cannot be
+        allocated before the call: a dynamic dimension besides the batch, an unexpected dtype, or a
+        carry output whose type differs from the carry input's."""
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = {o.name: o for o in session.get_outputs()}
+        if any(outputs[o].type != inputs[i].type for i, o in zip(CARRY_INPUTS, CARRY_OUTPUTS, strict=True)):
+            return None
+        specs = {}
+        for name in names:
+            dims = tuple(d if isinstance(d, int) else None for d in outputs[name].shape)
+            if dims.count(None) != 1 or outputs[name].type not in _NUMPY_TYPES:
+                return None
+            specs[name] = (dims, np.dtype(_NUMPY_TYPES[outputs[name].type]))
+        return specs
+
+    def _allocate(self, batch: int) -> dict[str, np.ndarray]:
+        return {name: np.empty(tuple(batch if d is None else d for d in dims), dtype)
+                for name, (dims, dtype) in self._specs.items()}
+
+    def start(self, feeds: dict[str, np.ndarray], z_H: np.ndarray, z_L: np.ndarray) -> None:
+        self._feeds = feeds
+        self._z = [(z_H, z_L), (np.empty_like(z_H), np.empty_like(z_L))]
+        self._out = self._allocate(len(z_H))
+        self._extra, self._bindings, self._cur = {}, [], 0
+
+    def _bind(self) -> None:
+        value = ort.OrtValue.ortvalue_from_numpy  # on the CPU: a view of the numpy buffer, no copy
+        self._bindings = []
+        for src, dst in ((0, 1), (1, 0)):
+            binding = self.session.io_binding()
+            carry = dict(zip(CARRY_INPUTS, self._z[src], strict=True))
+            for name, array in {**self._feeds, **self._extra, **carry}.items():
+                binding.bind_ortvalue_input(name, value(array))
+            for name, array in {**dict(zip(CARRY_OUTPUTS, self._z[dst], strict=True)), **self._out}.items():
+                binding.bind_ortvalue_output(name, value(array))
+            self._bindings.append(binding)
+
+    def run(self, extra: dict[str, np.ndarray], host: tuple[str, ...], lazy: tuple[str, ...]) -> dict[str, Any]:
+        if extra.keys() != self._extra.keys() or any(v.shape != self._extra[k].shape for k, v in extra.items()):
+            self._extra = {k: np.ascontiguousarray(v) for k, v in extra.items()}
+            self._bindings = []
+        else:
+            for k, v in extra.items():
+                np.copyto(self._extra[k], v)
+        if not self._bindings:
+            self._bind()
+        self.session.run_with_iobinding(self._bindings[self._cur])
+        self._cur ^= 1
+        return {k: self._out[k].copy() for k in host}
+
+    def fetch(self, name: str) -> np.ndarray:
+        return self._out[name]
+
+    def keep(self, rows: np.ndarray) -> None:
+        current = self._z[self._cur]
+        z_H, z_L = np.ascontiguousarray(current[0][rows]), np.ascontiguousarray(current[1][rows])
+        self._feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self._feeds.items()}
+        # the outputs of the last segment stay readable for the kept rows (batch axis per output)
+        self._out = {k: np.ascontiguousarray(np.take(v, rows, axis=self._specs[k][0].index(None)))
+                     for k, v in self._out.items()}
+        self._z = [(z_H, z_L), (np.empty_like(z_H), np.empty_like(z_L))]
+        self._extra, self._bindings, self._cur = {}, [], 0
+
+
+class _DeviceCarry:
+    """IOBinding with OrtValues on the session's device (CUDA, or the CPU when asked): the carry stays
+    there between segments; `host` outputs come back every call, `lazy` ones only when fetched."""
+
+    mode = "device"
+
+    def __init__(self, session: ort.InferenceSession, device: tuple[str, int]) -> None:
+        self.session, self._device = session, device
+        self._host_feeds: dict[str, np.ndarray] = {}
+        self._feeds: dict[str, Any] = {}
+        self._z: tuple[Any, Any] = (None, None)
+        self._lazy: dict[str, Any] = {}  # OrtValues of the last segment's lazy outputs
+        self._lazy_host: dict[str, np.ndarray] = {}
+
+    def _put(self, a: np.ndarray) -> Any:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), *self._device)
+
+    def start(self, feeds: dict[str, np.ndarray], z_H: np.ndarray, z_L: np.ndarray) -> None:
+        self._host_feeds = feeds
+        self._feeds = {k: self._put(v) for k, v in feeds.items()}
+        self._z = (self._put(z_H), self._put(z_L))
+        self._lazy, self._lazy_host = {}, {}
+
+    def run(self, extra: dict[str, np.ndarray], host: tuple[str, ...], lazy: tuple[str, ...]) -> dict[str, Any]:
+        binding = self.session.io_binding()
+        for name, value in {**self._feeds, **dict(zip(CARRY_INPUTS, self._z, strict=True))}.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, value in extra.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        device_outputs = (*CARRY_OUTPUTS, *lazy)
+        for name in device_outputs:
+            binding.bind_output(name, *self._device)
+        for name in host:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        out = dict(zip((*device_outputs, *host), binding.get_outputs(), strict=True))
+        self._z = (out[CARRY_OUTPUTS[0]], out[CARRY_OUTPUTS[1]])
+        self._lazy, self._lazy_host = {k: out[k] for k in lazy}, {}
+        return {k: out[k].numpy() for k in host}
+
+    def fetch(self, name: str) -> np.ndarray:
+        if name not in self._lazy_host:
+            self._lazy_host[name] = self._lazy[name].numpy()
+        return self._lazy_host[name]
+
+    def keep(self, rows: np.ndarray) -> None:
+        self._host_feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self._host_feeds.items()}
+        self._feeds = {k: self._put(v) for k, v in self._host_feeds.items()}
+        self._z = (self._put(self._z[0].numpy()[rows]), self._put(self._z[1].numpy()[rows]))
+        self._lazy_host = {k: self.fetch(k)[rows] for k in {*self._lazy, *self._lazy_host}}
+        self._lazy = {}
+
+
+# ----------------------------------------------------------------------------------------------
+# runners over the segment and K-unrolled graphs
+
+
 class _CarryRunner:
-    """Shared by the segment and unrolled runners: feeds, the carry, IOBinding and compaction."""
+    """Shared by the segment and unrolled runners: graph checks, the per-batch feeds, the initial
+    carry, and where the carry lives (`_HostCarry`, `_PingPongCarry`, `_DeviceCarry`)."""
 
     _outputs: tuple[str, ...] = SEGMENT_OUTPUTS
     _kind = "segment"
@@ -53,7 +253,7 @@ class _CarryRunner:
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = tuple(o.name for o in session.get_outputs())
-        if not set(self._outputs) <= set(outputs) or "z_H" not in inputs or "z_L" not in inputs:
+        if not set(self._outputs) <= set(outputs) or not set(CARRY_INPUTS) <= set(inputs):
             raise OnnxModelError(f"{type(self).__name__}: the session is not a {self._kind} graph "
                                  f"(inputs {list(inputs)}, outputs {list(outputs)})")
         self._takes_x = "x" in inputs
@@ -61,9 +261,10 @@ class _CarryRunner:
             raise OnnxModelError(f"{type(self).__name__}: this graph takes x (exported with embed_inside=False): "
                                  "pass embed_session=<the embed graph's session>")
         self.embed_session = embed_session
-        self._z_dtype = np.dtype(ORT_FLOAT_TYPES.get(inputs["z_H"].type, "float32"))
+        z_in = inputs[CARRY_INPUTS[0]]
+        self._z_dtype = np.dtype(ORT_FLOAT_TYPES.get(z_in.type, "float32"))
         h_init, l_init = np.asarray(h_init).reshape(-1), np.asarray(l_init).reshape(-1)
-        shape = inputs["z_H"].shape
+        shape = z_in.shape
         if total_len is None and not isinstance(shape[1], int):
             raise OnnxModelError(f"{type(self).__name__}: the graph's carry length is {shape[1]!r}: pass total_len")
         self.total_len = int(total_len if total_len is not None else shape[1])
@@ -72,87 +273,57 @@ class _CarryRunner:
             raise OnnxModelError(f"{type(self).__name__}: initial carry of size {h_init.shape}/{l_init.shape} "
                                  f"does not match the graph's carry {shape}")
         self._h_init, self._l_init = h_init.astype(self._z_dtype), l_init.astype(self._z_dtype)
-        on_gpu = session.get_providers()[0] in GPU_PROVIDERS
-        self.io_binding = on_gpu if io_binding is None else bool(io_binding)
-        self._device = ("cuda", device_id) if on_gpu else ("cpu", 0)
-        self._host: dict[str, np.ndarray] = {}  # per-batch inputs (tokens/puzzle_ids or x), host copy
-        self._feeds: dict[str, Any] = {}  # what is fed: numpy, or OrtValues on the device
-        self._z: tuple[Any, Any] | None = None
-        self._lazy: dict[str, Any] = {}  # outputs fetched only on demand (logits)
-        self._lazy_host: dict[str, np.ndarray] = {}
+        self._carry = self._place_carry(io_binding, device_id)
+        self._started = False
 
-    # -- device helpers
-    def _put(self, a: np.ndarray) -> Any:
-        if not self.io_binding:
-            return a
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), *self._device)
+    def _place_carry(self, io_binding: bool | None, device_id: int) -> Any:
+        on_gpu = self.session.get_providers()[0] in GPU_PROVIDERS
+        if io_binding is False:
+            return _HostCarry(self.session)
+        if io_binding is None and not on_gpu:
+            specs = _PingPongCarry.supports(self.session, tuple(n for n in self._outputs if n not in CARRY_OUTPUTS))
+            return _PingPongCarry(self.session, specs) if specs is not None else _HostCarry(self.session)
+        return _DeviceCarry(self.session, ("cuda", device_id) if on_gpu else ("cpu", 0))
 
-    @staticmethod
-    def _get(v: Any) -> np.ndarray:
-        return v.numpy() if isinstance(v, ort.OrtValue) else v
+    @property
+    def carry_mode(self) -> str:
+        """Where the carry lives between segments: "pingpong", "device" or "host" (module docstring)."""
+        return self._carry.mode
 
-    # -- lifecycle
+    @property
+    def io_binding(self) -> bool:
+        """Whether segments run through IOBinding ("pingpong" or "device")."""
+        return self._carry.mode != "host"
+
     def _start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
         tokens, puzzle_ids = _int64(tokens), _int64(puzzle_ids)
         if tokens.ndim != 2 or puzzle_ids.shape != (tokens.shape[0],):
             raise ValueError(f"tokens must be [B, S] and puzzle_ids [B]; got {tokens.shape} and {puzzle_ids.shape}")
         if self._takes_x:
             x = self.embed_session.run(["x"], {"tokens": tokens, "puzzle_ids": puzzle_ids})[0]
-            self._host = {"x": np.ascontiguousarray(x)}
+            feeds = {"x": np.ascontiguousarray(x)}
         else:
-            self._host = {"tokens": tokens, "puzzle_ids": puzzle_ids}
-        self._feeds = {k: self._put(v) for k, v in self._host.items()}
+            feeds = {"tokens": tokens, "puzzle_ids": puzzle_ids}
         shape = (tokens.shape[0], self.total_len, self.hidden_size)
-        self._z = (self._put(np.ascontiguousarray(np.broadcast_to(self._h_init, shape))),
-                   self._put(np.ascontiguousarray(np.broadcast_to(self._l_init, shape))))
-        self._lazy, self._lazy_host = {}, {}
+        self._carry.start(feeds, np.ascontiguousarray(np.broadcast_to(self._h_init, shape)),
+                          np.ascontiguousarray(np.broadcast_to(self._l_init, shape)))
+        self._started, self._ran = True, False
 
-    def _run(self, extra: dict[str, np.ndarray], host: tuple[str, ...], lazy: tuple[str, ...]) -> dict[str, np.ndarray]:
-        if self._z is None:
+    def _run(self, extra: dict[str, np.ndarray], host: tuple[str, ...], lazy: tuple[str, ...]) -> dict[str, Any]:
+        if not self._started:
             raise RuntimeError("call start() before running segments")
-        z_H, z_L = self._z
-        if not self.io_binding:
-            names = ("z_H_out", "z_L_out", *host, *lazy)
-            values = self.session.run(list(names), {**self._feeds, "z_H": z_H, "z_L": z_L, **extra})
-            out = dict(zip(names, values, strict=True))
-            self._z = (out["z_H_out"], out["z_L_out"])
-            self._lazy = {k: out[k] for k in lazy}
-            self._lazy_host = dict(self._lazy)
-            return {k: out[k] for k in host}
-        binding = self.session.io_binding()
-        for name, value in {**self._feeds, "z_H": z_H, "z_L": z_L}.items():
-            binding.bind_ortvalue_input(name, value)
-        for name, value in extra.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        device_outputs = ("z_H_out", "z_L_out", *lazy)
-        for name in device_outputs:
-            binding.bind_output(name, *self._device)
-        for name in host:
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        out = dict(zip((*device_outputs, *host), values, strict=True))
-        self._z = (out["z_H_out"], out["z_L_out"])
-        self._lazy = {k: out[k] for k in lazy}
-        self._lazy_host = {}
-        return {k: out[k].numpy() for k in host}
+        out = self._carry.run(extra, host, lazy)
+        self._ran = True
+        return out
 
     def _fetch(self, name: str) -> np.ndarray:
-        if name not in self._lazy_host:
-            if name not in self._lazy:
-                raise RuntimeError("no segment has run since start()")
-            self._lazy_host[name] = self._get(self._lazy[name])
-        return self._lazy_host[name]
+        if not self._started or not self._ran:
+            raise RuntimeError("no segment has run since start()")
+        return self._carry.fetch(name)
 
     def keep(self, rows: np.ndarray) -> None:
         """Shrink the active batch to these rows (sorted indices into the current active rows)."""
-        rows = np.asarray(rows, np.int64)
-        self._host = {k: np.ascontiguousarray(v[rows]) for k, v in self._host.items()}
-        self._feeds = {k: self._put(v) for k, v in self._host.items()}
-        if self._z is not None:
-            self._z = tuple(self._put(np.ascontiguousarray(self._get(z)[rows])) for z in self._z)
-        lazy_host = {k: self._fetch(k)[rows] for k in self._lazy}
-        self._lazy, self._lazy_host = dict(lazy_host), lazy_host
+        self._carry.keep(np.asarray(rows, np.int64))
 
 
 class OrtSegmentRunner(_CarryRunner):
@@ -161,14 +332,17 @@ class OrtSegmentRunner(_CarryRunner):
     session: the segment graph (inputs tokens, puzzle_ids, z_H, z_L; or x, z_H, z_L with
     `embed_session` the embed graph's session, run once per batch). h_init, l_init: float32 [D]
     (`hrm_edge.export.graphs.export_initial_carry`); total_len: P (default: from the graph).
-    io_binding: keep the carry on the device (default: when the session's first EP is a GPU one).
+    io_binding: where the carry lives between segments (module docstring): None (default) ping-pong
+    host buffers on the CPU EP, device OrtValues when the session's first EP is a GPU one; True
+    device OrtValues on any EP (on the CPU EP: the GPU code path, run on the host); False plain
+    `session.run`. device_id: the CUDA device of the device OrtValues.
     """
 
     def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
         self._start(tokens, puzzle_ids)
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
-        out = self._run({}, ("q_halt", "q_continue"), ("logits",))
+        out = self._run({}, SEGMENT_READ, ("logits",))
         return out["q_halt"].astype(np.float32), out["q_continue"].astype(np.float32)
 
     def predictions(self, rows: np.ndarray) -> np.ndarray:
@@ -202,7 +376,7 @@ class OrtUnrolledRunner(_CarryRunner):
 
     def chunk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run K segments; (q_halt [K,b], q_continue [K,b] fp32, preds [K,b,S] int64)."""
-        out = self._run({"halted": np.zeros(self._batch, bool)}, ("q_halt", "q_continue", "preds"), ("logits",))
+        out = self._run({"halted": np.zeros(self._batch, bool)}, UNROLLED_READ, ("logits",))
         return out["q_halt"].astype(np.float32), out["q_continue"].astype(np.float32), out["preds"].astype(np.int64)
 
     def last_logits(self, rows: np.ndarray) -> np.ndarray:
@@ -284,6 +458,6 @@ def run_act_loop_graph(session: ort.InferenceSession, tokens: np.ndarray, puzzle
     threshold = math.log(policy.threshold / (1.0 - policy.threshold)) if policy.kind == "threshold" else 0.0
     feeds = {"tokens": tokens, "puzzle_ids": puzzle_ids, "max_steps": np.array(max_steps, np.int64),
              "halt_mode": np.array(HALT_MODES[policy.kind], np.int64), "threshold": np.array(threshold, np.float32)}
-    preds, steps, q_halt, q_continue = session.run(["preds", "steps", "q_halt", "q_continue"], feeds)
-    return SolveResult(predictions=preds.astype(np.int64), steps=steps.astype(np.int32),
-                       q_halt=q_halt.astype(np.float32), q_continue=q_continue.astype(np.float32))
+    out = dict(zip(LOOP_OUTPUTS, session.run(list(LOOP_OUTPUTS), feeds), strict=True))
+    return SolveResult(predictions=out["preds"].astype(np.int64), steps=out["steps"].astype(np.int32),
+                       q_halt=out["q_halt"].astype(np.float32), q_continue=out["q_continue"].astype(np.float32))
