@@ -78,11 +78,10 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
 def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, cpu_fused: bool,
-               unroll: tuple[int, ...],
-               act_loop: bool, golden_data: str | None, golden_count: int, policy: str, max_steps: int | None,
-               opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None, identifiers: str | None,
-               int8: bool, int8_targets: tuple[str, ...], calib_method: str, calib_size: int, calib_data: str | None,
-               search: bool, max_float_share: float, target: str) -> None:
+               unroll: tuple[int, ...], act_loop: bool, golden_data: str | None, golden_count: int, policy: str,
+               max_steps: int | None, opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None,
+               identifiers: str | None, int8: bool, int8_targets: tuple[str, ...], calib_method: str,
+               calib_size: int, calib_data: str | None, search: bool, max_float_share: float, target: str) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
     from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
