@@ -1,44 +1,35 @@
 """The deployable bundle: a directory of ONNX graphs, `manifest.json`, the initial carry and
 golden reference outputs. Reading and verifying a bundle needs only numpy (no torch).
 
-Layout (every file but the manifest is listed with its sha256 in `manifest["files"]`):
+Layout (every file but the manifest is listed with its sha256 in `Manifest.files`):
 
     manifest.json       schema_version, model config, task, graphs, halting defaults, versions
+                        (`hrm_edge.manifest.Manifest`: the typed reader and writer)
     carry_init.npz      H_init, L_init: fp32 [hidden_size]
     reference.npz       golden outputs of the PyTorch reference (see `REFERENCE_FIELDS`)
-    <graph>.onnx        one file per graph, described in manifest["graphs"][<name>]
-
-A graph entry: {"file", "kind": "segment" | "unrolled" | "act_loop" | "embed", "precision":
-"fp32" | "fp16" | "int8", "k" (segments per call, unrolled only), "opset", "inputs", "outputs"
-(name -> {"dtype", "shape"}), "target" (int8: "cpu" | "tensorrt")}.
+    <graph>.onnx        one file per graph, described by `Manifest.graphs[<name>]` (`GraphEntry`)
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hrm_edge.errors import HrmEdgeError
+from hrm_edge.errors import BundleError
 from hrm_edge.files import sha256_file
+from hrm_edge.manifest import MANIFEST, GraphEntry, Manifest, read_manifest
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 CARRY_INIT = "carry_init.npz"
 REFERENCE = "reference.npz"
 # reference.npz: inputs int64 [N, S], puzzle_ids int64 [N], labels int64 [N, S] (0 = none),
-# predictions int64 [N, S] and steps int32 [N] under manifest["reference"]["policy"],
+# predictions int64 [N, S] and steps int32 [N] under the manifest's reference policy,
 # step_predictions int64 [T, N, S], step_q_halt / step_q_continue fp32 [T, N] and
 # step_logits fp32 [T, N, S, V] of a `fixed` run to T = max_steps.
 REFERENCE_FIELDS = ("inputs", "puzzle_ids", "labels", "predictions", "steps", "step_predictions", "step_q_halt",
                     "step_q_continue", "step_logits")
-
-
-class BundleError(HrmEdgeError):
-    """A bundle that is missing, tampered with, truncated or from an unsupported schema."""
 
 
 @dataclass
@@ -46,26 +37,30 @@ class Bundle:
     """An opened bundle: its directory and parsed manifest (hashes already checked if `verified`)."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     verified: bool = False
     _carry: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.manifest["model"]["config"]
+        return self.manifest.model.config
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]["name"]
+        return self.manifest.task.name
 
     @property
-    def graphs(self) -> dict[str, dict[str, Any]]:
-        return self.manifest["graphs"]
+    def graphs(self) -> dict[str, GraphEntry]:
+        return self.manifest.graphs
 
-    def graph_path(self, name: str) -> Path:
+    def graph(self, name: str) -> GraphEntry:
+        """The manifest entry of graph `name` (a one-line error naming the available ones otherwise)."""
         if name not in self.graphs:
             raise BundleError(f"{self.path}: no graph {name!r}; available: {', '.join(sorted(self.graphs))}")
-        return self.path / self.graphs[name]["file"]
+        return self.graphs[name]
+
+    def graph_path(self, name: str) -> Path:
+        return self.path / self.graph(name).file
 
     def carry_init(self) -> tuple[np.ndarray, np.ndarray]:
         """(H_init, L_init), fp32 [hidden_size] each."""
@@ -76,8 +71,8 @@ class Bundle:
 
     def model_puzzle_ids(self, puzzle_ids: np.ndarray) -> np.ndarray:
         """Original puzzle identifiers -> the ids this bundle's graphs take (pruned tables remap)."""
-        rows = self.manifest.get("puzzle_rows")
-        return np.asarray(puzzle_ids, np.int64) if not rows else remap_ids(puzzle_ids, rows["kept_original_ids"])
+        rows = self.manifest.puzzle_rows
+        return np.asarray(puzzle_ids, np.int64) if rows is None else remap_ids(puzzle_ids, rows.kept_original_ids)
 
     def reference(self) -> dict[str, np.ndarray]:
         with np.load(self.path / REFERENCE) as f:
@@ -102,20 +97,7 @@ def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{path}: no {MANIFEST}; not an hrm-edge bundle")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
-    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-    if not isinstance(version, int):
-        raise BundleError(f"{mpath}: no integer schema_version")
-    if version > SCHEMA_VERSION:
-        raise BundleError(f"{mpath}: schema_version {version} is newer than this hrm-edge reads ({SCHEMA_VERSION}); "
-                          "upgrade hrm-edge on this device")
-    for key in ("model", "task", "graphs", "files"):
-        if key not in manifest:
-            raise BundleError(f"{mpath}: missing field {key!r}")
-    bundle = Bundle(path, manifest)
+    bundle = Bundle(path, read_manifest(mpath))
     if verify_hashes:
         verify_files(bundle)
     return bundle
@@ -123,7 +105,8 @@ def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
 
 def verify_files(bundle: Bundle) -> None:
     """Every file named in the manifest exists and has its recorded sha256."""
-    for name, digest in bundle.manifest["files"].items():
+    files = bundle.manifest.files
+    for name, digest in files.items():
         f = bundle.path / name
         if not f.is_file():
             raise BundleError(f"{bundle.path}: missing file {name}")
@@ -132,6 +115,6 @@ def verify_files(bundle: Bundle) -> None:
             raise BundleError(f"{bundle.path}: {name} has sha256 {actual[:12]}..., the manifest says {digest[:12]}... "
                               "(tampered or truncated)")
     for gname, entry in bundle.graphs.items():
-        if entry["file"] not in bundle.manifest["files"]:
-            raise BundleError(f"{bundle.path}: graph {gname!r} file {entry['file']} has no recorded sha256")
+        if entry.file not in files:
+            raise BundleError(f"{bundle.path}: graph {gname!r} file {entry.file} has no recorded sha256")
     bundle.verified = True

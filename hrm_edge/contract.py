@@ -34,6 +34,8 @@ HALT_MODES = {"fixed": 0, "q": 1, "threshold": 2}
 # Graph kinds a bundle holds, and the precisions a graph can have.
 GRAPH_KINDS = ("segment", "unrolled", "act_loop", "embed")
 PRECISIONS = ("fp32", "fp16", "int8")
+# What an int8 graph was quantized for (its manifest `target`).
+INT8_TARGETS = ("cpu", "tensorrt")
 
 # ONNX Runtime's type strings of the float tensors a graph may carry (carry and logits).
 ORT_FLOAT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}

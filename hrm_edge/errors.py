@@ -13,3 +13,7 @@ class CheckpointError(HrmEdgeError, ValueError):
 
 class PolicyError(HrmEdgeError, ValueError):
     """A halting policy string that does not parse."""
+
+
+class BundleError(HrmEdgeError):
+    """A bundle that is missing, tampered with, truncated, malformed or from an unsupported schema."""

@@ -237,8 +237,7 @@ def tensorrt_study(env: dict[str, Any], ckpt: Path, bundle_dir: Path, quick: boo
     trt_mm = ".".join(str(v) for v in version_tuple(env["tensorrt"])[:2])
     step("check-trt", ["check-trt", str(bundle_dir), "--trt", trt_mm])
     precisions = ["fp16"]
-    if any(g.get("kind") == "segment" and g.get("precision") == "int8" and g.get("target") == "tensorrt"
-           for g in bundle.graphs.values()):
+    if any(g.kind == "segment" and g.precision == "int8" and g.target == "tensorrt" for g in bundle.graphs.values()):
         precisions.append("int8")
     else:
         out["int8"] = "skipped: the bundle has no int8 segment graph with target tensorrt"
@@ -269,7 +268,7 @@ def tensorrt_study(env: dict[str, Any], ckpt: Path, bundle_dir: Path, quick: boo
         step(f"parity {precision}", parity_args)
         try:  # time per segment: TensorRT, plain and with CUDA graphs
             h, l_init = bundle.carry_init()
-            total_len = int(bundle.manifest["model"]["total_len"])
+            total_len = bundle.manifest.model.total_len
             pset = _val_set(bundle.task)
             timing = {}
             for graphs in (False, True):
@@ -293,7 +292,7 @@ def _torch_same_model(bundle: Any, quick: bool) -> dict[str, Any]:
     from hrm_edge.model.checkpoint import load_checkpoint
     from hrm_edge.model.runner import TorchSegmentRunner
 
-    src = bundle.manifest.get("source_checkpoint", {}).get("path")
+    src = bundle.manifest.source_checkpoint.path if bundle.manifest.source_checkpoint else None
     if not src or not Path(src).exists():
         return {"skipped": f"source checkpoint {src!r} not found"}
     model = load_checkpoint(src, task=bundle.task).model.to("cuda").eval()

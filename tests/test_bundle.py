@@ -46,8 +46,8 @@ def copy_of(bundle_dir, tmp_path) -> Path:
 
 def test_bundle_holds_graphs_manifest_carry_and_golden_outputs(bundle_dir):
     names = sorted(p.name for p in bundle_dir.iterdir())
-    assert names == ["act_loop.fp32.onnx", "carry_init.npz", "manifest.json", "reference.npz", "segment.fp16.onnx",
-                     "segment.fp32.onnx", "unrolled2.fp32.onnx"]
+    assert names == ["act_loop.fp32.onnx", "carry_init.npz", "embed.fp32.onnx", "manifest.json", "reference.npz",
+                     "segment.fp16.onnx", "segment.fp32-cpufused.onnx", "segment.fp32.onnx", "unrolled2.fp32.onnx"]
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["schema_version"] == 1 and manifest["task"]["name"] == "sudoku"
     assert set(manifest["files"]) == set(names) - {"manifest.json"}
@@ -137,7 +137,7 @@ def test_parity_writes_json_junit_and_png_and_passes(capsys, bundle_dir, tiny_ck
                                 "--precision", "fp32", "--out", str(out))
     assert code == 0, err
     report = json.loads((out / "parity.json").read_text())
-    assert set(report["graphs"]) == {"segment.fp32", "unrolled2.fp32", "act_loop.fp32"}
+    assert set(report["graphs"]) == {"segment.fp32", "segment.fp32-cpufused", "unrolled2.fp32", "act_loop.fp32"}
     seg = report["graphs"]["segment.fp32"]["metrics"]
     assert seg["exact_agreement"] == 1.0 and seg["halting_agreement"] == 1.0
     assert seg["max_logit_abs"] < 1e-4 and len(seg["per_step"]) == 4

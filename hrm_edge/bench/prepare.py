@@ -91,7 +91,7 @@ def resolve_model_arg(path: Path) -> tuple[Path, Path | None]:
     from hrm_edge.bundle import open_bundle
 
     b = open_bundle(path, verify_hashes=False)
-    src = (b.manifest.get("source_checkpoint") or {}).get("path")
+    src = b.manifest.source_checkpoint.path if b.manifest.source_checkpoint else None
     if not src or not Path(src).is_file():
         raise HrmEdgeError(f"{path}: the bundle's source checkpoint {src!r} is not on this machine; pass the "
                            "checkpoint and --int8-graph <bundle>/segment.int8-cpu.onnx instead")

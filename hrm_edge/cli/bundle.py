@@ -17,9 +17,11 @@ from hrm_edge.act import SolveResult, parse_policy
 from hrm_edge.bundle import BundleError, open_bundle
 from hrm_edge.cli.common import load_for_cli
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.manifest import MANIFEST, Manifest, read_manifest
 from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity, with_overrides
 
 if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
+    from hrm_edge.bundle import Bundle
     from hrm_edge.model.checkpoint import Checkpoint
 
 
@@ -43,6 +45,9 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--task", help="Task, if the checkpoint does not record it.")
 @click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
 @click.option("--fp16/--no-fp16", default=True, show_default=True, help="Also export the FP16 segment graph.")
+@click.option("--cpu-fused/--no-cpu-fused", default=True, show_default=True,
+              help="Also export the fused CPU segment graph (segment.fp32-cpufused: ONNX Runtime CPU EP only, "
+                   "contrib ops) and its embed graph (embed.fp32).")
 @click.option("--unroll", "unroll", multiple=True, type=click.IntRange(2), help="Add a K-segment graph (repeatable).")
 @click.option("--act-loop", is_flag=True, help="Add the whole ACT loop as one ONNX Loop graph.")
 @click.option("--golden-data", type=click.Path(exists=True), help="Puzzle set for reference.npz (default calib_data).")
@@ -72,11 +77,11 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
                    "float sites still store int8 weights, so the file stays small, but they compute in float).")
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
-def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, unroll: tuple[int, ...],
-               act_loop: bool, golden_data: str | None, golden_count: int, policy: str, max_steps: int | None,
-               opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None, identifiers: str | None,
-               int8: bool, int8_targets: tuple[str, ...], calib_method: str, calib_size: int, calib_data: str | None,
-               search: bool, max_float_share: float, target: str) -> None:
+def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, cpu_fused: bool,
+               unroll: tuple[int, ...], act_loop: bool, golden_data: str | None, golden_count: int, policy: str,
+               max_steps: int | None, opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None,
+               identifiers: str | None, int8: bool, int8_targets: tuple[str, ...], calib_method: str,
+               calib_size: int, calib_data: str | None, search: bool, max_float_share: float, target: str) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
     from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
@@ -89,6 +94,8 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
     ck.task = task
     golden = _puzzle_set(golden_data, task, "val", golden_count)
     specs = [GraphSpec("segment", "fp32")]
+    if cpu_fused:
+        specs.append(GraphSpec("segment", "fp32", cpu_fused=True))
     if fp16:
         specs.append(GraphSpec("segment", "fp16"))
     specs += [GraphSpec("unrolled", "fp32", k) for k in unroll]
@@ -104,18 +111,23 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
         calib = _puzzle_set(calib_data, task, "calib", None)
         targets = int8_targets or (("tensorrt",) if target == "jetson" else ("cpu",))
 
-        def add_int8(tmp: Path, manifest: dict[str, Any], exported: Checkpoint) -> None:
-            rows = manifest.get("puzzle_rows")
-            calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows["kept_original_ids"])
+        def add_int8(tmp: Path, manifest: Manifest, exported: Checkpoint) -> None:
+            rows = manifest.puzzle_rows
+            calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows.kept_original_ids)
             add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
                             calib_size=calib_size, search=search, max_excluded_share=max_float_share,
                             log=lambda m: click.echo(m, err=True))
 
         hooks.append(add_int8)
     if target == "jetson":
-        hooks.append(add_device_files)
+        def add_device(tmp: Path, manifest: Manifest, exported: Checkpoint) -> None:
+            data = manifest.to_dict()  # device_bundle reads and extends the manifest's JSON object
+            add_device_files(tmp, data, exported)
+            manifest.device = Manifest.from_dict(data, manifest.where).device
 
-    def extra(tmp: Path, manifest: dict[str, Any], exported: Checkpoint) -> None:
+        hooks.append(add_device)
+
+    def extra(tmp: Path, manifest: Manifest, exported: Checkpoint) -> None:
         for hook in hooks:
             hook(tmp, manifest, exported)
     kept = None
@@ -133,9 +145,9 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
     if target == "jetson":
         tarball = write_tarball(out)
         click.echo(f"wrote {tarball} ({tarball.stat().st_size / 1e6:.1f} MB)", err=True)
-    manifest = json.loads((out / "manifest.json").read_text())
-    sizes = ", ".join(f"{n} {(out / g['file']).stat().st_size / 1e6:.2f} MB" for n, g in manifest["graphs"].items())
-    click.echo(f"wrote {out}: {sizes}; {manifest['export_seconds']} s")
+    manifest = read_manifest(out / MANIFEST)
+    sizes = ", ".join(f"{n} {(out / g.file).stat().st_size / 1e6:.2f} MB" for n, g in manifest.graphs.items())
+    click.echo(f"wrote {out}: {sizes}; {manifest.export_seconds} s")
     if int8:
         click.echo("INT8 parity gate on the validation set:", err=True)
         ctx = click.get_current_context()
@@ -171,24 +183,25 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--runtime", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
-@click.option("--graph", "graphs", multiple=True, help="Graphs to check (default: every graph the runtime runs).")
+@click.option("--graph", "graphs", multiple=True,
+              help="Graphs to check (default: every graph the runtime runs; ort: the fused CPU graph included).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Source checkpoint (runtime torch).")
 def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | None, checkpoint: str | None) -> None:
     """Re-check BUNDLE: file hashes, then the golden puzzles on a runtime."""
     b = open_bundle(bundle)
+    info = b.manifest.need_reference()
     ref = b.reference()
-    info = b.manifest["reference"]
-    policy, steps = parse_policy(info["policy"]), int(info["max_steps"])
+    policy, steps = parse_policy(info.policy), info.max_steps
     labels = ref["labels"] if ref["labels"].any() else None
     reference = _reference_result(ref)
     failures = []
-    click.echo(f"{b.path}: {len(b.manifest['files'])} files, sha256 OK")
+    click.echo(f"{b.path}: {len(b.manifest.files)} files, sha256 OK")
     if runtime == "torch":
         from hrm_edge.act import solve_in_batches
         from hrm_edge.model.runner import TorchSegmentRunner
 
-        src = checkpoint or b.manifest["source_checkpoint"].get("path")
+        src = checkpoint or _source_path(b)
         if not src or not Path(src).exists():
             raise BundleError("runtime torch re-runs the source checkpoint: pass --checkpoint")
         ck = load_for_cli(src, b.task, None)
@@ -196,15 +209,14 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
                                ref["puzzle_ids"], policy, steps, 64, record_steps=True, record_logits=True)
         runs = {"torch.fp32": (res, with_overrides(DEFAULT_GATES["fp32"], True, max_logit_rel=1e-6))}
     else:
-        from hrm_edge.runtimes.solver import GraphSolver
+        from hrm_edge.runtimes.solver import GraphSolver, runnable_graphs
 
-        names = graphs or tuple(n for n, g in b.graphs.items()
-                                if (runtime == "ort" or g["kind"] == "segment") and g["kind"] != "embed")
+        names = graphs or tuple(runnable_graphs(b, runtime))
         runs = {}
         for name in names:
             solver = GraphSolver(b, name, runtime, engine=engine)
             res = solver.solve(ref["inputs"], ref["puzzle_ids"], policy, steps, record_logits=solver.kind == "segment")
-            runs[name] = (res, with_overrides(DEFAULT_GATES[b.graphs[name]["precision"]], solver.kind == "segment"))
+            runs[name] = (res, with_overrides(DEFAULT_GATES[solver.entry.precision], solver.kind == "segment"))
     for name, (res, gates) in runs.items():
         metrics = compare(reference, res, labels)
         checks = gate(metrics, gates)
@@ -220,7 +232,9 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
 @click.option("--data", type=click.Path(exists=True), help="Puzzle set (default: calib_data/<task>).")
 @click.option("--split", default="val", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Use only the first N puzzles.")
-@click.option("--graph", "graphs", multiple=True, help="Graphs to compare (default: all of --precision).")
+@click.option("--graph", "graphs", multiple=True,
+              help="Graphs to compare (default: every graph of --precision the runtime runs; ort: the fused CPU "
+                   "graph included).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "all"]), default="all", show_default=True)
 @click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
@@ -253,19 +267,18 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     """Closed-loop parity of bundle graphs against the PyTorch fp32 reference; non-zero exit on a failed gate."""
     from hrm_edge.act import solve_in_batches
     from hrm_edge.model.runner import TorchSegmentRunner
-    from hrm_edge.runtimes.solver import GraphSolver
+    from hrm_edge.runtimes.solver import GraphSolver, runnable_graphs
 
     b = open_bundle(bundle)
-    src = checkpoint or b.manifest["source_checkpoint"].get("path")
+    src = checkpoint or _source_path(b)
     if not src or not Path(src).exists():
         raise BundleError("parity needs the reference checkpoint: pass --checkpoint")
     ck = load_for_cli(src, b.task, None)
     pset = _puzzle_set(data, b.task, split, limit)
-    halting = parse_policy(policy or b.manifest["halting"]["default_policy"])
-    steps = max_steps or int(b.manifest["halting"]["max_steps"])
-    names = graphs or tuple(n for n, g in b.graphs.items() if g["kind"] != "embed"
-                            and (precision == "all" or g["precision"] == precision)
-                            and (runtime == "ort" or g["kind"] == "segment"))
+    halting = parse_policy(policy or b.manifest.need_halting().default_policy)
+    steps = max_steps or b.manifest.need_halting().max_steps
+    names = graphs or tuple(n for n in runnable_graphs(b, runtime)
+                            if precision == "all" or b.graphs[n].precision == precision)
     if not names:
         raise BundleError(f"{b.path}: no {precision} graph to compare")
     if open_loop:
@@ -276,7 +289,7 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     reference = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset.inputs,
                                  pset.puzzle_ids, halting, steps, batch_size, record_steps=True, record_logits=True)
     fp64 = None
-    if fp64_floor and any(b.graphs[n]["precision"] == "fp32" and b.graphs[n]["kind"] == "segment" for n in names):
+    if fp64_floor and any(b.graph(n).precision == "fp32" and b.graph(n).kind == "segment" for n in names):
         import copy
 
         import torch
@@ -297,11 +310,11 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
         click.echo(f"running {name} on {runtime} ...", err=True)
         cand = solver.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size,
                             record_logits=solver.kind == "segment")
-        gates = with_overrides(DEFAULT_GATES[b.graphs[name]["precision"]], solver.kind == "segment",
+        gates = with_overrides(DEFAULT_GATES[solver.entry.precision], solver.kind == "segment",
                                max_logit_rel=max_logit_rel, max_fp64_error_ratio=max_fp64_error_ratio,
                                min_exact_agreement=min_exact_agreement, min_solved_agreement=min_solved_agreement,
                                min_halting_agreement=min_halting_agreement, max_accuracy_drop=max_accuracy_drop)
-        metrics = compare(reference, cand, pset.labels, fp64=fp64 if b.graphs[name]["precision"] == "fp32" else None)
+        metrics = compare(reference, cand, pset.labels, fp64=fp64 if solver.entry.precision == "fp32" else None)
         if metrics.get("fp64_error_ratio") is not None and max_logit_rel is None:
             gates = dataclasses.replace(gates, max_logit_rel=None)  # the fp64 floor replaces the fixed bound
         checks = gate(metrics, gates)
@@ -319,7 +332,12 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
         raise HrmEdgeError(f"parity gate failed: {'; '.join(failed[:4])}")
 
 
-def _open_loop(b: Any, ck: Any, pset: Any, names: tuple[str, ...], steps: int, max_abs: float, out: Path) -> None:
+def _source_path(b: Bundle) -> str | None:
+    """The bundle's source checkpoint as recorded at export (absolute), or None."""
+    return b.manifest.source_checkpoint.path if b.manifest.source_checkpoint else None
+
+
+def _open_loop(b: Bundle, ck: Any, pset: Any, names: tuple[str, ...], steps: int, max_abs: float, out: Path) -> None:
     """`parity --open-loop`: per-step, per-output max-abs errors of each segment graph."""
     from hrm_edge.export.open_loop import open_loop_errors
     from hrm_edge.runtimes.ort.loader import make_session
@@ -330,10 +348,12 @@ def _open_loop(b: Any, ck: Any, pset: Any, names: tuple[str, ...], steps: int, m
     failed = []
     model = ck.model.set_compute_dtype("float32")
     for name in names:
-        if b.graphs[name]["kind"] != "segment":
+        entry = b.graph(name)
+        if entry.kind != "segment":
             continue
+        embed = make_session(b.graph_path(entry.embed_graph)) if entry.embed_graph else None
         rows = open_loop_errors(model, make_session(b.graph_path(name)), pset.inputs, pset.puzzle_ids, steps,
-                                b.model_puzzle_ids(pset.puzzle_ids))
+                                b.model_puzzle_ids(pset.puzzle_ids), embed_session=embed)
         worst = max(max(r[k] for k in ("logits", "q_halt", "q_continue", "z_H_out", "z_L_out")) for r in rows)
         report["graphs"][name] = {"per_step": rows, "max_abs": worst, "passed": worst <= max_abs}
         click.echo(f"{'PASS' if worst <= max_abs else 'FAIL'} {name} open loop: {steps} steps x {len(pset)} puzzles, "

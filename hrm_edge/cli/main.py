@@ -61,18 +61,16 @@ def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str,
 def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | None):
     """The same for a bundle, on ONNX Runtime or TensorRT (no torch)."""
     from hrm_edge.bundle import open_bundle
-    from hrm_edge.runtimes.solver import GraphSolver
+    from hrm_edge.runtimes.solver import GraphSolver, default_graph
 
     b = open_bundle(path)
-    if graph is None:
-        preferred = ("segment.int8-cpu", "segment.fp32") if runtime == "ort" else ("segment.fp16",)
-        graph = next((g for g in preferred if g in b.graphs), next(iter(b.graphs)))
+    graph = graph or default_graph(b, runtime)
     solver = GraphSolver(b, graph, runtime, engine=engine)
 
     def run(tokens: np.ndarray, policy, steps: int, batch: int):
         return solver.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
 
-    return b.task, int(b.config["seq_len"]), int(b.manifest["halting"]["max_steps"]), run, f"{runtime} {graph}"
+    return b.task, int(b.config["seq_len"]), b.manifest.need_halting().max_steps, run, f"{runtime} {graph}"
 
 
 @cli.command()
@@ -85,7 +83,8 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
 @click.option("--device", default="cpu", show_default=True, help="torch device (checkpoints): cpu, cuda, cuda:1 ...")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="(checkpoints)")
 @click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="(bundles)")
-@click.option("--graph", help="Bundle graph (default: segment.int8-cpu, else segment.fp32; trt: segment.fp16).")
+@click.option("--graph", help="Bundle graph (default: the fastest for the runtime: segment.int8-cpu, else "
+              "segment.fp32-cpufused, else segment.fp32; trt: segment.fp16).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (bundles, runtime trt).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")

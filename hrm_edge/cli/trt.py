@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.manifest import GraphEntry
 from hrm_edge.runtimes.trt.builder import TARGETS
 
 TARGET_NAMES = tuple(TARGETS)
@@ -24,17 +25,17 @@ class TrtCheckFailedError(HrmEdgeError):
     """check-trt found errors."""
 
 
-def select_segment_graph(manifest_graphs: dict[str, dict[str, Any]], precision: str, where: str = "bundle") -> str:
-    """The bundle's segment graph to build an engine of `precision` from: kind "segment" with that
-    precision; for int8 the one quantized for TensorRT (target "tensorrt")."""
+def select_segment_graph(manifest_graphs: dict[str, GraphEntry], precision: str, where: str = "bundle") -> str:
+    """The bundle's segment graph to build an engine of `precision` from: a portable graph of kind
+    "segment" with that precision; for int8 the one quantized for TensorRT (target "tensorrt")."""
     candidates = sorted(
         name for name, e in manifest_graphs.items()
-        if e.get("kind") == "segment" and e.get("precision") == precision
-        and (precision != "int8" or e.get("target") == "tensorrt"))
+        if e.kind == "segment" and e.precision == precision and e.only_on is None
+        and (precision != "int8" or e.target == "tensorrt"))
     if len(candidates) == 1:
         return candidates[0]
-    segments = ", ".join(f"{n} ({e.get('precision')}{'/' + e['target'] if e.get('target') else ''})"
-                         for n, e in sorted(manifest_graphs.items()) if e.get("kind") == "segment") or "none"
+    segments = ", ".join(f"{n} ({e.precision}{'/' + e.target if e.target else ''})"
+                         for n, e in sorted(manifest_graphs.items()) if e.kind == "segment") or "none"
     if not candidates:
         want = "int8 segment graph with target tensorrt" if precision == "int8" else f"{precision} segment graph"
         raise HrmEdgeError(f"{where}: no {want}; segment graphs: {segments}; re-export the bundle or pass --graph")
@@ -42,17 +43,9 @@ def select_segment_graph(manifest_graphs: dict[str, dict[str, Any]], precision: 
                        "choose one with --graph")
 
 
-def _manifest_shapes(entry: dict[str, Any]) -> dict[str, list[Any]] | None:
-    inputs = entry.get("inputs")
-    if not isinstance(inputs, dict) or not inputs:
-        return None
-    shapes = {}
-    for name, spec in inputs.items():
-        shape = spec.get("shape") if isinstance(spec, dict) else spec
-        if not isinstance(shape, list):
-            return None
-        shapes[name] = shape
-    return shapes
+def _manifest_shapes(entry: GraphEntry) -> dict[str, list[Any]] | None:
+    """{input name: shape} of a graph as its manifest entry records it (None when it records none)."""
+    return {name: list(spec.shape) for name, spec in entry.inputs.items()} or None
 
 
 @click.command("build")
@@ -83,12 +76,14 @@ def build(bundle: str, precision: str, target: str, batch_text: str | None, grap
     b = open_bundle(bundle)
     name = graph_name or select_segment_graph(b.graphs, precision, str(b.path))
     onnx_path = b.graph_path(name)
-    entry = b.graphs[name]
-    if entry.get("kind") != "segment":
-        raise HrmEdgeError(f"{b.path}: graph {name!r} is a {entry.get('kind')} graph; the TensorRT runtime runs "
+    entry = b.graph(name)
+    if entry.kind != "segment":
+        raise HrmEdgeError(f"{b.path}: graph {name!r} is a {entry.kind} graph; the TensorRT runtime runs "
                            "segment graphs")
-    if entry.get("precision") != precision:
-        raise HrmEdgeError(f"{b.path}: graph {name!r} is {entry.get('precision')}, not {precision}")
+    if entry.only_on is not None:
+        raise HrmEdgeError(f"{b.path}: graph {name!r} runs only on {entry.only_on}, not on TensorRT")
+    if entry.precision != precision:
+        raise HrmEdgeError(f"{b.path}: graph {name!r} is {entry.precision}, not {precision}")
     batch = parse_batch(batch_text) if batch_text else TARGETS[target].batch
     shapes = _manifest_shapes(entry)
     if print_trtexec:
@@ -122,7 +117,8 @@ def check_trt(path: str, trt_version: str, strict: bool, graph_names: tuple[str,
     """Check an ONNX file, or a bundle's graphs, for TensorRT without TensorRT or a GPU.
 
     Exits non-zero when a graph has errors. In a bundle, int8 graphs quantized for the CPU
-    (target other than tensorrt) are skipped unless named with --graph.
+    (target other than tensorrt) and graphs for one other runtime only (the fused CPU graph) are
+    skipped unless named with --graph.
     """
     from hrm_edge.runtimes.trt.check import check_report
 
@@ -134,10 +130,15 @@ def check_trt(path: str, trt_version: str, strict: bool, graph_names: tuple[str,
         b = open_bundle(p)
         names = list(graph_names) or sorted(b.graphs)
         for name in names:
-            entry = b.graphs.get(name, {})
-            if not graph_names and entry.get("precision") == "int8" and entry.get("target") != "tensorrt":
+            entry = b.graph(name)
+            skip = None
+            if entry.precision == "int8" and entry.target != "tensorrt":
+                skip = f"int8 graph for target {entry.target!r}, not for TensorRT"
+            elif entry.only_on is not None:
+                skip = f"runs only on {entry.only_on}, not on TensorRT"
+            if skip and not graph_names:
                 if not as_json:
-                    click.echo(f"skip {name}: int8 graph for target {entry.get('target')!r}, not for TensorRT")
+                    click.echo(f"skip {name}: {skip}")
                 continue
             targets.append((name, b.graph_path(name)))
     else:

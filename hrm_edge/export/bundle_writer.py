@@ -1,13 +1,17 @@
 """Write a deployable bundle from a checkpoint, atomically: graphs, manifest, initial carry and
 golden reference outputs. Everything is written into a temporary sibling directory that is
 renamed into place only when complete, so an interrupted export leaves nothing half-written.
+
+Graphs (`GraphSpec`): the portable standard-op graphs of `hrm_edge.export.graphs` (segment,
+K-unrolled, ACT loop, embed), and the fused CPU segment graph `segment.fp32-cpufused`: the segment
+graph taking x rewritten into ONNX Runtime contrib ops (`hrm_edge.export.fuse`, the bench's
+`ort-fp32-cpufused` row), listed with `only_on="ort-cpu"` and its embed graph `embed.fp32`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -22,24 +26,50 @@ import numpy as np
 
 from hrm_edge import __version__
 from hrm_edge.act import parse_policy, solve_in_batches
-from hrm_edge.bundle import CARRY_INIT, MANIFEST, REFERENCE, SCHEMA_VERSION, BundleError, remap_ids
+from hrm_edge.bundle import CARRY_INIT, REFERENCE, BundleError, remap_ids
 from hrm_edge.files import sha256_file
+from hrm_edge.manifest import (
+    MANIFEST,
+    ORT_CPU,
+    GraphEntry,
+    Halting,
+    Manifest,
+    ModelInfo,
+    PuzzleRows,
+    Reference,
+    SourceCheckpoint,
+    TaskInfo,
+    TensorSpec,
+    write_manifest,
+)
 from hrm_edge.model.checkpoint import Checkpoint
 from hrm_edge.puzzles.datasets import PuzzleSet
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One graph to export: kind "segment" | "unrolled" | "act_loop", precision "fp32" | "fp16"."""
+    """One graph to export: kind "segment" | "unrolled" | "act_loop" | "embed", precision "fp32" |
+    "fp16"; `cpu_fused`: the fp32 segment graph taking x, fused for ONNX Runtime's CPU EP (its embed
+    graph is exported with it)."""
 
     kind: str
     precision: str = "fp32"
     k: int | None = None
+    cpu_fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cpu_fused and (self.kind, self.precision) != ("segment", "fp32"):
+            raise BundleError(f"only the fp32 segment graph has a fused CPU form, not {self.kind} {self.precision}")
 
     @property
     def name(self) -> str:
-        stem = {"segment": "segment", "unrolled": f"unrolled{self.k}", "act_loop": "act_loop"}[self.kind]
-        return f"{stem}.{self.precision}"
+        stem = {"segment": "segment", "unrolled": f"unrolled{self.k}", "act_loop": "act_loop", "embed": "embed"}
+        return f"{stem[self.kind]}.{self.precision}{'-cpufused' if self.cpu_fused else ''}"
+
+    @property
+    def embed(self) -> GraphSpec | None:
+        """The embed graph this graph needs (the fused graph takes x), or None."""
+        return GraphSpec("embed", self.precision) if self.cpu_fused else None
 
 
 def library_versions() -> dict[str, str]:
@@ -74,16 +104,34 @@ def reference_outputs(ck: Checkpoint, golden: PuzzleSet, policy: str, max_steps:
             "step_q_continue": recorded.step_q_continue, "step_logits": recorded.step_logits}
 
 
+def _export_cpu_fused(ck: Checkpoint, path: Path, opset: int) -> dict[str, Any]:
+    """Write the fused CPU segment graph: the fp32 segment graph taking x, traced in memory and
+    rewritten by `fuse_model` (the bench's `ort-fp32-cpufused` construction); returns what was fused.
+    The standard-op checker refuses its contrib ops, so ONNX Runtime's CPU EP loads it instead."""
+    import onnx
+
+    from hrm_edge.export import graphs
+    from hrm_edge.export.fuse import fuse_model
+    from hrm_edge.runtimes.ort.loader import make_session
+
+    fused, report = fuse_model(graphs.segment_proto(ck.model, opset=opset, dtype="float32", embed_inside=False))
+    onnx.save(fused, str(path))
+    make_session(path, threads=1)
+    return report.to_dict()
+
+
 def _export_graph(ck: Checkpoint, spec: GraphSpec, path: Path, opset: int, max_steps: int,
                   exported: dict[str, Path]) -> None:
-    """Export one graph; unrolled and loop graphs are composed from the segment graph of the
-    same precision in `exported` (exported first when missing), so each weight is traced once."""
+    """Export one portable graph; unrolled and loop graphs are composed from the segment graph of
+    the same precision in `exported` (exported first when missing), so each weight is traced once."""
     from hrm_edge.export import graphs
 
     dtype = {"fp32": "float32", "fp16": "float16"}[spec.precision]
     segment = exported.get(f"segment.{spec.precision}")
     if spec.kind == "segment":
         graphs.export_segment(ck.model, path, opset=opset, dtype=dtype)
+    elif spec.kind == "embed":
+        graphs.export_embed(ck.model, path, opset=opset, dtype=dtype)
     elif spec.kind == "unrolled":
         graphs.export_unrolled(ck.model, path, k=spec.k, opset=opset, dtype=dtype, segment=segment)
     elif spec.kind == "act_loop":
@@ -92,20 +140,40 @@ def _export_graph(ck: Checkpoint, spec: GraphSpec, path: Path, opset: int, max_s
         raise BundleError(f"unknown graph kind {spec.kind!r}")
 
 
-def source_checkpoint(ck: Checkpoint) -> dict[str, Any]:
+def _graph_entry(spec: GraphSpec, path: Path, summary: dict[str, Any], fusion: dict[str, Any] | None,
+                 seconds: float) -> GraphEntry:
+    """The manifest entry of an exported graph (`summary`: `onnx_utils.graph_summary` of its file)."""
+    def tensors(items: list[dict[str, Any]]) -> dict[str, TensorSpec]:
+        return {t["name"]: TensorSpec(dtype=t["dtype"], shape=list(t["shape"])) for t in items}
+
+    inputs = tensors(summary["inputs"])
+    return GraphEntry(file=path.name, kind=spec.kind, precision=spec.precision, k=spec.k,
+                      only_on=ORT_CPU if spec.cpu_fused else None,
+                      embed_graph=spec.embed.name if spec.embed and "x" in inputs else None,
+                      opset=summary["opset"], inputs=inputs, outputs=tensors(summary["outputs"]),
+                      bytes=path.stat().st_size, op_types=summary["op_types"], fusion=fusion,
+                      export_seconds=round(seconds, 2))
+
+
+def _with_embed_graphs(specs: list[GraphSpec]) -> list[GraphSpec]:
+    """`specs` plus the embed graphs they need, segment graphs first (others compose from them)."""
+    out = list(dict.fromkeys([*specs, *(s.embed for s in specs if s.embed is not None)]))
+    return sorted(out, key=lambda sp: sp.kind != "segment")
+
+
+def source_checkpoint(ck: Checkpoint) -> SourceCheckpoint:
     """Provenance of the exported checkpoint; its path absolute, so `parity` and `bench` find it from any
     working directory."""
-    out = {k: ck.provenance.get(k) for k in ("format", "path", "sha256", "step")}
-    if out["path"]:
-        out["path"] = str(Path(out["path"]).resolve())
-    return out
+    path = ck.provenance.get("path")
+    return SourceCheckpoint(format=ck.provenance.get("format"), path=str(Path(path).resolve()) if path else None,
+                            sha256=ck.provenance.get("sha256"), step=ck.provenance.get("step"))
 
 
 def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
                  max_steps: int | None = None, opset: int = 18, force: bool = False,
                  keep_puzzle_ids: list[int] | None = None,
                  log: Callable[[str], None] = print,
-                 extra_steps: Callable[[Path, dict[str, Any], Checkpoint], None] | None = None) -> Path:
+                 extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None = None) -> Path:
     """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
 
     `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
@@ -127,26 +195,26 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
         full_rows = ck.config.num_puzzle_identifiers
         ck = dataclasses.replace(ck, model=prune_puzzle_embeddings(ck.model, keep_puzzle_ids))
         ck.config = ck.model.config
-        puzzle_rows = {"kept_original_ids": keep_puzzle_ids, "original_rows": full_rows}
+        puzzle_rows = PuzzleRows(kept_original_ids=list(keep_puzzle_ids), original_rows=full_rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         t_start = time.perf_counter()
-        graphs: dict[str, dict[str, Any]] = {}
+        graphs: dict[str, GraphEntry] = {}
         exported: dict[str, Path] = {}
-        for spec in sorted(specs, key=lambda sp: sp.kind != "segment"):
+        for spec in _with_embed_graphs(specs):
             t0 = time.perf_counter()
             path = tmp / f"{spec.name}.onnx"
             log(f"exporting {spec.name} ...")
-            _export_graph(ck, spec, path, opset, steps, exported)
+            fusion = None
+            if spec.cpu_fused:
+                fusion = _export_cpu_fused(ck, path, opset)
+            else:
+                _export_graph(ck, spec, path, opset, steps, exported)
+                check_graph(path)
             exported[spec.name] = path
-            check_graph(path)
             summary = graph_summary(path)
-            graphs[spec.name] = {"file": path.name, "kind": spec.kind, "precision": spec.precision, "k": spec.k,
-                                 "opset": summary["opset"], "inputs": summary["inputs"],
-                                 "outputs": summary["outputs"], "bytes": path.stat().st_size,
-                                 "op_types": summary["op_types"],
-                                 "export_seconds": round(time.perf_counter() - t0, 2)}
+            graphs[spec.name] = _graph_entry(spec, path, summary, fusion, time.perf_counter() - t0)
             log(f"  {spec.name}: {path.stat().st_size / 1e6:.2f} MB, {summary['node_count']} nodes, "
                 f"{time.perf_counter() - t0:.1f} s")
         h_init = ck.model.inner.H_init.detach().float().cpu().numpy()
@@ -154,27 +222,27 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
         np.savez(tmp / CARRY_INIT, H_init=h_init, L_init=l_init)
         log(f"running the PyTorch reference on {len(golden)} golden puzzles ...")
         np.savez_compressed(tmp / REFERENCE, **reference_outputs(ck, golden, policy, steps, keep_puzzle_ids))
-        manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": {"family": getattr(ck.config, "family", "hrm"), "config": ck.config.to_dict(),
-                      "parameters": ck.model.parameter_count(), "total_len": ck.config.total_len},
-            "task": {"name": ck.task, "seq_len": ck.config.seq_len, "vocab_size": ck.config.vocab_size},
-            "halting": {"default_policy": policy, "max_steps": steps},
-            "graphs": graphs,
-            "carry_init": CARRY_INIT,
-            "puzzle_rows": puzzle_rows,
-            "reference": {"file": REFERENCE, "puzzles": len(golden), "policy": policy, "max_steps": steps,
-                          "source": f"{golden.task} {golden.split}", "runtime": "torch cpu float32"},
-            "source_checkpoint": source_checkpoint(ck),
-            "card": ck.card,
-            "exporter": library_versions(),
-        }
+        manifest = Manifest(
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            model=ModelInfo(family=getattr(ck.config, "family", "hrm"), config=ck.config.to_dict(),
+                            parameters=ck.model.parameter_count(), total_len=ck.config.total_len),
+            task=TaskInfo(name=ck.task, seq_len=ck.config.seq_len, vocab_size=ck.config.vocab_size),
+            halting=Halting(default_policy=policy, max_steps=steps),
+            graphs=graphs,
+            carry_init=CARRY_INIT,
+            puzzle_rows=puzzle_rows,
+            reference=Reference(file=REFERENCE, puzzles=len(golden), policy=policy, max_steps=steps,
+                                source=f"{golden.task} {golden.split}", runtime="torch cpu float32"),
+            source_checkpoint=source_checkpoint(ck),
+            card=ck.card,
+            exporter=library_versions(),
+            where=str(tmp / MANIFEST),
+        )
         if extra_steps is not None:
             extra_steps(tmp, manifest, ck)
-        manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest["export_seconds"] = round(time.perf_counter() - t_start, 2)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        manifest.files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest.export_seconds = round(time.perf_counter() - t_start, 2)
+        write_manifest(manifest, tmp / MANIFEST)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)

@@ -71,10 +71,12 @@ import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+from hrm_edge.contract import INT8_TARGETS
 from hrm_edge.export.onnx_utils import check_graph, dedupe_initializers, graph_summary, set_metadata
+from hrm_edge.manifest import GraphEntry, Manifest
 from hrm_edge.parity import solved_metric
 
-TARGETS = ("cpu", "tensorrt")
+TARGETS = INT8_TARGETS
 PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "tensorrt": "tensorrt",
            "trt": "tensorrt"}
 WEIGHT_OPS = ("MatMul", "Gemm")
@@ -757,7 +759,7 @@ def _by_step(values: np.ndarray, steps: Sequence[int]) -> list[float]:
 # the bundle entry point
 
 
-def add_int8_graphs(bundle_tmp_dir: Path, manifest: dict[str, Any], ck: Any, calib: Any, *,
+def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: Any, *,
                     targets: Sequence[str] = ("cpu",), method: str = "minmax", calib_size: int = 1024,
                     per_channel: bool = True, search: bool = True, cache_dir: str | Path | None = None,
                     progress: bool = True, cpu_mode: str = "dynamic",
@@ -766,7 +768,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: dict[str, Any], ck: Any, cal
                     log: Callable[[str], None] | None = None) -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 
-    Reads `manifest["graphs"]["segment.fp32"]["file"]` from `bundle_tmp_dir`, writes the INT8 graph
+    Reads the manifest's `segment.fp32` graph file from `bundle_tmp_dir`, writes the INT8 graph
     of every target, adds their manifest entries (kind "segment", precision "int8", "target", the
     quantization settings, the float sites with their measured benefit, the calibration and the
     measured parity on the calibration puzzles under the bundle's halting policy) and writes
@@ -781,28 +783,29 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: dict[str, Any], ck: Any, cal
 
     bundle_tmp_dir = Path(bundle_tmp_dir)
     targets = list(dict.fromkeys(normalize_target(t) for t in targets))
-    fp32_entry = manifest["graphs"]["segment.fp32"]
-    fp32_path = bundle_tmp_dir / fp32_entry["file"]
-    halting = manifest.get("halting", {})
+    fp32_entry = manifest.graphs["segment.fp32"]
+    fp32_path = bundle_tmp_dir / fp32_entry.file
+    halting = manifest.halting
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=bundle_tmp_dir) as work:
         pipe = Int8Pipeline(fp32_path, ck, calib, work, method=method, calib_size=calib_size, per_channel=per_channel,
-                            smooth_alpha=smooth_alpha, policy=halting.get("default_policy", "q"),
-                            max_steps=halting.get("max_steps"), cache_dir=cache_dir, progress=progress, log=log,
-                            gptq=gptq)
+                            smooth_alpha=smooth_alpha, policy=halting.default_policy if halting else "q",
+                            max_steps=halting.max_steps if halting else None, cache_dir=cache_dir,
+                            progress=progress, log=log, gptq=gptq)
         builds = []
         for target in targets:
             name = graph_name(target)
             build = pipe.build(target, bundle_tmp_dir / f"{name}.onnx", mode=cpu_mode if target == "cpu" else None,
                                search=search, max_excluded_share=max_excluded_share, max_evals=max_evals,
                                excluded_weights=excluded_weights)
-            manifest["graphs"][name] = build.entry
             builds.append(build)
-        report = {"fp32_graph": fp32_entry["file"], "calibration_split": pipe.calib_source,
+        report = {"fp32_graph": fp32_entry.file, "calibration_split": pipe.calib_source,
                   "targets": {b.target: b.report for b in builds}}
         write_report(bundle_tmp_dir, report)
         for b in builds:
-            manifest["graphs"][graph_name(b.target)]["report"] = {"json": "quant_report.json",
-                                                                  "png": f"quant_report-{b.target}.png"}
+            name = graph_name(b.target)
+            entry = {**b.entry, "report": {"json": "quant_report.json", "png": f"quant_report-{b.target}.png"}}
+            manifest.graphs[name] = GraphEntry.from_dict(json.loads(json.dumps(entry, default=str)), manifest.where,
+                                                         f'graphs["{name}"]')
 
 
 __all__ = ["DEFAULT_SMOOTH_ALPHA", "MODES", "PRESETS", "TARGETS", "Int8Build", "Int8Pipeline", "QuantSettings",

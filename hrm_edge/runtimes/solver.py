@@ -1,8 +1,10 @@
 """Solve puzzles with one graph of a bundle on ONNX Runtime or TensorRT (no torch on this path).
 
-`solve_with_graph` picks the driver from the graph's kind: a segment graph runs under the
-shared ACT loop (`hrm_edge.act.run_act`), a K-unrolled graph checks halting every K segments,
-an `act_loop` graph runs the whole loop inside the graph.
+`GraphSolver` picks the driver from the graph's kind: a segment graph runs under the shared ACT
+loop (`hrm_edge.act.run_act`; a segment graph taking x runs with its embed graph, once per batch),
+a K-unrolled graph checks halting every K segments, an `act_loop` graph runs the whole loop
+inside the graph. `runnable_graphs` lists the graphs a runtime can run and `default_graph` picks
+the one `solve`, and every other command given no `--graph`, uses.
 """
 
 from __future__ import annotations
@@ -13,8 +15,53 @@ import numpy as np
 
 from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult, concat_results, solve_in_batches
 from hrm_edge.bundle import Bundle, BundleError
+from hrm_edge.manifest import ORT_CPU, GraphEntry
 
 RUNTIMES = ("ort", "trt")
+# Default graph per runtime, fastest first. ORT on the CPU EP: the INT8 CPU graph when the bundle
+# was exported with one, else the fused CPU graph (contrib ops; the bench's fastest fp32 row,
+# `ort-fp32-cpufused`), else the portable fp32 segment graph. ORT on a GPU EP: the portable graphs.
+# TensorRT: the fp16 segment graph.
+PREFERRED = {"ort-cpu": ("segment.int8-cpu", "segment.fp32-cpufused", "segment.fp32"),
+             "ort-gpu": ("segment.int8-cpu", "segment.fp32"), "trt": ("segment.fp16",)}
+
+
+def _ort_on_cpu(providers: Any) -> bool:
+    """ONNX Runtime with these providers (`loader.resolve_providers`) runs on its CPU EP."""
+    from hrm_edge.runtimes.ort.loader import CPU, resolve_providers
+
+    first = resolve_providers(providers)[0]
+    return (first[0] if isinstance(first, tuple) else first) == CPU
+
+
+def _target(runtime: str, providers: Any) -> str:
+    if runtime not in RUNTIMES:
+        raise BundleError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if runtime == "trt":
+        return "trt"
+    return "ort-cpu" if _ort_on_cpu(providers) else "ort-gpu"
+
+
+def _runs_on(entry: GraphEntry, target: str) -> bool:
+    if entry.kind == "embed" or (entry.only_on == ORT_CPU and target != "ort-cpu"):
+        return False
+    return target != "trt" or entry.kind == "segment"
+
+
+def runnable_graphs(bundle: Bundle, runtime: str = "ort", providers: Any = None) -> list[str]:
+    """Names of the graphs that solve puzzles on `runtime` (embed graphs excluded; TensorRT: segment
+    graphs; graphs fused for ONNX Runtime's CPU EP only there), in manifest order."""
+    target = _target(runtime, providers)
+    return [name for name, entry in bundle.graphs.items() if _runs_on(entry, target)]
+
+
+def default_graph(bundle: Bundle, runtime: str = "ort", providers: Any = None) -> str:
+    """The graph to run when none is named: the fastest the bundle has for this runtime (`PREFERRED`),
+    else its first runnable graph."""
+    runnable = runnable_graphs(bundle, runtime, providers)
+    if not runnable:
+        raise BundleError(f"{bundle.path}: no graph runs on {runtime}; graphs: {', '.join(bundle.graphs)}")
+    return next((g for g in PREFERRED[_target(runtime, providers)] if g in runnable), runnable[0])
 
 
 class GraphSolver:
@@ -22,15 +69,15 @@ class GraphSolver:
 
     def __init__(self, bundle: Bundle, graph: str, runtime: str = "ort", providers: Any = None,
                  threads: int | None = None, engine: str | None = None) -> None:
-        if runtime not in RUNTIMES:
-            raise BundleError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+        target = _target(runtime, providers)
         self.bundle, self.graph, self.runtime = bundle, graph, runtime
-        self.entry = bundle.graphs.get(graph)
-        if self.entry is None:
-            raise BundleError(f"{bundle.path}: no graph {graph!r}; available: {', '.join(sorted(bundle.graphs))}")
-        self.kind = self.entry["kind"]
+        self.entry = bundle.graph(graph)
+        self.kind = self.entry.kind
+        if self.entry.only_on == ORT_CPU and target != "ort-cpu":
+            raise BundleError(f"graph {graph!r} runs only on ONNX Runtime's CPU execution provider "
+                              "(fused contrib ops); choose another with --graph")
         h_init, l_init = bundle.carry_init()
-        total_len = int(bundle.manifest["model"]["total_len"])
+        total_len = bundle.manifest.model.total_len
         if runtime == "trt":
             if self.kind != "segment":
                 raise BundleError(f"the TensorRT runtime runs segment graphs; {graph!r} is a {self.kind} graph")
@@ -38,15 +85,21 @@ class GraphSolver:
 
             if engine is None:
                 raise BundleError("the TensorRT runtime needs an engine: build one with `hrm-edge build`")
+            if total_len is None:
+                raise BundleError(f"{bundle.manifest.where}: missing field 'model.total_len' (the carry length)")
             self._runner: Any = TrtSegmentRunner(load_engine(engine), h_init, l_init, total_len)
             return
         from hrm_edge.runtimes.ort import loader, runner
 
         self.session = loader.make_session(bundle.graph_path(graph), providers=providers, threads=threads)
+        embed = None
+        if self.entry.embed_graph is not None:
+            embed = loader.make_session(bundle.graph_path(self.entry.embed_graph), providers=providers,
+                                        threads=threads)
         if self.kind == "segment":
-            self._runner = runner.OrtSegmentRunner(self.session, h_init, l_init, total_len)
+            self._runner = runner.OrtSegmentRunner(self.session, h_init, l_init, total_len, embed_session=embed)
         elif self.kind == "unrolled":
-            self._runner = runner.OrtUnrolledRunner(self.session, h_init, l_init, total_len)
+            self._runner = runner.OrtUnrolledRunner(self.session, h_init, l_init, total_len, embed_session=embed)
         elif self.kind != "act_loop":
             raise BundleError(f"graph {graph!r} of kind {self.kind!r} cannot solve puzzles by itself")
 
@@ -73,4 +126,3 @@ class GraphSolver:
             else:
                 parts.append(runner.run_act_loop_graph(self.session, t, p, policy, max_steps))
         return concat_results(parts)
-

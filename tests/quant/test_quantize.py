@@ -12,6 +12,7 @@ which a per-tensor 8-bit activation scale cannot represent without zeroing the o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -343,30 +344,30 @@ def test_add_int8_graphs_writes_graphs_entries_and_report(built, calib, tmp_path
     for target in ("cpu", "tensorrt"):
         name = f"segment.int8-{target}"
         entry = b.graphs[name]
-        assert entry["kind"] == "segment" and entry["precision"] == "int8" and entry["target"] == target
-        assert entry["file"] == f"{name}.onnx" and (out / entry["file"]).is_file()
-        assert entry["calib_parity"]["passed"] and entry["calib_parity"]["data"].startswith("sudoku6 calib")
-        assert entry["quantization"]["per_channel"] and "float_sites" in entry["quantization"]
-        assert f"quant_report-{target}.png" in b.manifest["files"]
+        assert entry.kind == "segment" and entry.precision == "int8" and entry.target == target
+        assert entry.file == f"{name}.onnx" and (out / entry.file).is_file()
+        assert entry.calib_parity["passed"] and entry.calib_parity["data"].startswith("sudoku6 calib")
+        assert entry.quantization["per_channel"] and "float_sites" in entry.quantization
+        assert f"quant_report-{target}.png" in b.manifest.files
         res = GraphSolver(b, name).solve(golden.inputs, golden.puzzle_ids, parse_policy("q"), 3)
         np.testing.assert_array_equal(res.predictions, b.reference()["predictions"])
-    assert b.graphs["segment.int8-cpu"]["quantization"]["mode"] == "dynamic"
-    assert b.graphs["segment.int8-cpu"]["quantization"]["gptq"]
-    assert b.graphs["segment.int8-tensorrt"]["calibration"]["samples_per_step"]
+    assert b.graphs["segment.int8-cpu"].quantization["mode"] == "dynamic"
+    assert b.graphs["segment.int8-cpu"].quantization["gptq"]
+    assert b.graphs["segment.int8-tensorrt"].calibration["samples_per_step"]
     report = json.loads((out / "quant_report.json").read_text())
     sites = report["targets"]["tensorrt"]["sites"]
     assert sites and {"label", "error_full", "error_final", "loo_benefit", "error_final_by_step"} <= set(sites[0])
-    assert "quant_report.json" in b.manifest["files"]
+    assert "quant_report.json" in b.manifest.files
     # a second export reuses the calibration and the search
     again_dir = tmp_path / "again"
     again_dir.mkdir()
     (again_dir / "segment.fp32.onnx").write_bytes((out / "segment.fp32.onnx").read_bytes())
-    manifest = {"graphs": {"segment.fp32": dict(b.graphs["segment.fp32"])}, "halting": b.manifest["halting"]}
+    manifest = dataclasses.replace(b.manifest, graphs={"segment.fp32": b.graphs["segment.fp32"]})
     extra(again_dir, manifest, ck)
     assert C.calibration_runs() == runs + 3
-    again = manifest["graphs"]["segment.int8-tensorrt"]
-    assert again["calibration"]["cache_hit"] and again["quantization"]["search_cached"]
-    assert again["quantization"]["float_sites"] == b.graphs["segment.int8-tensorrt"]["quantization"]["float_sites"]
+    again = manifest.graphs["segment.int8-tensorrt"]
+    assert again.calibration["cache_hit"] and again.quantization["search_cached"]
+    assert again.quantization["float_sites"] == b.graphs["segment.int8-tensorrt"].quantization["float_sites"]
 
 
 def test_open_loop_score_includes_the_halting_margin(built, calib, tmp_path):
