@@ -18,12 +18,27 @@ from hrm_edge.bundle import Bundle, BundleError
 from hrm_edge.manifest import ORT_CPU, GraphEntry
 
 RUNTIMES = ("ort", "trt")
-# Default graph per runtime, fastest first. ORT on the CPU EP: the INT8 CPU graph when the bundle
-# was exported with one, else the fused CPU graph (contrib ops; the bench's fastest fp32 row,
+# Default graph per runtime, fastest first. ORT on the CPU EP: the INT8 CPU graph when it pays
+# (`int8_pays`), else the fused CPU graph (contrib ops; the bench's fastest fp32 row,
 # `ort-fp32-cpufused`), else the portable fp32 segment graph. ORT on a GPU EP: the portable graphs.
 # TensorRT: the fp16 segment graph.
 PREFERRED = {"ort-cpu": ("segment.int8-cpu", "segment.fp32-cpufused", "segment.fp32"),
              "ort-gpu": ("segment.int8-cpu", "segment.fp32"), "trt": ("segment.fp16",)}
+# An INT8 graph is a default only when at least this share of its quantization sites computes in
+# int8. Below it the graph buys size, not speed: measured on the shipped demos (docs/int8.md), the
+# graphs with 36/50 and 64/66 sites kept in float run 1.05-1.08x slower per segment than the fused
+# fp32 graph, while the one with every site in int8 runs at 0.72x.
+MIN_INT8_SHARE = 0.5
+
+
+def int8_pays(entry: GraphEntry) -> bool:
+    """Whether an INT8 graph computes most of its sites in int8 (`MIN_INT8_SHARE`); graphs of other
+    precisions, and INT8 graphs without a site count (dynamic quantization), pass."""
+    q = entry.quantization or {}
+    sites, in_float = q.get("sites"), q.get("float_sites") or []
+    if entry.precision != "int8" or not isinstance(sites, int) or sites <= 0:
+        return True
+    return 1 - len(in_float) / sites >= MIN_INT8_SHARE
 
 
 def _ort_on_cpu(providers: Any) -> bool:
@@ -56,12 +71,14 @@ def runnable_graphs(bundle: Bundle, runtime: str = "ort", providers: Any = None)
 
 
 def default_graph(bundle: Bundle, runtime: str = "ort", providers: Any = None) -> str:
-    """The graph to run when none is named: the fastest the bundle has for this runtime (`PREFERRED`),
-    else its first runnable graph."""
+    """The graph to run when none is named: the fastest the bundle has for this runtime (`PREFERRED`,
+    INT8 only where `int8_pays`), else its first runnable graph."""
     runnable = runnable_graphs(bundle, runtime, providers)
     if not runnable:
         raise BundleError(f"{bundle.path}: no graph runs on {runtime}; graphs: {', '.join(bundle.graphs)}")
-    return next((g for g in PREFERRED[_target(runtime, providers)] if g in runnable), runnable[0])
+    preferred = [g for g in PREFERRED[_target(runtime, providers)]
+                 if g in runnable and int8_pays(bundle.graph(g))]
+    return preferred[0] if preferred else runnable[0]
 
 
 class GraphSolver:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrm_edge.bundle import open_bundle
+from hrm_edge.bundle import Bundle, open_bundle
 from hrm_edge.errors import BundleError
+from hrm_edge.manifest import Manifest
 from hrm_edge.puzzles.codecs import get_codec
 from hrm_edge.runtimes.solver import GraphSolver, default_graph, runnable_graphs
 from tests.cli_helpers import run_cli
@@ -99,3 +100,18 @@ def test_check_trt_skips_the_graph_tensorrt_cannot_run(capsys, bundle):
     assert code == 0, err
     assert f"skip {FUSED}: runs only on ort-cpu, not on TensorRT" in out
     assert "segment.fp32.onnx: TensorRT 10.3: OK" in out and "embed.fp32.onnx: TensorRT 10.3: OK" in out
+
+
+def _int8_bundle(tmp_path: Path, float_sites: int) -> Bundle:
+    """The v1 INT8 manifest in tests/data with `float_sites` of its 50 sites kept in float."""
+    data = json.loads((Path(__file__).resolve().parents[1] / "data" / "manifest-v1-int8.json").read_text())
+    q = data["graphs"]["segment.int8-cpu"]["quantization"]
+    assert q["sites"] == 50
+    q["float_sites"] = [{"node": f"n{i}", "label": f"n{i}", "benefit": 0.0} for i in range(float_sites)]
+    return Bundle(tmp_path, Manifest.from_dict(data))
+
+
+@pytest.mark.parametrize(("float_sites", "chosen"), [(0, "segment.int8-cpu"), (24, "segment.int8-cpu"),
+                                                     (26, "segment.fp32"), (50, "segment.fp32")])
+def test_int8_graph_is_the_cpu_default_only_when_most_sites_compute_in_int8(tmp_path, float_sites, chosen):
+    assert default_graph(_int8_bundle(tmp_path, float_sites), "ort") == chosen
