@@ -13,7 +13,7 @@ class Runtime:
     """A runtime configuration: `name` as in the tables; `variant` segment | unrolled | loop."""
 
     name: str
-    engine: str  # torch | ort | openvino | tensorrt
+    engine: str  # torch | ort | bundle (`hrm-edge solve BUNDLE`'s path) | openvino | tensorrt
     precision: str  # fp32 | bf16 | int8
     graph: str = "-"  # torch: "-"; ort: standard | cpufused | int8 source
     variant: str = "segment"
@@ -29,6 +29,9 @@ def runtimes(unroll: int) -> dict[str, Runtime]:
         Runtime(f"ort-fp32-cpufused/unrolled{unroll}", "ort", "fp32", "cpufused", "unrolled"),
         Runtime("ort-fp32-cpufused/loop", "ort", "fp32", "cpufused", "loop"),
         Runtime("ort-fp32-cpufused@1t", "ort", "fp32", "cpufused", threads=1),
+        # What a user of a bundle gets: `hrm-edge solve BUNDLE` (GraphSolver on the bundle's default
+        # graph) on a bundle written by the product exporter, measured beside the rows above.
+        Runtime("solve-bundle", "bundle", "fp32", "default"),
         Runtime("ort-int8", "ort", "int8", "cpufused"),
         Runtime("ort-int8@1t", "ort", "int8", "cpufused", threads=1),
         Runtime("ort-int8-shipped", "ort", "int8", "shipped"),
@@ -40,7 +43,7 @@ def runtimes(unroll: int) -> dict[str, Runtime]:
     ]
     return {r.name: r for r in rts}
 
-QUICK_RUNTIMES = (BASELINE, "ort-fp32", "ort-fp32-cpufused", "ort-int8")
+QUICK_RUNTIMES = (BASELINE, "ort-fp32", "ort-fp32-cpufused", "solve-bundle", "ort-int8")
 
 
 @dataclasses.dataclass

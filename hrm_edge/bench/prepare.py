@@ -215,6 +215,9 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
     if "loop" in int8_variants:
         step("loop_int8", lambda: fuse_to(graphs.compose_act_loop(g["int8_std"], *carry(), embed=g["embed"]),
                                           g["loop_int8"]))
+    if "solve-bundle" in wants:
+        g["bundle"] = str(work / "bundle")
+        step("bundle", lambda: _export_bundle(ck, Path(g["bundle"])))
     if ort_x and "parity" not in prep:
         x = _parity_inputs(model, ck)
         prep["parity"] = {"fused_vs_standard": _parity(g["segx"], g["fused"], x)}
@@ -223,6 +226,16 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
                 prep["parity"][f"{key}_vs_standard"] = _parity(g["segx"], g[key], x)
         prep_file.write_text(json.dumps(prep, indent=2))
     return Model(name=name, checkpoint=path, config=cfg, task=ck.task, trained=trained, graphs=g, prep=prep)
+
+
+def _export_bundle(ck: Any, out: Path) -> dict[str, Any]:
+    """The bundle `hrm-edge export CKPT` writes by default (fp32 graphs, the fused CPU graph; no fp16,
+    which no CPU row runs), golden outputs of 8 validation puzzles."""
+    from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
+
+    specs = [GraphSpec("segment", "fp32"), GraphSpec("segment", "fp32", cpu_fused=True)]
+    write_bundle(ck, out, specs, puzzle_set(ck.task, 8), force=True, log=lambda m: None)
+    return {"graphs": sorted(p.name for p in out.glob("*.onnx"))}
 
 
 def takes_x(path: str) -> bool:

@@ -78,6 +78,8 @@ def _job(model: Model, rt: Runtime, batch: int, s: Settings, e2e: bool, n_puzzle
         "micro": {"seconds": s.micro_seconds, "min_iters": 2 if s.quick else 3, "max_iters": 400,
                   "warmup": 1 if s.quick else 2},
     }
+    if rt.engine == "bundle":
+        job["bundle"] = g["bundle"]
     if rt.engine == "ort":
         key = {("fp32", "standard"): "seg", ("fp32", "cpufused"): "fused", ("int8", "cpufused"): "int8",
                ("int8", "quantize-then-fuse"): "int8_qf", ("int8", "shipped"): "int8_shipped"}[(rt.precision, rt.graph)]

@@ -265,6 +265,34 @@ def _ort_driver(job: dict[str, Any]) -> _Driver:
     raise ValueError(f"unknown graph variant {variant!r}")
 
 
+class _SolverDriver(_Driver):
+    """`hrm-edge solve BUNDLE`'s path: GraphSolver on the bundle's default graph for ORT on the CPU."""
+
+    def __init__(self, solver: Any) -> None:
+        self.solver = solver
+        self.runner = solver.segment_runner
+
+    def setup_micro(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        self.runner.start(tokens, self.solver.bundle.model_puzzle_ids(puzzle_ids))
+
+    def segment_call(self) -> None:
+        self.runner.step()
+
+    def solve(self, tokens: np.ndarray, puzzle_ids: np.ndarray, policy: Any, max_steps: int) -> Any:
+        return self.solver.solve(tokens, puzzle_ids, policy, max_steps, batch_size=len(tokens))
+
+
+def _bundle_driver(job: dict[str, Any]) -> _Driver:
+    from hrm_edge.bundle import open_bundle
+    from hrm_edge.runtimes.solver import GraphSolver, default_graph
+
+    bundle = open_bundle(job["bundle"])
+    solver = GraphSolver(bundle, default_graph(bundle, "ort"), threads=job["threads"])
+    if solver.segment_runner is None:
+        raise ValueError(f"the bundle's default graph {solver.graph!r} is not a segment graph")
+    return _SolverDriver(solver)
+
+
 class RowsServer:
     """One runtime configuration, loaded once, measured in rounds on command (see `serve`).
 
@@ -274,7 +302,8 @@ class RowsServer:
     def __init__(self, job: dict[str, Any]) -> None:
         t_load = time.perf_counter()
         self.job = job
-        self.driver = _torch_driver(job) if job["runtime"] == "torch" else _ort_driver(job)
+        drivers = {"torch": _torch_driver, "bundle": _bundle_driver}
+        self.driver = drivers.get(job["runtime"], _ort_driver)(job)
         self.load_s = time.perf_counter() - t_load
         self.batch = job["batch"]
         self.pset = _puzzles(job["puzzles"])

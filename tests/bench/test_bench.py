@@ -119,3 +119,23 @@ def test_pauser_stops_and_resumes_matching_processes():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_solve_bundle_row_runs_the_exported_fused_graph_like_the_fused_row(tmp_path):
+    """The bench measures what `hrm-edge solve BUNDLE` runs: a bundle from the product exporter, its
+    default graph on ORT's CPU EP (the fused graph), beside the bench's own fused fp32 row."""
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", create_model(preset_config("sudoku-tiny")), "sudoku")
+    args = [str(ckpt), "--quick", "--out", str(tmp_path / "out"), "--puzzles", "4", "--no-profile",
+            "--runtime", "ort-fp32-cpufused", "--runtime", "solve-bundle"]
+    result = CliRunner().invoke(bench_cmd, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert "segment.fp32-cpufused.onnx" in data["models"][0]["prep"]["fuse"]["bundle"]["graphs"]
+    rows = {(r["runtime"], r["policy"]): r for r in data["rows"] if "seg_ms_p50" in r}
+    for policy in ("fixed", "q"):
+        bundle, fused = rows["solve-bundle", policy], rows["ort-fp32-cpufused", policy]
+        assert bundle["engine"] == "bundle" and bundle["seg_ms_p50"] > 0
+        assert bundle["mean_segments"] == fused["mean_segments"]
+        assert bundle["exact_accuracy"] == fused["exact_accuracy"]
+        assert bundle["segments_histogram"] == fused["segments_histogram"]
