@@ -150,7 +150,7 @@ def _from_dict(cls: Any, data: Any) -> Any:
     if family != cls.family:
         raise CheckpointError(f"config is for model family {_show(family)}, not {cls.family!r}")
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(_show(k) if not isinstance(k, str) else k for k in data if k not in fields)
+    unknown = sorted(_show(k) for k in data if k not in fields)
     if unknown:
         raise CheckpointError(f"config has unknown field(s): {', '.join(unknown)}")
     missing = sorted(n for n in ("seq_len", "vocab_size", "num_puzzle_identifiers") if n not in data)
