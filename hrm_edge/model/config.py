@@ -8,6 +8,9 @@ Field names match the public training code, so a config read from `all_config.ya
 `dataset.json` maps onto the dataclass one to one. Each config knows its `family`
 ("hrm" / "trm", a class constant); `to_dict` records it and `config_from_dict` picks the
 class from it (no key: "hrm", the format before TRM existed).
+Building a config checks every field's type and range (`INT_RANGES`, `FLOAT_RANGES`) and the
+size of the model it implies (`MAX_MODEL_ELEMENTS`), so a hostile or mistyped file is one
+`CheckpointError` line before anything is allocated.
 This module imports no torch: bundles and device runtimes read configs too.
 """
 
@@ -113,9 +116,14 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _check_heads(config: Any) -> None:
+    """Attention heads split hidden_size evenly, and RoPE rotates pairs of channels: an even head_dim."""
     if config.hidden_size % config.num_heads:
         raise CheckpointError(
             f"config: hidden_size {config.hidden_size} is not divisible by num_heads {config.num_heads}")
+    if config.pos_encodings == "rope" and config.head_dim % 2:
+        raise CheckpointError(
+            f"config: head_dim {config.head_dim} (hidden_size {config.hidden_size} / num_heads {config.num_heads}) "
+            "must be even for rope position encodings")
 
 
 def _check_size(config: HRMConfig | TRMConfig) -> None:
@@ -191,9 +199,9 @@ class HRMConfig:
     def __post_init__(self) -> None:
         _check_ints(self, INT_RANGES)
         _check_floats(self)
-        _check_heads(self)
         _check_choice("pos_encodings", self.pos_encodings, POS_ENCODINGS)
         _check_choice("forward_dtype", self.forward_dtype, FORWARD_DTYPES)
+        _check_heads(self)
         _check_size(self)
 
     @property

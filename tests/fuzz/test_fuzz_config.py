@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hrm_edge.errors import CheckpointError
@@ -73,6 +73,7 @@ small_configs = st.fixed_dictionaries(
 
 
 @given(data=small_configs)
+@example(data={"seq_len": 1, "vocab_size": 1, "num_puzzle_identifiers": 1, "hidden_size": 8})  # head_dim 1
 def test_model_elements_counts_every_weight_and_buffer_of_the_model(data):
     config = parses_or_refuses(config_from_dict, data)
     if config is not None:
@@ -119,6 +120,12 @@ def test_a_model_over_the_element_cap_is_refused_with_its_size():
 def test_a_wrong_type_or_range_is_one_line_naming_the_field(field, value, message):
     with pytest.raises(CheckpointError, match=message):
         preset_config("sudoku-tiny", **{field: value})
+
+
+def test_rope_with_an_odd_head_dim_is_refused():
+    with pytest.raises(CheckpointError, match=r"^config: head_dim 1 \(hidden_size 8 / num_heads 8\) must be even"):
+        preset_config("sudoku-tiny", hidden_size=8, num_heads=8, puzzle_emb_ndim=8)
+    assert preset_config("sudoku-tiny", hidden_size=8, num_heads=8, puzzle_emb_ndim=8, pos_encodings="learned")
 
 
 def test_an_integer_expansion_is_stored_as_a_float():
