@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (tests/fuzz): a modest run in the normal suite, a long one for `make fuzz`
+# (HRM_EDGE_FUZZ_PROFILE=fuzz). No deadline and no example database: CI's cores are shared, and
+# every failure prints the input that reproduces it.
+settings.register_profile("ci", max_examples=100, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=5_000, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HRM_EDGE_FUZZ_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,8 @@ from hrm_edge.model import create_model
 from hrm_edge.model.config import CONFIG_CLASSES, FAMILIES, HRM_ARCH_NAME, TRM_ARCH_NAME, HRMConfig, TRMConfig
 from hrm_edge.model.hrm import HRM
 from hrm_edge.model.trm import TRM
+from hrm_edge.puzzles.base import PuzzleError
+from hrm_edge.puzzles.codecs import get_codec
 
 FORMAT = "hrm-edge"
 FORMAT_VERSION = 1
@@ -84,10 +86,10 @@ def _references_code(path: Path) -> bool:
     """Whether the pickle names any global (class or function) torch's weights-only loader refused.
 
     Scans opcodes with pickletools (nothing is executed)."""
-    stream = _pickle_bytes(path)
-    if stream is None:
-        return False
     try:
+        stream = _pickle_bytes(path)
+        if stream is None:
+            return False
         return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE")
                    for op, _, _ in pickletools.genops(stream))
     except Exception:
@@ -106,8 +108,17 @@ def _torch_load(path: Path) -> Any:
                               ) from None
 
 
-def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the `_orig_mod.` (torch.compile) and `model.` (loss-head wrapper) prefixes."""
+def _check_names(state_dict: dict[Any, Any], where: Path | None) -> None:
+    """Every key of a state dict is a string (a pickle may hold any key); else CheckpointError."""
+    for key in state_dict:
+        if not isinstance(key, str):
+            raise CheckpointError(f"{where or 'checkpoint'}: weight name {_show(key)} is not a string")
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor], where: Path | None = None) -> dict[str, torch.Tensor]:
+    """Remove the `_orig_mod.` (torch.compile) and `model.` (loss-head wrapper) prefixes.
+    A key that is not a string raises CheckpointError (`where` names the file)."""
+    _check_names(state_dict, where)
     out = {}
     for key, value in state_dict.items():
         name = key
@@ -126,6 +137,44 @@ def guess_task(seq_len: int, vocab_size: int) -> str | None:
     if vocab_size == 6 and int(seq_len**0.5) ** 2 == seq_len:
         return f"maze:{int(seq_len**0.5)}"
     return None
+
+
+def _show(value: Any) -> str:
+    """repr of a value read from a file, cut to 40 characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _read_structured(path: Path, kind: str) -> Any:
+    """The parsed content of a JSON or YAML (`kind`) file; anything unreadable is one CheckpointError line."""
+    try:
+        text = path.read_text()
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+                              ) from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.msg})") from None
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of 5000 digits, nesting 10,000 deep
+        raise CheckpointError(f"{path}: not valid {kind} ({exc.__class__.__name__})") from None
+
+
+def _optional_dict(where: Path, meta: dict[str, Any], key: str) -> dict[str, Any]:
+    value = meta.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: {key!r} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _optional_str(where: Path, meta: dict[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CheckpointError(f"{where}: {key!r} must be a string, got {_show(value)}")
+    return value
 
 
 def _check_tensors(state_dict: dict[str, Any], where: Path) -> None:
@@ -177,8 +226,10 @@ def build_model(config: HRMConfig | TRMConfig, state_dict: dict[str, torch.Tenso
     mismatches name the key."""
     _check_tensors(state_dict, where)
     _check_family_of_keys(where, config.family, state_dict)
-    model = create_model(config)
-    expected = model.state_dict()
+    # Names and shapes from a model on the meta device (no memory); the real one is created only
+    # once every weight is known to fit, so its size is bounded by the file's.
+    with torch.device("meta"):
+        expected = create_model(config).state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing:
@@ -190,6 +241,7 @@ def build_model(config: HRMConfig | TRMConfig, state_dict: dict[str, torch.Tenso
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{where}: weight {key!r} has shape {tuple(state_dict[key].shape)}, "
                                   f"the config implies {tuple(tensor.shape)}")
+    model = create_model(config)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
@@ -211,27 +263,63 @@ def _find_official_file(path: Path) -> Path:
     raise CheckpointError(f"{path}: no step_<N>, checkpoint, *.pt or *.safetensors file in this directory")
 
 
-def _find_dataset_json(ckpt_dir: Path, data_path: str | None) -> Path | None:
+def _is_file(path: Path) -> bool:
+    """Path.is_file that is False, not an exception, for names the OS refuses (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _find_dataset_json(ckpt_dir: Path, data_path: Any) -> Path | None:
+    """dataset.json beside the checkpoint, in its train/, or under `data_path` (ignored unless a string)."""
     candidates = [ckpt_dir / "dataset.json", ckpt_dir / "train" / "dataset.json"]
-    if data_path:
+    if isinstance(data_path, str) and data_path:
         candidates += [Path(data_path) / "train" / "dataset.json", ckpt_dir / data_path / "train" / "dataset.json"]
-    return next((c for c in candidates if c.is_file()), None)
+    return next((c for c in candidates if _is_file(c)), None)
+
+
+def _dataset_int(ds_path: Path | None, dataset: dict[str, Any], key: str) -> int | None:
+    """An integer field of dataset.json, None when absent; any other type is a CheckpointError."""
+    value = dataset.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CheckpointError(f"{ds_path}: {key!r} must be an integer, got {_show(value)}")
+    return value
+
+
+def _weight_2d(file: Path, state_dict: dict[str, Any], key: str) -> torch.Tensor | None:
+    """The 2-D tensor `key` of a state dict (None when absent); any other value is a CheckpointError."""
+    value = state_dict.get(key)
+    if value is not None and not (isinstance(value, torch.Tensor) and value.ndim == 2):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise CheckpointError(f"{file}: weight {key!r} must be a 2-D tensor, got {shape}")
+    return value
+
+
+def _seq_len_of_task(task: str | None) -> int | None:
+    """seq_len of a task name's official encoding ("maze:15" -> 225), None for no or an unknown task."""
+    if task is None:
+        return None
+    try:
+        return get_codec(task).seq_len
+    except PuzzleError:
+        return None
 
 
 def _load_official(file: Path, seq_len: int | None, task: str | None) -> Checkpoint:
     cfg_path = file.parent / "all_config.yaml"
     if not cfg_path.is_file():
         raise CheckpointError(f"{file}: official checkpoint without all_config.yaml beside it ({cfg_path})")
-    try:
-        all_config = yaml.safe_load(cfg_path.read_text())
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"{cfg_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    arch = (all_config or {}).get("arch") if isinstance(all_config, dict) else None
+    all_config = _read_structured(cfg_path, "YAML")
+    arch = all_config.get("arch") if isinstance(all_config, dict) else None
     if not isinstance(arch, dict):
         raise CheckpointError(f"{cfg_path}: no 'arch:' section")
     name = arch.get("name")
-    if name is not None and name not in ARCH_FAMILIES:
-        raise CheckpointError(f"{cfg_path}: unsupported arch.name {name!r} (supported: {', '.join(ARCH_FAMILIES)})")
+    if name is not None and (not isinstance(name, str) or name not in ARCH_FAMILIES):
+        shown = repr(name) if isinstance(name, str) else _show(name)
+        raise CheckpointError(f"{cfg_path}: unsupported arch.name {shown} (supported: {', '.join(ARCH_FAMILIES)})")
     if name == TRM_REPO_HRM_ARCH_NAME and arch.get("mlp_t"):
         raise CheckpointError(f"{cfg_path}: arch {name!r} with mlp_t: true is not supported (its HRM "
                               "without mlp_t is)")
@@ -239,7 +327,7 @@ def _load_official(file: Path, seq_len: int | None, task: str | None) -> Checkpo
     raw = _torch_load(file)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file}: expected a state_dict, found a {type(raw).__name__}")
-    state_dict = strip_prefixes(raw)
+    state_dict = strip_prefixes(raw, file)
     if name is not None:
         family, family_from = ARCH_FAMILIES[name], "arch.name"
         _check_family_of_keys(file, family, state_dict)
@@ -249,11 +337,11 @@ def _load_official(file: Path, seq_len: int | None, task: str | None) -> Checkpo
             raise CheckpointError(f"{cfg_path}: no arch.name, and the weights have neither inner.H_level.* (HRM) "
                                   "nor inner.L_level.* (TRM) keys")
     cls = CONFIG_CLASSES[family]
-    emb = state_dict.get("inner.embed_tokens.embedding_weight")
+    emb = _weight_2d(file, state_dict, "inner.embed_tokens.embedding_weight")
     if emb is None:
         raise CheckpointError(f"{file}: checkpoint is missing weight 'inner.embed_tokens.embedding_weight'")
     vocab_size = int(emb.shape[0])
-    pz = state_dict.get("inner.puzzle_emb.weights")
+    pz = _weight_2d(file, state_dict, "inner.puzzle_emb.weights")
 
     data_path = all_config.get("data_path")
     if data_path is None and isinstance(all_config.get("data_paths"), list) and all_config["data_paths"]:
@@ -261,39 +349,38 @@ def _load_official(file: Path, seq_len: int | None, task: str | None) -> Checkpo
     ds_path = _find_dataset_json(file.parent, data_path)
     dataset: dict[str, Any] = {}
     if ds_path is not None:
-        try:
-            dataset = json.loads(ds_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{ds_path}: not valid JSON ({exc.msg})") from None
+        dataset = _read_structured(ds_path, "JSON")
+        if not isinstance(dataset, dict):
+            raise CheckpointError(f"{ds_path}: expected a JSON object, got {type(dataset).__name__}")
+    ds_seq, ds_vocab = _dataset_int(ds_path, dataset, "seq_len"), _dataset_int(ds_path, dataset, "vocab_size")
+    ds_ids = _dataset_int(ds_path, dataset, "num_puzzle_identifiers")
 
     field_names = {f.name for f in fields(cls)}
     arch_fields = {k: v for k, v in arch.items() if k in field_names}
     # The official default is 0 (no puzzle embedding); the table's width is the ground truth.
-    arch_fields.setdefault("puzzle_emb_ndim", int(pz.shape[1]) if pz is not None and pz.ndim == 2 else 0)
+    arch_fields.setdefault("puzzle_emb_ndim", int(pz.shape[1]) if pz is not None else 0)
     seq_weights = _seq_len_from_weights(cls, arch_fields, state_dict)
+    task_seq = _seq_len_of_task(task)
 
-    if "seq_len" in dataset:
-        seq, seq_from = int(dataset["seq_len"]), str(ds_path)
+    if ds_seq is not None:
+        seq, seq_from = ds_seq, str(ds_path)
     elif seq_len is not None:
         seq, seq_from = seq_len, "--seq-len"
     elif seq_weights is not None:
         seq, seq_from = seq_weights
-    elif task is not None and task.split(":")[0] in TASK_SHAPES:
-        seq = int(task.split(":")[1]) ** 2 if ":" in task else TASK_SHAPES[task][0]
-        seq_from = f"task preset {task!r}"
+    elif task_seq is not None:
+        seq, seq_from = task_seq, f"task preset {task!r}"
     else:
         raise CheckpointError(
             f"{file}: cannot tell seq_len: no dataset.json found (looked beside the checkpoint, in train/ "
             f"and under data_path {data_path!r}); pass --seq-len or --task")
-    if "vocab_size" in dataset and int(dataset["vocab_size"]) != vocab_size:
-        raise CheckpointError(f"{ds_path}: vocab_size {dataset['vocab_size']} disagrees with "
+    if ds_vocab is not None and ds_vocab != vocab_size:
+        raise CheckpointError(f"{ds_path}: vocab_size {ds_vocab} disagrees with "
                               f"inner.embed_tokens.embedding_weight rows ({vocab_size})")
-    num_ids = int(pz.shape[0]) if pz is not None else int(dataset.get("num_puzzle_identifiers", 1))
+    num_ids = int(pz.shape[0]) if pz is not None else (1 if ds_ids is None else ds_ids)
 
-    ignored = sorted(k for k in arch if k not in field_names and k not in _ARCH_META_FIELDS)
+    ignored = sorted(str(k) for k in arch if k not in field_names and k not in _ARCH_META_FIELDS)
     arch_fields.update(seq_len=seq, vocab_size=vocab_size, num_puzzle_identifiers=num_ids)
-    if "expansion" in arch_fields:
-        arch_fields["expansion"] = float(arch_fields["expansion"])
     config = cls.from_dict(arch_fields)
     model = build_model(config, state_dict, file)
     step = re.fullmatch(r"step_(\d+)", file.name)
@@ -319,9 +406,12 @@ def _seq_len_from_weights(cls: type[HRMConfig] | type[TRMConfig], arch_fields: d
     else:
         return None
     defaults = {f.name: f.default for f in fields(cls)}
-    hidden = int(arch_fields.get("hidden_size", defaults["hidden_size"]))
-    ndim = int(arch_fields["puzzle_emb_ndim"])
-    prefix = int(arch_fields.get("puzzle_emb_len", 0)) if cls is TRMConfig else 0
+    hidden = arch_fields.get("hidden_size", defaults["hidden_size"])
+    ndim = arch_fields["puzzle_emb_ndim"]
+    prefix = arch_fields.get("puzzle_emb_len", 0) if cls is TRMConfig else 0
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (hidden, ndim, prefix)) \
+            or hidden == 0:
+        return None  # the config check names the bad field
     if prefix == 0:  # HRM always, TRM when 0: ceil(puzzle_emb_ndim / hidden_size)
         prefix = -(-ndim // hidden)
     seq = int(w.shape[0]) - prefix
@@ -335,7 +425,7 @@ def _load_single_file(file: Path, task: str | None) -> Checkpoint:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file}: expected a dict, found a {type(raw).__name__}")
     if raw.get("format") != FORMAT:
-        if any(k.startswith(("_orig_mod.", "model.", "inner.")) for k in raw):
+        if any(isinstance(k, str) and k.startswith(("_orig_mod.", "model.", "inner.")) for k in raw):
             return _load_official(file, None, task)
         raise CheckpointError(f"{file}: not an hrm-edge checkpoint (no 'format': 'hrm-edge' entry)")
     version = raw.get("format_version")
@@ -345,14 +435,16 @@ def _load_single_file(file: Path, task: str | None) -> Checkpoint:
     for key in ("config", "state_dict"):
         if not isinstance(raw.get(key), dict):
             raise CheckpointError(f"{file}: hrm-edge checkpoint has no {key!r} dict")
-    family, family_from = _resolve_family(file, raw["state_dict"], raw.get("family"), raw["config"].get("family"))
+    state_dict = raw["state_dict"]
+    _check_names(state_dict, file)
+    family, family_from = _resolve_family(file, state_dict, raw.get("family"), raw["config"].get("family"))
     config = CONFIG_CLASSES[family].from_dict({k: v for k, v in raw["config"].items() if k != "family"})
-    model = build_model(config, raw["state_dict"], file)
-    provenance = dict(raw.get("provenance") or {})
+    provenance, card = _optional_dict(file, raw, "provenance"), _optional_dict(file, raw, "card")
+    saved_task = _optional_str(file, raw, "task")
+    model = build_model(config, state_dict, file)
     provenance.update(format="hrm-edge", family=family, family_from=family_from, path=str(file),
                       sha256=sha256_file(file))
-    return Checkpoint(model=model, config=config, task=task or raw.get("task"), provenance=provenance,
-                      card=dict(raw.get("card") or {}))
+    return Checkpoint(model=model, config=config, task=task or saved_task, provenance=provenance, card=card)
 
 
 def _load_safetensors(file: Path, task: str | None) -> Checkpoint:
@@ -362,26 +454,25 @@ def _load_safetensors(file: Path, task: str | None) -> Checkpoint:
     cfg_path = file.with_suffix(".json")
     if not cfg_path.is_file():
         raise CheckpointError(f"{file}: safetensors weights need a config {cfg_path.name} beside them")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc.msg})") from None
+    meta = _read_structured(cfg_path, "JSON")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(meta).__name__}")
     try:
         state_dict = load_file(str(file))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{file}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    state_dict = strip_prefixes(state_dict)
+    state_dict = strip_prefixes(state_dict, file)
     cfg = meta.get("config", meta)
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: 'config' is not a dict")
     family, family_from = _resolve_family(cfg_path, state_dict, meta.get("family"), cfg.get("family"))
     config = CONFIG_CLASSES[family].from_dict({k: v for k, v in cfg.items() if k != "family"})
+    provenance, card = _optional_dict(cfg_path, meta, "provenance"), _optional_dict(cfg_path, meta, "card")
+    saved_task = _optional_str(cfg_path, meta, "task")
     model = build_model(config, state_dict, file)
-    provenance = dict(meta.get("provenance") or {})
     provenance.update(format="safetensors", family=family, family_from=family_from, path=str(file),
                       sha256=sha256_file(file))
-    return Checkpoint(model=model, config=config, task=task or meta.get("task"), provenance=provenance,
-                      card=dict(meta.get("card") or {}))
+    return Checkpoint(model=model, config=config, task=task or saved_task, provenance=provenance, card=card)
 
 
 def load_checkpoint(path: str | Path, seq_len: int | None = None, task: str | None = None) -> Checkpoint:

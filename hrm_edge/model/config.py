@@ -8,6 +8,9 @@ Field names match the public training code, so a config read from `all_config.ya
 `dataset.json` maps onto the dataclass one to one. Each config knows its `family`
 ("hrm" / "trm", a class constant); `to_dict` records it and `config_from_dict` picks the
 class from it (no key: "hrm", the format before TRM existed).
+Building a config checks every field's type and range (`INT_RANGES`, `FLOAT_RANGES`) and the
+size of the model it implies (`MAX_MODEL_ELEMENTS`), so a hostile or mistyped file is one
+`CheckpointError` line before anything is allocated.
 This module imports no torch: bundles and device runtimes read configs too.
 """
 
@@ -36,28 +39,126 @@ def _swiglu_inter(expansion: float, width: int) -> int:
     return _round_up(round(expansion * width * 2 / 3), 256)
 
 
-def _check_positive(config: Any, names: tuple[str, ...]) -> None:
-    for name in names:
+# Inclusive range of each integer field. Wide enough for every published HRM/TRM config with room to
+# spare: the 27M Sudoku HRM (hidden 512, 8 heads, 4+4 layers, 2x2 cycles, 16 steps), the TRM papers'
+# models (2 layers, 3x6 cycles, 16 prefix positions), ARC (seq_len 900; one puzzle identifier per
+# augmented puzzle in the official builder, about 1M for ARC-1 with 1000 augmentations). A value
+# outside is a typo or a hostile file and is refused before anything is allocated.
+MAX_HALT_STEPS = 10_000  # ACT segments; also the sane bound for the CLI's --max-steps
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "seq_len": (1, 16_384),
+    "vocab_size": (1, 262_144),
+    "num_puzzle_identifiers": (1, 1 << 22),
+    "hidden_size": (1, 8_192),
+    "num_heads": (1, 512),
+    "H_layers": (1, 128),
+    "L_layers": (1, 128),
+    "H_cycles": (1, 128),
+    "L_cycles": (1, 128),
+    "puzzle_emb_ndim": (0, 16_384),
+    "halt_max_steps": (1, MAX_HALT_STEPS),
+    "batch_size": (1, 1 << 24),
+}
+# TRM: H_layers is ignored by the model (0 in the official config); puzzle_emb_len 0 means "derive".
+TRM_INT_RANGES: dict[str, tuple[int, int]] = {**INT_RANGES, "H_layers": (0, 128), "puzzle_emb_len": (0, 1_024)}
+# Range of each real-valued field: (low, high, whether low itself is allowed); high is always allowed.
+FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "expansion": (0.0, 64.0, False),
+    "rms_norm_eps": (0.0, 1.0, False),
+    "rope_theta": (0.0, 1e12, False),
+    "halt_exploration_prob": (0.0, 1.0, True),
+}
+# Elements of every weight and buffer a config implies (`model_elements`), at most 2**30: 4 GiB in
+# fp32. The largest real config, an ARC HRM (27M parameters plus a puzzle-embedding table of ~1M
+# identifiers x 512 = 0.5G elements), fits with 2x headroom. The cap is checked when the config is
+# built, so a config that would need tens of GB fails in microseconds instead of at allocation.
+MAX_MODEL_ELEMENTS = 1 << 30
+
+
+def _show(value: Any) -> str:
+    """repr of a config value for a one-line message, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_ints(config: Any, ranges: dict[str, tuple[int, int]]) -> None:
+    for name, (low, high) in ranges.items():
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"config field {name!r} must be a positive integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CheckpointError(f"config field {name!r} must be an integer, got {_show(value)} "
+                                  f"({type(value).__name__})")
+        if not low <= value <= high:
+            raise CheckpointError(f"config field {name!r} is {_show(value)}, allowed {low}..{high}")
+
+
+def _check_floats(config: Any) -> None:
+    """Each real-valued field is an int or float in its range; stored as a float."""
+    for name, (low, high, low_ok) in FLOAT_RANGES.items():
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise CheckpointError(f"config field {name!r} must be a number, got {_show(value)} "
+                                  f"({type(value).__name__})")
+        if not (low <= value if low_ok else low < value) or not value <= high:  # also refuses NaN
+            bracket = "[" if low_ok else "("
+            raise CheckpointError(f"config field {name!r} is {_show(value)}, allowed {bracket}{low:g}, {high:g}]")
+        object.__setattr__(config, name, float(value))
+
+
+def _check_bools(config: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not isinstance(getattr(config, name), bool):
+            raise CheckpointError(f"config field {name!r} must be true or false, got {_show(getattr(config, name))}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise CheckpointError(f"config field {name!r} must be one of {choices}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise CheckpointError(f"config field {name!r} must be one of {choices}, got {_show(value)}")
 
 
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+def _check_heads(config: Any) -> None:
+    """Attention heads split hidden_size evenly, and RoPE rotates pairs of channels: an even head_dim."""
+    if config.hidden_size % config.num_heads:
+        raise CheckpointError(
+            f"config: hidden_size {config.hidden_size} is not divisible by num_heads {config.num_heads}")
+    if config.pos_encodings == "rope" and config.head_dim % 2:
+        raise CheckpointError(
+            f"config: head_dim {config.head_dim} (hidden_size {config.hidden_size} / num_heads {config.num_heads}) "
+            "must be even for rope position encodings")
+
+
+def _check_size(config: HRMConfig | TRMConfig) -> None:
+    elements = model_elements(config)
+    if elements > MAX_MODEL_ELEMENTS:
+        raise CheckpointError(
+            f"config implies {elements:,} weight elements ({elements * 4 / 2**30:.1f} GiB in fp32), more than the "
+            f"{MAX_MODEL_ELEMENTS:,} (4 GiB) hrm-edge loads; check hidden_size, layers, vocab_size, seq_len "
+            "and num_puzzle_identifiers x puzzle_emb_ndim")
+
+
+def model_elements(config: HRMConfig | TRMConfig) -> int:
+    """Elements of every tensor a model of `config` holds: trainable parameters plus the buffers
+    (puzzle-embedding table [num_puzzle_identifiers, puzzle_emb_ndim], H_init and L_init [hidden],
+    RoPE cos/sin tables [total_len, head_dim]). Pure arithmetic: nothing is allocated."""
+    count = config.parameter_count() + 2 * config.hidden_size
+    if config.puzzle_emb_ndim > 0:
+        count += config.num_puzzle_identifiers * config.puzzle_emb_ndim
+    if config.pos_encodings == "rope":
+        count += 2 * config.total_len * config.head_dim
+    return count
+
+
+def _from_dict(cls: Any, data: Any) -> Any:
     """Build `cls` from a dict; unknown keys raise, so a typo never silently becomes a default.
 
     A "family" key is accepted when it names `cls`'s family."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"config must be a mapping of field names to values, got {type(data).__name__}")
     data = dict(data)
     family = data.pop("family", cls.family)
     if family != cls.family:
-        raise CheckpointError(f"config is for model family {family!r}, not {cls.family!r}")
+        raise CheckpointError(f"config is for model family {_show(family)}, not {cls.family!r}")
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(_show(k) for k in data if k not in fields)
     if unknown:
         raise CheckpointError(f"config has unknown field(s): {', '.join(unknown)}")
     missing = sorted(n for n in ("seq_len", "vocab_size", "num_puzzle_identifiers") if n not in data)
@@ -96,19 +197,12 @@ class HRMConfig:
     batch_size: int = 1  # training batch; meaningless at inference, kept for round trips
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size", "num_heads",
-                               "H_layers", "L_layers", "H_cycles", "L_cycles", "halt_max_steps"))
-        if self.puzzle_emb_ndim < 0:
-            raise CheckpointError(f"config field 'puzzle_emb_ndim' must be >= 0, got {self.puzzle_emb_ndim}")
-        if self.hidden_size % self.num_heads:
-            raise CheckpointError(
-                f"config: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.pos_encodings not in POS_ENCODINGS:
-            raise CheckpointError(
-                f"config field 'pos_encodings' must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
-        if self.forward_dtype not in FORWARD_DTYPES:
-            raise CheckpointError(
-                f"config field 'forward_dtype' must be one of {FORWARD_DTYPES}, got {self.forward_dtype!r}")
+        _check_ints(self, INT_RANGES)
+        _check_floats(self)
+        _check_choice("pos_encodings", self.pos_encodings, POS_ENCODINGS)
+        _check_choice("forward_dtype", self.forward_dtype, FORWARD_DTYPES)
+        _check_heads(self)
+        _check_size(self)
 
     @property
     def head_dim(self) -> int:
@@ -202,20 +296,13 @@ class TRMConfig:
     batch_size: int = 1  # training batch; meaningless at inference, kept for round trips
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size", "num_heads",
-                               "L_layers", "H_cycles", "L_cycles", "halt_max_steps"))
-        for name in ("H_layers", "puzzle_emb_ndim", "puzzle_emb_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CheckpointError(f"config field {name!r} must be an integer >= 0, got {value!r}")
-        for name in ("mlp_t", "no_ACT_continue"):
-            if not isinstance(getattr(self, name), bool):
-                raise CheckpointError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
+        _check_ints(self, TRM_INT_RANGES)
+        _check_floats(self)
+        _check_bools(self, ("mlp_t", "no_ACT_continue"))
         _check_choice("pos_encodings", self.pos_encodings, TRM_POS_ENCODINGS)
         _check_choice("forward_dtype", self.forward_dtype, FORWARD_DTYPES)
-        if (not self.mlp_t or self.pos_encodings == "rope") and self.hidden_size % self.num_heads:
-            raise CheckpointError(
-                f"config: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not self.mlp_t or self.pos_encodings == "rope":
+            _check_heads(self)
         if self.puzzle_emb_len == 0:  # the official rule for 0: ceil(puzzle_emb_ndim / hidden_size)
             object.__setattr__(self, "puzzle_emb_len", -(-self.puzzle_emb_ndim // self.hidden_size))
         if self.puzzle_emb_ndim == 0 and self.puzzle_emb_len > 0:
@@ -226,6 +313,7 @@ class TRMConfig:
             raise CheckpointError(
                 f"config: puzzle_emb_ndim {self.puzzle_emb_ndim} does not fit in puzzle_emb_len "
                 f"{self.puzzle_emb_len} x hidden_size {self.hidden_size}")
+        _check_size(self)
 
     @property
     def head_dim(self) -> int:
@@ -287,11 +375,16 @@ ModelConfig = HRMConfig | TRMConfig
 CONFIG_CLASSES: dict[str, type[HRMConfig] | type[TRMConfig]] = {"hrm": HRMConfig, "trm": TRMConfig}
 
 
-def config_from_dict(data: dict[str, Any]) -> HRMConfig | TRMConfig:
-    """An `HRMConfig` or `TRMConfig` chosen by the dict's "family" key ("hrm" when absent)."""
+def config_from_dict(data: Any) -> HRMConfig | TRMConfig:
+    """An `HRMConfig` or `TRMConfig` chosen by the dict's "family" key ("hrm" when absent).
+
+    Every field is checked for its type and range (`INT_RANGES`, `FLOAT_RANGES`) and the whole
+    model for its size (`MAX_MODEL_ELEMENTS`); any problem is one `CheckpointError` line."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"config must be a mapping of field names to values, got {type(data).__name__}")
     family = data.get("family", "hrm")
-    if family not in CONFIG_CLASSES:
-        raise CheckpointError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    if not isinstance(family, str) or family not in CONFIG_CLASSES:
+        raise CheckpointError(f"unknown model family {_show(family)}; known: {', '.join(FAMILIES)}")
     return CONFIG_CLASSES[family].from_dict(data)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hrm_edge.puzzles.base import Codec, PuzzleError, strip_comments, where
+from hrm_edge.puzzles.base import Codec, PuzzleError, parse_json, shown, strip_comments, where
 
 __all__ = [
     "ARC_MAX_SIZE",
@@ -62,7 +62,7 @@ def validate_grid(grid: Any, loc: str = "arc grid") -> np.ndarray:
             raise PuzzleError(f"{loc}: ragged rows: row {r + 1} has {len(row)} cells, row 1 has {width}")
         for c, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= 9:
-                raise PuzzleError(f"{loc}: colour {v!r} at row {r + 1}, column {c + 1} is not an integer 0..9")
+                raise PuzzleError(f"{loc}: colour {shown(v)} at row {r + 1}, column {c + 1} is not an integer 0..9")
     return np.array(grid, dtype=np.int64)
 
 
@@ -104,12 +104,12 @@ class ArcCodec(Codec):
         inputs) or a dict of tasks (all their test inputs). Otherwise the text is digit rows,
         blank lines separating grids, ``#`` lines ignored.
         """
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
+        data = _json_or_none(text)
         if data is not None:
-            return [json.dumps(g, separators=(",", ":")) for g in _grids_in(data)]
+            try:
+                return [json.dumps(g, separators=(",", ":")) for g in _grids_in(data)]
+            except RecursionError:  # a grid nested almost as deep as json.loads allows
+                raise PuzzleError("arc input: JSON nested too deeply") from None
         puzzles: list[str] = []
         rows: list[str] = []
         for line in [*strip_comments(text), ""]:
@@ -125,11 +125,7 @@ class ArcCodec(Codec):
         loc = where(self.task, index)
         stripped = text.strip()
         if stripped.startswith("["):
-            try:
-                grid = json.loads(stripped)
-            except ValueError as exc:
-                raise PuzzleError(f"{loc}: invalid JSON grid ({exc})") from None
-            return validate_grid(grid, loc)
+            return validate_grid(parse_json(stripped, f"{loc} grid"), loc)
         rows = []
         for r, line in enumerate(stripped.splitlines()):
             cells = line.replace(" ", "").replace(",", "")
@@ -212,12 +208,36 @@ class ArcCodec(Codec):
         return grid.shape == expected.shape and bool(np.array_equal(grid, expected))
 
 
-def _grids_in(data: Any) -> list[Any]:
-    """Grids found in parsed JSON: a grid, a list of grids, a task or a dict of tasks."""
+def _json_or_none(text: str) -> Any:
+    """The parsed JSON of ``text``, or None when it is not JSON (then it is digit rows)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise PuzzleError("arc input: JSON nested too deeply") from None
+    except ValueError:
+        return None
+
+
+def _test_inputs(task: dict[str, Any], what: str) -> list[Any]:
+    """The input grids of a task's "test" pairs (unvalidated); PuzzleError when they are not there."""
+    pairs = task["test"]
+    if not isinstance(pairs, list):
+        raise PuzzleError(f"{what}: 'test' must be a list of pairs, got {type(pairs).__name__}")
+    for k, pair in enumerate(pairs, start=1):
+        if not isinstance(pair, dict) or "input" not in pair:
+            raise PuzzleError(f"{what}: test pair {k} is not an object with an 'input' grid")
+    return [pair["input"] for pair in pairs]
+
+
+def _grids_in(data: Any, nested: bool = False) -> list[Any]:
+    """Grids found in parsed JSON: a grid, a list of grids, a task or a dict of tasks (`nested`:
+    one of those tasks, which must then be a task or a grid, never another dict of tasks)."""
     if isinstance(data, dict):
         if "test" in data:
-            return [pair["input"] for pair in data["test"]]
-        return [g for task in data.values() for g in _grids_in(task)]
+            return _test_inputs(data, "arc task")
+        if nested:
+            raise PuzzleError("arc JSON: a task in a dict of tasks has no 'test' list")
+        return [g for task in data.values() for g in _grids_in(task, nested=True)]
     is_list_of_lists = isinstance(data, list) and bool(data) and all(isinstance(x, list) for x in data)
     if is_list_of_lists and all(isinstance(y, list) for x in data for y in x):
         return list(data)  # a list of grids
@@ -232,21 +252,36 @@ def load_arc_tasks(path: str | Path) -> dict[str, dict]:
     """
     p = Path(path)
     if p.is_dir():
-        tasks = {f.stem: json.loads(f.read_text()) for f in sorted(p.glob("*.json"))}
+        tasks = {f.stem: _read_json(f) for f in sorted(p.glob("*.json"))}
     else:
-        data = json.loads(p.read_text())
+        data = _read_json(p)
         tasks = {p.stem: data} if isinstance(data, dict) and "train" in data else data
     if not isinstance(tasks, dict):
         raise PuzzleError(f"{p}: expected a JSON object of ARC tasks")
     for task_id, task in tasks.items():
-        if not isinstance(task, dict) or "test" not in task:
+        if not isinstance(task, dict) or not isinstance(task.get("test"), list):
             raise PuzzleError(f"{p}: task {task_id!r} has no 'test' list")
         for split in ("train", "test"):
-            for k, pair in enumerate(task.get(split, []), start=1):
+            pairs = task.get(split, [])
+            if not isinstance(pairs, list):
+                raise PuzzleError(f"{p}: task {task_id!r} {split!r} is not a list of pairs")
+            for k, pair in enumerate(pairs, start=1):
+                loc = f"arc task {task_id} {split} pair {k}"
+                if not isinstance(pair, dict) or "input" not in pair:
+                    raise PuzzleError(f"{p}: {loc} is not an object with an 'input' grid")
                 for side in ("input", "output"):
                     if side in pair:
-                        validate_grid(pair[side], f"arc task {task_id} {split} pair {k} {side}")
+                        validate_grid(pair[side], f"{loc} {side}")
     return tasks
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; unreadable files and bad JSON are one PuzzleError line."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PuzzleError(f"{path}: cannot read ({type(exc).__name__})") from None
+    return parse_json(text, str(path))
 
 
 def iter_test_pairs(tasks: dict[str, dict]) -> Iterator[tuple[str, int, Grid, Grid | None]]:

@@ -9,16 +9,19 @@ only numpy and the standard library, so it runs on devices without torch.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+
+from hrm_edge.errors import HrmEdgeError
 
 __all__ = ["Codec", "PuzzleError"]
 
 
-
-class PuzzleError(ValueError):
-    """A puzzle (or a token array claiming to be one) is malformed.
+class PuzzleError(HrmEdgeError, ValueError):
+    """A puzzle, a puzzle file or a task name (or a token array claiming to be a puzzle) is malformed.
 
     The message is always a single line that names what is wrong and where,
     e.g. ``"sudoku puzzle 3: expected 81 cells, got 80"``.
@@ -26,6 +29,23 @@ class PuzzleError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for naming user input in a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_json(text: str, what: str) -> Any:
+    """``json.loads`` whose every failure is one PuzzleError line naming ``what``: bad syntax, an
+    integer of more than 4300 digits (ValueError), nesting deeper than the interpreter's stack."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise PuzzleError(f"{what}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise PuzzleError(f"{what}: invalid JSON ({exc})") from None
 
 
 def where(task: str, index: int | None) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hrm_edge.puzzles.arc import ArcCodec
-from hrm_edge.puzzles.base import Codec, PuzzleError
+from hrm_edge.puzzles.base import Codec, PuzzleError, shown
 from hrm_edge.puzzles.maze import MAX_MAZE_SIZE, MIN_MAZE_SIZE, MazeCodec
 from hrm_edge.puzzles.sudoku import SudokuCodec
 
@@ -26,11 +26,14 @@ def get_codec(task: str) -> Codec:
         return MazeCodec(30)
     if name.startswith("maze:"):
         size_text = name.split(":", 1)[1]
-        if not size_text.isdigit() or not MIN_MAZE_SIZE <= int(size_text) <= MAX_MAZE_SIZE:
+        # ASCII digits only, at most 4: str.isdigit() also admits '²' (int() refuses it) and int() refuses
+        # more than 4300 digits.
+        if not (size_text.isascii() and size_text.isdigit() and len(size_text) <= 4) \
+                or not MIN_MAZE_SIZE <= int(size_text) <= MAX_MAZE_SIZE:
             raise PuzzleError(
-                f"task {task!r}: maze size must be an integer {MIN_MAZE_SIZE}..{MAX_MAZE_SIZE}, e.g. 'maze:15'"
+                f"task {shown(task)}: maze size must be an integer {MIN_MAZE_SIZE}..{MAX_MAZE_SIZE}, e.g. 'maze:15'"
             )
         return MazeCodec(int(size_text))
     if name == "arc":
         return ArcCodec()
-    raise PuzzleError(f"unknown task {task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+    raise PuzzleError(f"unknown task {shown(task)}; known tasks: {', '.join(KNOWN_TASKS)}")

@@ -15,7 +15,6 @@ data format, and its ``files`` map gives the sha256 of every file, checked on lo
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from hrm_edge.files import sha256_file
 from hrm_edge.puzzles.arc import ArcCodec
-from hrm_edge.puzzles.base import Codec, PuzzleError
+from hrm_edge.puzzles.base import Codec, PuzzleError, parse_json, shown
 from hrm_edge.puzzles.codecs import get_codec
 from hrm_edge.puzzles.maze import MazeCodec
 from hrm_edge.puzzles.sudoku import SudokuCodec
@@ -131,10 +130,18 @@ def format_maze_pair(codec: MazeCodec, maze: np.ndarray, label: np.ndarray) -> s
 
 
 # ---------------------------------------------------------------- readers
+def _read_text(path: Path) -> str:
+    """A set file's text; unreadable or non-UTF-8 files are one PuzzleError line."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PuzzleError(f"{path}: cannot read ({type(exc).__name__})") from None
+
+
 def _read_sudoku(codec: SudokuCodec, path: Path) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     inputs: list[np.ndarray] = []
     labels: list[np.ndarray | None] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = line.split()
@@ -161,7 +168,7 @@ def _read_maze(codec: MazeCodec, path: Path) -> tuple[list[np.ndarray], list[np.
             right.clear()
 
     n = codec.size
-    for line in path.read_text().split("\n"):
+    for line in _read_text(path).split("\n"):
         is_data = len(line) == 2 * n + 1 and line[n] == "|"
         if line.startswith("#") and not is_data:
             continue
@@ -178,11 +185,15 @@ def _read_maze(codec: MazeCodec, path: Path) -> tuple[list[np.ndarray], list[np.
 
 
 def _read_arc(codec: ArcCodec, path: Path) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str]]:
-    entries = json.loads(path.read_text())
+    entries = parse_json(_read_text(path), str(path))
+    if not isinstance(entries, list):
+        raise PuzzleError(f"{path}: expected a JSON list of puzzles, got {type(entries).__name__}")
     inputs: list[np.ndarray] = []
     labels: list[np.ndarray | None] = []
     names: list[str] = []
     for k, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or "input" not in entry:
+            raise PuzzleError(f"{path}: puzzle {k} is not an object with an 'input' grid")
         inputs.append(codec.encode_grid(entry["input"], index=k))
         out = entry.get("output")
         labels.append(None if out is None else codec.encode_grid(out, index=k))
@@ -190,11 +201,45 @@ def _read_arc(codec: ArcCodec, path: Path) -> tuple[list[np.ndarray], list[np.nd
     return inputs, labels, names
 
 
+def _file_name(manifest_path: Path, entry: dict[str, Any], key: str) -> str:
+    """A split's data or meta file name: a plain name inside the set's directory, never a path."""
+    name = entry.get(key)
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise PuzzleError(f"{manifest_path}: split {key!r} must name a file in the set's directory, got {shown(name)}")
+    return name
+
+
+def _meta_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``<split>.meta.jsonl`` file, one per non-blank line."""
+    meta = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if line.strip():
+            item = parse_json(line, f"{path.name} line {lineno}")
+            if not isinstance(item, dict):
+                raise PuzzleError(f"{path.name} line {lineno}: expected a JSON object, got {type(item).__name__}")
+            meta.append(item)
+    return meta
+
+
+def _meta_ints(path: Path, meta: list[dict[str, Any]], key: str) -> list[int]:
+    """Each puzzle's integer ``key`` (-1 when absent); anything but an integer is a PuzzleError."""
+    values = []
+    for lineno, item in enumerate(meta, start=1):
+        value = item.get(key, -1)
+        if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < 2**62:
+            raise PuzzleError(f"{path.name} entry {lineno}: {key!r} must be an integer >= -1, got {shown(value)}")
+        values.append(value)
+    return values
+
+
 def _verify(directory: Path, manifest: dict[str, Any], name: str) -> Path:
     path = directory / name
-    want = manifest.get("files", {}).get(name)
+    files = manifest.get("files", {})
+    want = files.get(name) if isinstance(files, dict) else None
     if want is None:
         raise PuzzleError(f"{directory / MANIFEST_NAME}: no sha256 listed for {name}")
+    if not isinstance(want, str):
+        raise PuzzleError(f"{directory / MANIFEST_NAME}: the sha256 of {name} is not a string")
     if not path.is_file():
         raise PuzzleError(f"{path}: file listed in the manifest is missing")
     got = sha256_file(path)
@@ -222,24 +267,33 @@ def load_puzzle_set(path: str | Path, split: str | None = None) -> PuzzleSet:
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
         raise PuzzleError(f"{directory}: no {MANIFEST_NAME}")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = parse_json(_read_text(manifest_path), str(manifest_path))
+    if not isinstance(manifest, dict):
+        raise PuzzleError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
     splits = manifest.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(k, str) for k in splits):
+        raise PuzzleError(f"{manifest_path}: 'splits' must be an object of split names")
     if split not in splits:
         raise PuzzleError(f"{manifest_path}: no split {split!r}; splits: {', '.join(sorted(splits))}")
     entry = splits[split]
+    if not isinstance(entry, dict):
+        raise PuzzleError(f"{manifest_path}: split {split!r} must be an object with 'file' and 'meta'")
+    if not isinstance(manifest.get("task"), str):
+        raise PuzzleError(f"{manifest_path}: 'task' must be a task name such as 'sudoku', got "
+                          f"{shown(manifest.get('task'))}")
     codec = get_codec(manifest["task"])
-    data_path = _verify(directory, manifest, entry["file"])
-    meta_path = _verify(directory, manifest, entry["meta"])
-    meta = [json.loads(line) for line in meta_path.read_text().splitlines() if line.strip()]
+    data_path = _verify(directory, manifest, _file_name(manifest_path, entry, "file"))
+    meta_path = _verify(directory, manifest, _file_name(manifest_path, entry, "meta"))
+    meta = _meta_lines(meta_path)
 
     if isinstance(codec, SudokuCodec):
         inputs, labels = _read_sudoku(codec, data_path)
         names = [str(m.get("id", i)) for i, m in enumerate(meta)]
-        difficulty = [int(m.get("level", -1)) for m in meta]
+        difficulty = _meta_ints(meta_path, meta, "level")
     elif isinstance(codec, MazeCodec):
         inputs, labels = _read_maze(codec, data_path)
         names = [str(m.get("id", i)) for i, m in enumerate(meta)]
-        difficulty = [int(m.get("path_len", -1)) for m in meta]
+        difficulty = _meta_ints(meta_path, meta, "path_len")
     else:
         assert isinstance(codec, ArcCodec)
         inputs, labels, names = _read_arc(codec, data_path)
