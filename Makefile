@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 DEMO    ?= checkpoints/sudoku6-demo
 
-.PHONY: install test lint bench gpu-test demo clean
+.PHONY: install test lint bench gpu-test demo fuzz clean
 
 $(BIN)/hrm-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,9 +25,13 @@ demo: install
 bench: install
 	$(BIN)/hrm-edge bench --out bench/results
 
+# Property-based fuzzing of the input readers (tests/fuzz) with ~5,000 examples per property: minutes.
+fuzz: install
+	HRM_EDGE_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
+
 # No `install` prerequisite: GPU machines bring their own CUDA torch and may have no network.
 gpu-test:
 	bash scripts/gpu_test.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
