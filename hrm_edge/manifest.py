@@ -8,10 +8,16 @@ field's type and allowed values and raise `BundleError` with one line naming the
 Shapes of a graph's tensors (`TensorSpec.shape`) hold ints, dimension names ("batch") or None.
 Top-level fields that only some commands need (`halting`, `reference`, ...) may be absent: a
 TensorRT build needs only the graphs; `need_reference` / `need_halting` name them when missing.
+
+The reader is the first line of a bundle's defence: every size a bundle reader allocates from is
+capped (`MAX_*` below) before anything is allocated, and every file name is a plain name inside the
+bundle directory (`FILE_NAME`). `manifest_digest` is the bundle's identity: one sha256 over the
+canonical JSON of the manifest, which holds every other file's sha256 (`hrm_edge.bundle`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,6 +29,23 @@ from hrm_edge.errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# The detached Ed25519 signature of the manifest digest (`hrm_edge.signing`); not listed in `files`.
+SIGNATURE = "manifest.sig"
+
+# Caps, checked by the reader before any reader of a bundle allocates from these fields.
+MAX_MANIFEST_BYTES = 64 << 20  # manifest.json itself
+MAX_SEGMENTS = 1024  # halting.max_steps, reference.max_steps, graphs[].k (HRM/TRM train with 16)
+MAX_DIM = 1 << 20  # one tensor dimension, seq_len, vocab_size, total_len
+MAX_RANK = 8  # dimensions of one tensor
+MAX_TENSORS = 64  # inputs or outputs of one graph
+MAX_GRAPHS = 64
+MAX_FILES = 256
+MAX_REFERENCE_PUZZLES = 4096
+MAX_REFERENCE_BYTES = 1 << 30  # reference.npz's largest array, step_logits fp32 [T, N, S, V]
+MAX_PUZZLE_ROWS = 1 << 24  # puzzle_rows: original rows and ids kept
+# A file of the bundle: a plain name inside the bundle directory (no path separator, no "..", no
+# leading dot, no absolute path), at most 255 characters.
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 
 # `GraphEntry.only_on`: the one runtime a graph runs on. "ort-cpu": ONNX Runtime's CPU execution
 # provider only (the graph uses com.microsoft contrib ops; `hrm_edge.export.fuse`).
@@ -67,11 +90,27 @@ class _Fields:
     def text(self, key: str, required: bool = True) -> Any:
         return self.typed(key, (str,), required)
 
-    def integer(self, key: str, required: bool = True, minimum: int | None = None) -> Any:
+    def integer(self, key: str, required: bool = True, minimum: int | None = None, maximum: int | None = None) -> Any:
         value = self.typed(key, (int,), required)
         if value is not None and minimum is not None and value < minimum:
             self.fail(key, f"is {value}, below {minimum}")
+        if value is not None and maximum is not None and value > maximum:
+            self.fail(key, f"is {value}, above the cap {maximum}")
         return value
+
+    def boolean(self, key: str, required: bool = True) -> Any:
+        return self.typed(key, (bool,), required)
+
+    def file_name(self, key: str, required: bool = True) -> Any:
+        """A file of the bundle (`FILE_NAME`): a plain name inside the bundle directory."""
+        value = self.text(key, required)
+        if value is not None:
+            check_file_name(value, lambda message: self.fail(key, message))
+        return value
+
+    def capped(self, key: str, items: Any, cap: int) -> None:
+        if items is not None and len(items) > cap:
+            self.fail(key, f"has {len(items)} entries, above the cap {cap}")
 
     def number(self, key: str, required: bool = True) -> Any:
         return self.typed(key, (int, float), required)
@@ -99,6 +138,26 @@ class _Fields:
         return value
 
 
+def check_file_name(name: str, fail: Any) -> None:
+    """Call `fail(message)` unless `name` is a plain file name of the bundle (`FILE_NAME`) other than
+    the manifest and its signature."""
+    if not FILE_NAME.fullmatch(name):
+        fail(f"is {name!r}, not a plain file name inside the bundle (letters, digits, '.', '_', '+', '-'; "
+             "no path separator, no leading dot)")
+    if name in (MANIFEST, SIGNATURE):
+        fail(f"is {name!r}, which the bundle never lists")
+
+
+def canonical_json(data: Any) -> bytes:
+    """The canonical form of a JSON value: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def manifest_digest(data: Any) -> str:
+    """The bundle's identity, "sha256:<64 hex>": sha256 of the manifest's canonical JSON."""
+    return "sha256:" + hashlib.sha256(canonical_json(data)).hexdigest()
+
+
 # ----------------------------------------------------------------------------------------------
 # parts
 
@@ -116,6 +175,9 @@ class TensorSpec:
         shape = f.typed("shape", (list,), True)
         if any(d is not None and (isinstance(d, bool) or not isinstance(d, (int, str))) for d in shape):
             f.fail("shape", f"must hold integers, names or null, not {shape!r}")
+        f.capped("shape", shape, MAX_RANK)
+        if any(isinstance(d, int) and not 0 <= d <= MAX_DIM for d in shape):
+            f.fail("shape", f"has a dimension outside 0..{MAX_DIM}: {shape!r}")
         return cls(dtype=f.text("dtype"), shape=list(shape))
 
 
@@ -124,6 +186,7 @@ def _read_tensors(f: _Fields, key: str) -> dict[str, TensorSpec]:
     value = f.typed(key, (list, dict), False)
     if value is None:
         return {}
+    f.capped(key, value, MAX_TENSORS)
     if isinstance(value, dict):
         return {n: TensorSpec.read(v, f.where, f"{f.name(key)}.{n}") for n, v in value.items()}
     out = {}
@@ -183,14 +246,17 @@ class GraphEntry:
         op_types = f.obj("op_types", False)
         if op_types is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in op_types.values()):
             f.fail("op_types", "must map op types to integer counts")
-        return cls(file=f.text("file"), kind=kind, precision=f.choice("precision", PRECISIONS),
+        report = f.text_map("report", False)
+        for key, name in (report or {}).items():
+            check_file_name(name, lambda message, key=key: f.fail(f"report.{key}", message))
+        return cls(file=f.file_name("file"), kind=kind, precision=f.choice("precision", PRECISIONS),
                    target=f.choice("target", INT8_TARGETS, False), only_on=f.choice("only_on", ONLY_ON, False),
-                   embed_graph=f.text("embed_graph", False), k=f.integer("k", kind == "unrolled", 1),
+                   embed_graph=f.text("embed_graph", False), k=f.integer("k", kind == "unrolled", 1, MAX_SEGMENTS),
                    opset=f.integer("opset", False, 1), inputs=_read_tensors(f, "inputs"),
                    outputs=_read_tensors(f, "outputs"), bytes=f.integer("bytes", False, 0), op_types=op_types,
                    fusion=f.obj("fusion", False), quantization=f.obj("quantization", False),
                    calibration=f.obj("calibration", False), calib_parity=f.obj("calib_parity", False),
-                   export_seconds=f.number("export_seconds", False), report=f.text_map("report", False))
+                   export_seconds=f.number("export_seconds", False), report=report)
 
     def to_dict(self) -> dict[str, Any]:
         return _without_none({
@@ -214,8 +280,11 @@ class ModelInfo:
 
     @classmethod
     def read(cls, f: _Fields) -> ModelInfo:
-        return cls(config=f.obj("config"), family=f.text("family", False), parameters=f.integer("parameters", False, 0),
-                   total_len=f.integer("total_len", False, 1))
+        config = f.sub("config")
+        for key in ("seq_len", "vocab_size", "hidden_size"):  # what the bundle side sizes arrays by
+            config.integer(key, False, 1, MAX_DIM)
+        return cls(config=config.data, family=f.text("family", False),
+                   parameters=f.integer("parameters", False, 0), total_len=f.integer("total_len", False, 1, MAX_DIM))
 
     def to_dict(self) -> dict[str, Any]:
         return _without_none({"family": self.family, "config": self.config, "parameters": self.parameters,
@@ -232,8 +301,8 @@ class TaskInfo:
 
     @classmethod
     def read(cls, f: _Fields) -> TaskInfo:
-        return cls(name=f.text("name"), seq_len=f.integer("seq_len", False, 1),
-                   vocab_size=f.integer("vocab_size", False, 1))
+        return cls(name=f.text("name"), seq_len=f.integer("seq_len", False, 1, MAX_DIM),
+                   vocab_size=f.integer("vocab_size", False, 1, MAX_DIM))
 
     def to_dict(self) -> dict[str, Any]:
         return _without_none({"name": self.name, "seq_len": self.seq_len, "vocab_size": self.vocab_size})
@@ -248,7 +317,7 @@ class Halting:
 
     @classmethod
     def read(cls, f: _Fields) -> Halting:
-        return cls(default_policy=f.text("default_policy"), max_steps=f.integer("max_steps", minimum=1))
+        return cls(default_policy=f.text("default_policy"), max_steps=f.integer("max_steps", True, 1, MAX_SEGMENTS))
 
     def to_dict(self) -> dict[str, Any]:
         return {"default_policy": self.default_policy, "max_steps": self.max_steps}
@@ -268,8 +337,9 @@ class Reference:
 
     @classmethod
     def read(cls, f: _Fields) -> Reference:
-        return cls(file=f.text("file"), puzzles=f.integer("puzzles", minimum=0), policy=f.text("policy"),
-                   max_steps=f.integer("max_steps", minimum=1), source=f.text("source", False),
+        return cls(file=f.file_name("file"), puzzles=f.integer("puzzles", True, 0, MAX_REFERENCE_PUZZLES),
+                   policy=f.text("policy"), max_steps=f.integer("max_steps", True, 1, MAX_SEGMENTS),
+                   source=f.text("source", False),
                    runtime=f.text("runtime", False))
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,10 +357,12 @@ class PuzzleRows:
 
     @classmethod
     def read(cls, f: _Fields) -> PuzzleRows:
+        rows = f.integer("original_rows", True, 1, MAX_PUZZLE_ROWS)
         kept = f.typed("kept_original_ids", (list,), True)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
-            f.fail("kept_original_ids", "must be a list of integers")
-        return cls(kept_original_ids=list(kept), original_rows=f.integer("original_rows", minimum=1))
+        f.capped("kept_original_ids", kept, rows)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < rows for i in kept):
+            f.fail("kept_original_ids", f"must be a list of integers in 0..{rows - 1} (original_rows - 1)")
+        return cls(kept_original_ids=list(kept), original_rows=rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kept_original_ids": self.kept_original_ids, "original_rows": self.original_rows}
@@ -324,11 +396,45 @@ class DeviceFiles:
 
     @classmethod
     def read(cls, f: _Fields) -> DeviceFiles:
-        return cls(runtime_wheel=f.text("runtime_wheel"), readme=f.text("readme"),
+        return cls(runtime_wheel=f.file_name("runtime_wheel"), readme=f.file_name("readme"),
                    jetpack_tensorrt=f.text_map("jetpack_tensorrt"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"runtime_wheel": self.runtime_wheel, "readme": self.readme, "jetpack_tensorrt": self.jetpack_tensorrt}
+
+
+@dataclass(kw_only=True)
+class GateRun:
+    """A parity gate that export ran on the bundle before sealing it (`hrm-edge export --int8`).
+
+    name: the gate ("parity"); precision: the graphs it compared ("int8"); data: "<task> <split>" of
+    the puzzles; puzzles, policy and max_steps: what it ran; passed: every check of every graph passed;
+    graphs: graph name -> its checks (`hrm_edge.parity.gate` records: name, value, threshold, passed)."""
+
+    name: str
+    precision: str
+    data: str
+    puzzles: int
+    policy: str
+    max_steps: int
+    passed: bool
+    graphs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, data: Any, where: str, path: str) -> GateRun:
+        f = _Fields(data, where, path)
+        graphs = f.obj("graphs")
+        for name, checks in graphs.items():
+            if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+                f.fail(f"graphs.{name}", "must be a list of check objects")
+        return cls(name=f.text("name"), precision=f.text("precision"), data=f.text("data"),
+                   puzzles=f.integer("puzzles", True, 0), policy=f.text("policy"),
+                   max_steps=f.integer("max_steps", True, 1, MAX_SEGMENTS), passed=f.boolean("passed"),
+                   graphs=graphs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "precision": self.precision, "data": self.data, "puzzles": self.puzzles,
+                "policy": self.policy, "max_steps": self.max_steps, "passed": self.passed, "graphs": self.graphs}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,10 +443,12 @@ class DeviceFiles:
 
 @dataclass(kw_only=True)
 class Manifest:
-    """A bundle's manifest. files: file name -> sha256 (hex) of every file but manifest.json;
-    exporter: library versions at export; card: the checkpoint's model card (free form); created:
-    UTC time of export (ISO 8601); export_seconds: wall time of the export; carry_init: the
-    initial-carry file. `where` (not written) names the manifest in error messages."""
+    """A bundle's manifest. files: file name -> sha256 (hex) of every file but manifest.json (and its
+    signature); exporter: library versions at export; card: the checkpoint's model card (free form);
+    created: UTC time of export (ISO 8601); export_seconds: wall time of the export; carry_init: the
+    initial-carry file; gates: the parity gates export ran (absent when none ran). Not written:
+    `where` names the manifest in error messages, `digest` (`manifest_digest`) is the bundle's
+    identity as read (None for a manifest built in memory)."""
 
     schema_version: int = SCHEMA_VERSION
     created: str | None = None
@@ -351,6 +459,7 @@ class Manifest:
     carry_init: str | None = None
     puzzle_rows: PuzzleRows | None = None
     reference: Reference | None = None
+    gates: list[GateRun] = field(default_factory=list)
     source_checkpoint: SourceCheckpoint | None = None
     card: dict[str, Any] | None = None
     exporter: dict[str, str] | None = None
@@ -358,6 +467,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     export_seconds: float | None = None
     where: str = field(default=MANIFEST, compare=False, repr=False)
+    digest: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = MANIFEST) -> Manifest:
@@ -369,12 +479,17 @@ class Manifest:
             raise BundleError(f"{where}: schema_version {version} is newer than this hrm-edge reads "
                               f"({SCHEMA_VERSION}); upgrade hrm-edge on this device")
         f = _Fields(data, where)
+        f.capped("graphs", f.obj("graphs"), MAX_GRAPHS)
         graphs = {name: GraphEntry.from_dict(entry, where, f'graphs["{name}"]')
                   for name, entry in f.obj("graphs").items()}
         files = f.obj("files")
+        f.capped("files", files, MAX_FILES)
         for name, digest in files.items():
+            check_file_name(name, lambda message, name=name: f.fail(f'files["{name}"]', message))
             if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
                 f.fail("files", f"must map file names to hex sha256 digests; {name!r} has {digest!r}")
+        gates = f.typed("gates", (list,), False) or []
+        f.capped("gates", gates, MAX_GRAPHS)
 
         def part(key: str, reader: Any, required: bool = False) -> Any:
             sub = f.sub(key, required)
@@ -383,16 +498,30 @@ class Manifest:
         manifest = cls(
             schema_version=version, created=f.text("created", False), model=part("model", ModelInfo.read, True),
             task=part("task", TaskInfo.read, True), halting=part("halting", Halting.read), graphs=graphs,
-            carry_init=f.text("carry_init", False), puzzle_rows=part("puzzle_rows", PuzzleRows.read),
+            carry_init=f.file_name("carry_init", False), puzzle_rows=part("puzzle_rows", PuzzleRows.read),
             reference=part("reference", Reference.read),
+            gates=[GateRun.read(g, where, f"gates[{i}]") for i, g in enumerate(gates)],
             source_checkpoint=part("source_checkpoint", SourceCheckpoint.read), card=f.obj("card", False),
             exporter=f.text_map("exporter", False), device=part("device", DeviceFiles.read), files=dict(files),
-            export_seconds=f.number("export_seconds", False), where=where)
+            export_seconds=f.number("export_seconds", False), where=where, digest=manifest_digest(data))
         for name, entry in graphs.items():
             embed = graphs.get(entry.embed_graph) if entry.embed_graph is not None else None
             if entry.embed_graph is not None and (embed is None or embed.kind != "embed"):
                 f.fail(f'graphs["{name}"].embed_graph', f"is {entry.embed_graph!r}, not an embed graph of this bundle")
+        manifest._check_reference_size(f)
         return manifest
+
+    def _check_reference_size(self, f: _Fields) -> None:
+        """reference.npz's largest array, step_logits fp32 [T, N, S, V], stays under MAX_REFERENCE_BYTES."""
+        seq = self.task.seq_len or self.model.config.get("seq_len")
+        vocab = self.task.vocab_size or self.model.config.get("vocab_size")
+        if self.reference is None or not isinstance(seq, int) or not isinstance(vocab, int):
+            return
+        size = 4 * self.reference.max_steps * self.reference.puzzles * seq * vocab
+        if size > MAX_REFERENCE_BYTES:
+            f.fail("reference", f"step_logits would be {size / 2**20:.0f} MiB "
+                                f"(max_steps x puzzles x seq_len x vocab_size x 4), above the cap "
+                                f"{MAX_REFERENCE_BYTES >> 20} MiB")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to manifest.json (schema_version 1's keys and order)."""
@@ -404,7 +533,8 @@ class Manifest:
             "task": self.task.to_dict(), "halting": opt(self.halting),
             "graphs": {n: g.to_dict() for n, g in self.graphs.items()}, "carry_init": self.carry_init,
             "puzzle_rows": opt(self.puzzle_rows), "reference": opt(self.reference),
-            "source_checkpoint": opt(self.source_checkpoint), "card": self.card, "exporter": self.exporter,
+            "gates": [g.to_dict() for g in self.gates] or None, "source_checkpoint": opt(self.source_checkpoint),
+            "card": self.card, "exporter": self.exporter,
             "device": opt(self.device), "files": self.files, "export_seconds": self.export_seconds,
         }, keep=("created", "halting", "carry_init", "puzzle_rows", "reference", "source_checkpoint", "card",
                  "exporter", "export_seconds"))
@@ -422,20 +552,42 @@ class Manifest:
         return self.halting
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    """Read and validate a manifest.json file (`BundleError` naming the file and field otherwise)."""
-    path = Path(path)
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (two readers could otherwise see two different manifests)."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {twice!r}")
+    return data
+
+
+def parse_manifest_json(text: bytes | str, where: str) -> Manifest:
+    """Parse manifest.json's bytes (at most MAX_MANIFEST_BYTES; unique keys) and validate them."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: {len(text)} bytes, above the cap {MAX_MANIFEST_BYTES} for a manifest")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    return Manifest.from_dict(data, str(path))
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc})") from None
+    return Manifest.from_dict(data, where)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest.json file (`BundleError` naming the file and field otherwise);
+    its size is checked before it is read."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path}: {size} bytes, above the cap {MAX_MANIFEST_BYTES} for a manifest")
+    return parse_manifest_json(path.read_bytes(), str(path))
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> Path:
-    """Write `manifest` as JSON (indent 2); it is read back first, so nothing the reader refuses is written."""
-    data = manifest.to_dict()
-    Manifest.from_dict(json.loads(json.dumps(data, default=str)), str(path))
+    """Write `manifest` as JSON (indent 2); it is read back first, so nothing the reader refuses is written.
+    Sets `manifest.digest` to the digest of what was written."""
+    text = json.dumps(manifest.to_dict(), indent=2, default=str)
+    manifest.digest = parse_manifest_json(text, str(path)).digest
     path = Path(path)
-    path.write_text(json.dumps(data, indent=2, default=str))
+    path.write_text(text)
     return path

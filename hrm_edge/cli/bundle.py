@@ -1,4 +1,5 @@
-"""`hrm-edge export`, `verify` and `parity`: make a bundle, re-check it, gate it against PyTorch.
+"""`hrm-edge export`, `verify`, `parity` and `keygen`: make a bundle, re-check it, gate it against
+PyTorch, make a key pair to sign bundles with.
 
 `verify` with the ONNX Runtime or TensorRT runtime needs no torch; `export` and `parity` do.
 """
@@ -14,10 +15,10 @@ import click
 import numpy as np
 
 from hrm_edge.act import SolveResult, parse_policy
-from hrm_edge.bundle import BundleError, open_bundle
+from hrm_edge.bundle import BundleError, check_digest, check_signature, open_bundle, unlisted_files, verify_files
 from hrm_edge.cli.common import load_for_cli
 from hrm_edge.errors import HrmEdgeError
-from hrm_edge.manifest import MANIFEST, Manifest, read_manifest
+from hrm_edge.manifest import MANIFEST, MAX_SEGMENTS, SIGNATURE, GateRun, Manifest, read_manifest
 from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity, with_overrides
 
 if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
@@ -54,7 +55,8 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--golden", "golden_count", type=click.IntRange(1), default=16, show_default=True,
               help="Golden puzzles in reference.npz.")
 @click.option("--policy", default="q", show_default=True, help="Default halting policy recorded in the manifest.")
-@click.option("--max-steps", type=click.IntRange(1), help="Default segment cap (default: halt_max_steps).")
+@click.option("--max-steps", type=click.IntRange(1, MAX_SEGMENTS),
+              help="Default segment cap (default: halt_max_steps).")
 @click.option("--opset", type=click.IntRange(18, 20), default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--puzzle-ids", help="Keep only these puzzle-embedding rows (comma-separated original ids; 0 is kept).")
@@ -77,16 +79,30 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
                    "float sites still store int8 weights, so the file stays small, but they compute in float).")
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 private key (PEM; `hrm-edge keygen`): write manifest.sig, the signature of the bundle "
+                   "digest, for `verify --public-key`.")
 def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp16: bool, cpu_fused: bool,
                unroll: tuple[int, ...], act_loop: bool, golden_data: str | None, golden_count: int, policy: str,
                max_steps: int | None, opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None,
                identifiers: str | None, int8: bool, int8_targets: tuple[str, ...], calib_method: str,
-               calib_size: int, calib_data: str | None, search: bool, max_float_share: float, target: str) -> None:
-    """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
+               calib_size: int, calib_data: str | None, search: bool, max_float_share: float, target: str,
+               sign_key: str | None) -> None:
+    """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic).
+
+    Prints the bundle digest (sha256 of the canonical manifest) to pin with `verify --expect`."""
     from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
 
     parse_policy(policy)
+    sign = None
+    if sign_key:
+        from hrm_edge.signing import load_private_key, sign_digest
+
+        key = load_private_key(sign_key)  # before the export: a bad key fails in a second, not after it
+
+        def sign(digest: str) -> bytes:
+            return sign_digest(key, digest)
     ck = load_for_cli(ckpt, task, seq_len)
     task = task or ck.task
     if task is None:
@@ -140,19 +156,45 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
             raise click.UsageError(f"--puzzle-ids {puzzle_ids!r}: expected comma-separated integers") from None
         kept = select_ids(ck.config.num_puzzle_identifiers, ids, arc_tasks.split(",") if arc_tasks else (),
                           identifiers)
+    gate_failed: list[HrmEdgeError] = []
+
+    def int8_gate(tmp: Path) -> GateRun:
+        """The INT8 parity gate on the validation set, run on the finished bundle before it is sealed;
+        a failed gate is recorded (passed: false), the bundle still written, and export exits non-zero."""
+        click.echo("INT8 parity gate on the validation set:", err=True)
+        out_dir = Path(output).parent / f"{Path(output).name}-parity"
+        (out_dir / "parity.json").unlink(missing_ok=True)
+        try:
+            click.get_current_context().invoke(parity, bundle=str(tmp), checkpoint=ckpt, precision="int8",
+                                               out_dir=str(out_dir))
+        except HrmEdgeError as exc:
+            if not (out_dir / "parity.json").is_file():
+                raise
+            gate_failed.append(exc)
+        return _gate_record(json.loads((out_dir / "parity.json").read_text()), "int8")
+
     out = write_bundle(ck, Path(output), specs, golden, policy=policy, max_steps=max_steps, opset=opset, force=force,
-                       log=lambda m: click.echo(m, err=True), extra_steps=extra, keep_puzzle_ids=kept)
+                       log=lambda m: click.echo(m, err=True), extra_steps=extra, keep_puzzle_ids=kept,
+                       gate=int8_gate if int8 else None, sign=sign)
     if target == "jetson":
         tarball = write_tarball(out)
         click.echo(f"wrote {tarball} ({tarball.stat().st_size / 1e6:.1f} MB)", err=True)
     manifest = read_manifest(out / MANIFEST)
     sizes = ", ".join(f"{n} {(out / g.file).stat().st_size / 1e6:.2f} MB" for n, g in manifest.graphs.items())
     click.echo(f"wrote {out}: {sizes}; {manifest.export_seconds} s")
-    if int8:
-        click.echo("INT8 parity gate on the validation set:", err=True)
-        ctx = click.get_current_context()
-        ctx.invoke(parity, bundle=str(out), checkpoint=ckpt, precision="int8",
-                   out_dir=str(out.parent / f"{out.name}-parity"))
+    click.echo(f"bundle digest: {manifest.digest}")
+    if sign is not None:
+        click.echo(f"signed: {out / SIGNATURE} (Ed25519, key {sign_key})")
+    if gate_failed:
+        raise gate_failed[0]
+
+
+def _gate_record(report: dict[str, Any], precision: str) -> GateRun:
+    """The manifest's record of a `parity` run (its parity.json report)."""
+    graphs = {name: entry["gates"] for name, entry in report["graphs"].items()}
+    return GateRun(name="parity", precision=precision, data=report["data"], puzzles=report["puzzles"],
+                   policy=report["policy"], max_steps=report["max_steps"],
+                   passed=all(c["passed"] for checks in graphs.values() for c in checks), graphs=graphs)
 
 
 def _reference_result(ref: dict[str, np.ndarray]) -> SolveResult:
@@ -187,9 +229,31 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
               help="Graphs to check (default: every graph the runtime runs; ort: the fused CPU graph included).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Source checkpoint (runtime torch).")
-def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | None, checkpoint: str | None) -> None:
-    """Re-check BUNDLE: file hashes, then the golden puzzles on a runtime."""
-    b = open_bundle(bundle)
+@click.option("--expect", help="The bundle digest export printed (sha256:<hex>): fail on any other bundle.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 public key (PEM): fail unless manifest.sig is its signature of the bundle digest.")
+@click.option("--strict", is_flag=True, help="Fail on files the manifest does not list (default: a warning).")
+def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | None, checkpoint: str | None,
+           expect: str | None, public_key: str | None, strict: bool) -> None:
+    """Re-check BUNDLE: its digest (and signature), file hashes, then the golden puzzles on a runtime.
+
+    Without --expect or --public-key this proves the files match the manifest and the golden puzzles
+    reproduce (integrity against accidents); with them, that BUNDLE is exactly the one exported."""
+    b = open_bundle(bundle, verify_hashes=False)
+    click.echo(f"bundle digest: {b.manifest.digest}")
+    if expect:
+        check_digest(b, expect)
+        click.echo("digest matches --expect")
+    if public_key:
+        check_signature(b, public_key)
+        click.echo(f"signature OK: {SIGNATURE} signed by {public_key}")
+    verify_files(b)
+    unlisted = unlisted_files(b)
+    if unlisted:
+        message = f"{len(unlisted)} file(s) in {b.path} not listed in the manifest: {', '.join(unlisted[:8])}"
+        if strict:
+            raise BundleError(message)
+        click.echo(f"warning: {message} (not covered by the digest; --strict fails on them)", err=True)
     info = b.manifest.need_reference()
     ref = b.reference()
     policy, steps = parse_policy(info.policy), info.max_steps
@@ -197,6 +261,9 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
     reference = _reference_result(ref)
     failures = []
     click.echo(f"{b.path}: {len(b.manifest.files)} files, sha256 OK")
+    for run in b.manifest.gates:
+        click.echo(f"gate at export: {run.name} {run.precision} on {run.puzzles} {run.data} puzzles "
+                   f"({', '.join(run.graphs)}): {'PASS' if run.passed else 'FAIL'}")
     if runtime == "torch":
         from hrm_edge.act import solve_in_batches
         from hrm_edge.model.runner import TorchSegmentRunner
@@ -363,3 +430,15 @@ def _open_loop(b: Bundle, ck: Any, pset: Any, names: tuple[str, ...], steps: int
     (out / "parity_open_loop.json").write_text(json.dumps(report, indent=2))
     if failed:
         raise HrmEdgeError(f"open-loop parity gate failed: {'; '.join(failed)}")
+
+
+@click.command()
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Directory for the key pair (created; existing keys are never overwritten).")
+def keygen(output: str) -> None:
+    """Make an Ed25519 key pair to sign bundles: OUTPUT/bundle-signing.key.pem (private, mode 0600; for
+    `export --sign`, keep it off the devices) and OUTPUT/bundle-signing.pub.pem (for `verify --public-key`)."""
+    from hrm_edge.signing import write_key_pair
+
+    private, public = write_key_pair(output)
+    click.echo(f"wrote {private} (private: keep it secret) and {public} (public: pin it on the devices)")

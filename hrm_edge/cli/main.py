@@ -41,7 +41,8 @@ def cli() -> None:
 
 
 def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str, dtype: str):
-    """(task, max_steps, solve(tokens, policy, steps, batch) -> SolveResult, label) for a checkpoint."""
+    """(task, seq_len, default policy, max_steps, solve(tokens, policy, steps, batch) -> SolveResult, label)
+    for a checkpoint."""
     from hrm_edge.act import solve_in_batches
     from hrm_edge.model.runner import TorchSegmentRunner
 
@@ -55,7 +56,7 @@ def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str,
     def run(tokens: np.ndarray, policy, steps: int, batch: int):
         return solve_in_batches(runner, tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
 
-    return task or ck.task, ck.config.seq_len, ck.config.halt_max_steps, run, f"torch {device} {dtype}"
+    return task or ck.task, ck.config.seq_len, "q", ck.config.halt_max_steps, run, f"torch {device} {dtype}"
 
 
 def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | None):
@@ -70,7 +71,8 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
     def run(tokens: np.ndarray, policy, steps: int, batch: int):
         return solver.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
 
-    return b.task, int(b.config["seq_len"]), b.manifest.need_halting().max_steps, run, f"{runtime} {graph}"
+    halting = b.manifest.need_halting()
+    return b.task, int(b.config["seq_len"]), halting.default_policy, halting.max_steps, run, f"{runtime} {graph}"
 
 
 @cli.command()
@@ -78,8 +80,10 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
 @click.option("--task", help="Puzzle codec: sudoku, sudoku6, maze, maze:<n>, arc (default: from the model).")
 @click.option("--puzzle", multiple=True, help="A puzzle as text (repeatable).")
 @click.option("--file", "file", type=str, help="File with puzzles, one per line or blank-line separated; - = stdin.")
-@click.option("--policy", default="q", show_default=True, help="Halting policy: fixed | q | threshold:<p>.")
-@click.option("--max-steps", type=click.IntRange(1), help="Segment cap (default: the model's halt_max_steps).")
+@click.option("--policy", help="Halting policy: fixed | q | threshold:<p> (default: a bundle's halting.default_policy; "
+              "checkpoints: q).")
+@click.option("--max-steps", type=click.IntRange(1),
+              help="Segment cap (default: a bundle's halting.max_steps; checkpoints: halt_max_steps).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (checkpoints): cpu, cuda, cuda:1 ...")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="(checkpoints)")
 @click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="(bundles)")
@@ -89,16 +93,19 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per puzzle instead of grids.")
-def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | None, policy: str,
+def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | None, policy: str | None,
           max_steps: int | None, device: str, dtype: str, runtime: str, graph: str | None, engine: str | None,
           batch_size: int, seq_len: int | None, as_json: bool) -> None:
     """Solve puzzles with MODEL: a checkpoint (PyTorch reference) or an exported bundle directory
     (ONNX Runtime or TensorRT; needs no torch)."""
-    halting = parse_policy(policy)
+    halting = parse_policy(policy) if policy else None  # explicit options win over the model's defaults
     if Path(model).is_dir() and (Path(model) / "manifest.json").is_file():
-        found_task, model_seq, default_steps, run, label = _bundle_solver(model, graph, runtime, engine)
+        found_task, model_seq, default_policy, default_steps, run, label = _bundle_solver(model, graph, runtime,
+                                                                                          engine)
     else:
-        found_task, model_seq, default_steps, run, label = _torch_solver(model, task, seq_len, device, dtype)
+        found_task, model_seq, default_policy, default_steps, run, label = _torch_solver(model, task, seq_len,
+                                                                                         device, dtype)
+    halting = halting or parse_policy(default_policy)
     task = task or found_task
     if task is None:
         raise click.UsageError("the model does not say its task: pass --task")
@@ -212,7 +219,7 @@ def _register_commands() -> None:
     from hrm_edge.cli import train as cli_train
 
     for command in (cli_train.eval_cmd, cli_train.train, cli_bundle.export_cmd, cli_bundle.verify,
-                    cli_bundle.parity, trt.build, trt.check_trt, bench.bench):
+                    cli_bundle.parity, cli_bundle.keygen, trt.build, trt.check_trt, bench.bench):
         cli.add_command(command)
 
 

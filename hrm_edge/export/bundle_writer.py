@@ -31,6 +31,8 @@ from hrm_edge.files import sha256_file
 from hrm_edge.manifest import (
     MANIFEST,
     ORT_CPU,
+    SIGNATURE,
+    GateRun,
     GraphEntry,
     Halting,
     Manifest,
@@ -169,17 +171,33 @@ def source_checkpoint(ck: Checkpoint) -> SourceCheckpoint:
                             sha256=ck.provenance.get("sha256"), step=ck.provenance.get("step"))
 
 
+def _seal(tmp: Path, manifest: Manifest, gate: Callable[[Path], GateRun] | None,
+          sign: Callable[[str], bytes] | None) -> None:
+    """Write the manifest; with `gate`, run it on the written bundle and record its result in the
+    manifest; with `sign`, write the signature of the final digest (`Manifest.digest`) as manifest.sig."""
+    write_manifest(manifest, tmp / MANIFEST)
+    if gate is not None:
+        manifest.gates.append(gate(tmp))
+        write_manifest(manifest, tmp / MANIFEST)
+    if sign is not None:
+        (tmp / SIGNATURE).write_bytes(sign(manifest.digest))
+
+
 def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
                  max_steps: int | None = None, opset: int = 18, force: bool = False,
                  keep_puzzle_ids: list[int] | None = None,
                  log: Callable[[str], None] = print,
-                 extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None = None) -> Path:
+                 extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None = None,
+                 gate: Callable[[Path], GateRun] | None = None,
+                 sign: Callable[[str], bytes] | None = None) -> Path:
     """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
 
     `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
 
     `extra_steps(tmp_dir, manifest, ck)` may add files and graphs (e.g. INT8) before hashing; `ck` is the
-    checkpoint as exported (puzzle rows already pruned)."""
+    checkpoint as exported (puzzle rows already pruned). `gate(tmp_dir)` runs a gate on the complete
+    bundle and returns its record, written into the manifest (`Manifest.gates`); `sign(digest)` returns
+    the signature of the final digest, written as manifest.sig (`_seal`)."""
     from hrm_edge.export.onnx_utils import check_graph, graph_summary
 
     out = Path(out)
@@ -242,7 +260,7 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
             extra_steps(tmp, manifest, ck)
         manifest.files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest.export_seconds = round(time.perf_counter() - t_start, 2)
-        write_manifest(manifest, tmp / MANIFEST)
+        _seal(tmp, manifest, gate, sign)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
