@@ -16,13 +16,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
-from hrm_edge.cli.main import main
 from hrm_edge.export.device_bundle import build_runtime_wheel, source_root
-from hrm_edge.model.checkpoint import save_checkpoint
-from hrm_edge.model.config import preset_config
-from hrm_edge.model.hrm import HRM
+from tests.model_helpers import export_tiny_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +45,7 @@ def venv(tmp_path_factory, wheel) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("bundle")
-    ckpt = save_checkpoint(root / "tiny.pt", HRM(preset_config("sudoku-tiny", forward_dtype="float32")), "sudoku")
-    with pytest.raises(SystemExit) as exc:
-        main(["export", str(ckpt), "-o", str(root / "bundle"), "--golden", "4"])
-    assert exc.value.code == 0
-    return root / "bundle"
+    return export_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def _run(venv: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:

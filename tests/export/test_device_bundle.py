@@ -12,25 +12,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from hrm_edge.bundle import BundleError
-from hrm_edge.cli.main import main
 from hrm_edge.export.device_bundle import BUILD_FILES, build_runtime_wheel, source_root
-from hrm_edge.model.checkpoint import save_checkpoint
-from hrm_edge.model.config import preset_config
-from hrm_edge.model.hrm import HRM
+from tests.model_helpers import export_tiny_bundle
 
 
 @pytest.fixture(scope="module")
 def device_bundle(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("device")
-    ckpt = save_checkpoint(root / "tiny.pt", HRM(preset_config("sudoku-tiny", forward_dtype="float32")), "sudoku")
-    with pytest.raises(SystemExit) as exc:
-        main(["export", str(ckpt), "-o", str(root / "bundle"), "--target", "jetson", "--golden", "4"])
-    assert exc.value.code == 0
-    return root / "bundle"
+    return export_tiny_bundle(tmp_path_factory.mktemp("device"), "--target", "jetson")
 
 
 def test_device_bundle_has_wheel_readme_and_tarball(device_bundle):
