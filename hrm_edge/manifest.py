@@ -570,6 +570,8 @@ def parse_manifest_json(text: bytes | str, where: str) -> Manifest:
         data = json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{where}: JSON nested too deeply for a manifest") from None
     return Manifest.from_dict(data, where)
 
 
