@@ -17,6 +17,7 @@ from hrm_edge.act import SolveResult, parse_policy
 from hrm_edge.bundle import BundleError, open_bundle
 from hrm_edge.cli.common import load_for_cli
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.files import check_output_dir, exclusive_lock
 from hrm_edge.manifest import MANIFEST, Manifest, read_manifest
 from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity, with_overrides
 
@@ -82,11 +83,19 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
                max_steps: int | None, opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None,
                identifiers: str | None, int8: bool, int8_targets: tuple[str, ...], calib_method: str,
                calib_size: int, calib_data: str | None, search: bool, max_float_share: float, target: str) -> None:
-    """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
-    from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
+    """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs.
+
+    Atomic and exclusive: the bundle is built beside OUTPUT and swapped into place when complete (with
+    --force the old bundle stays whole until then); a second export to OUTPUT fails at once."""
+    from hrm_edge.export.bundle_writer import GraphSpec, check_bundle_target, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
 
     parse_policy(policy)
+    check_output_dir(output, "bundle directory")
+    click.get_current_context().with_resource(exclusive_lock(output))  # held until the command ends
+    check_bundle_target(Path(output), force)
+    if int8:
+        check_output_dir(Path(output).parent / f"{Path(output).name}-parity", "parity directory")
     ck = load_for_cli(ckpt, task, seq_len)
     task = task or ck.task
     if task is None:
@@ -269,6 +278,7 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     from hrm_edge.model.runner import TorchSegmentRunner
     from hrm_edge.runtimes.solver import GraphSolver, runnable_graphs
 
+    check_output_dir(out_dir, "--out directory")  # before minutes of computing
     b = open_bundle(bundle)
     src = checkpoint or _source_path(b)
     if not src or not Path(src).exists():

@@ -1,6 +1,7 @@
 """Write a deployable bundle from a checkpoint, atomically: graphs, manifest, initial carry and
 golden reference outputs. Everything is written into a temporary sibling directory that is
-renamed into place only when complete, so an interrupted export leaves nothing half-written.
+swapped into place only when complete, under an exclusive lock, so an interrupted export leaves
+nothing half-written and a second exporter to the same path fails at once.
 
 Graphs (`GraphSpec`): the portable standard-op graphs of `hrm_edge.export.graphs` (segment,
 K-unrolled, ACT loop, embed), and the fused CPU segment graph `segment.fp32-cpufused`: the segment
@@ -27,7 +28,7 @@ import numpy as np
 from hrm_edge import __version__
 from hrm_edge.act import parse_policy, solve_in_batches
 from hrm_edge.bundle import CARRY_INIT, REFERENCE, BundleError, remap_ids
-from hrm_edge.files import sha256_file
+from hrm_edge.files import check_output_dir, exclusive_lock, remove_stale_partials, replace_dir, sha256_file
 from hrm_edge.manifest import (
     MANIFEST,
     ORT_CPU,
@@ -179,12 +180,43 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
     `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
 
     `extra_steps(tmp_dir, manifest, ck)` may add files and graphs (e.g. INT8) before hashing; `ck` is the
-    checkpoint as exported (puzzle rows already pruned)."""
+    checkpoint as exported (puzzle rows already pruned).
+
+    An exclusive lock (`.NAME.lock` beside `out`) is held throughout: a second export to `out` fails at
+    once. The bundle is built in `.NAME.<random>.partial` and swapped into place atomically
+    (`hrm_edge.files.replace_dir`), so an existing bundle stays whole at `out` until the new one is
+    complete; partial siblings of a killed export are removed by the next export to `out`."""
+    out = check_output_dir(out, "bundle directory")
+    with exclusive_lock(out):
+        check_bundle_target(out, force)
+        return _write_bundle_locked(ck, out, specs, golden, policy=policy, max_steps=max_steps, opset=opset,
+                                    keep_puzzle_ids=keep_puzzle_ids, log=log, extra_steps=extra_steps)
+
+
+def check_bundle_target(out: Path, force: bool) -> None:
+    """Refuse an output that exists without `force`, and with `force` anything but a bundle or an empty
+    directory (so that a mistyped `-o` never deletes a home directory); the location must be writable."""
+    check_output_dir(out, "bundle directory")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise BundleError(f"{out}: already exists (use --force to replace it)")
+    if not out.is_dir() or out.is_symlink():
+        raise BundleError(f"{out}: exists and is not a directory; --force replaces only a bundle")
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise BundleError(f"{out}: not a bundle (no {MANIFEST}) and not empty; --force replaces only a bundle")
+
+
+def _write_bundle_locked(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str,
+                         max_steps: int | None, opset: int, keep_puzzle_ids: list[int] | None,
+                         log: Callable[[str], None],
+                         extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None) -> Path:
+    """`write_bundle` under the output's lock: stale partial siblings removed, then the export."""
     from hrm_edge.export.onnx_utils import check_graph, graph_summary
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise BundleError(f"{out}: already exists (use --force to replace it)")
+    stale = remove_stale_partials(out)
+    if stale:
+        log(f"removed {len(stale)} stale partial export(s) of a killed export: {', '.join(p.name for p in stale)}")
     if ck.task is None:
         raise BundleError("the checkpoint does not say its task: pass --task")
     steps = max_steps or ck.config.halt_max_steps
@@ -246,13 +278,7 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
