@@ -51,6 +51,18 @@ def _existing_ancestor(path: Path) -> Path:
     return Path.cwd()
 
 
+def _check_writable_location(path: Path, what: str, parent: Path) -> None:
+    """Raise OutputPathError unless `parent` (where `path` goes) is, or can be created as, a
+    writable directory."""
+    found = _existing_ancestor(parent)
+    if not found.is_dir():
+        where = "is" if found == path else f"is under {found}, which is"
+        raise OutputPathError(f"{what} {path} {where} a regular file, not a directory")
+    if not os.access(found, os.W_OK | os.X_OK):
+        where = "" if found == path else f" (its nearest existing parent {found})"
+        raise OutputPathError(f"{what} {path}{where} is not writable")
+
+
 def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
     """Check that `path` is, or can be created as, a writable directory; returns it as a Path.
 
@@ -58,25 +70,19 @@ def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
     existing non-directory, lies under a regular file, or its nearest existing ancestor is not
     writable."""
     path = Path(path)
-    found = _existing_ancestor(path)
-    if not found.is_dir():
-        where = "is" if found == path else f"is under {found}, which is"
-        raise OutputPathError(f"{what} {path} {where} a regular file, not a directory")
-    if not os.access(found, os.W_OK | os.X_OK):
-        where = "" if found == path else f" (its nearest existing parent {found})"
-        raise OutputPathError(f"{what} {path}{where} is not writable")
+    _check_writable_location(path, what, path)
     return path
 
 
 def check_output_file(path: str | Path, what: str = "output file") -> Path:
-    """Check that the file `path` can be written (its directory as in `check_output_dir`; not a
-    directory itself, not a read-only file); returns it as a Path."""
+    """Check that the file `path` can be written: not a directory, not a read-only file, and its
+    directory as in `check_output_dir`; returns it as a Path."""
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{what} {path} is a directory")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputPathError(f"{what} {path} is not writable")
-    check_output_dir(path.parent, f"directory of {what} {path},")
+    _check_writable_location(path, what, path.parent)
     return path
 
 
