@@ -83,14 +83,15 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
                max_steps: int | None, opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None,
                identifiers: str | None, int8: bool, int8_targets: tuple[str, ...], calib_method: str,
                calib_size: int, calib_data: str | None, search: bool, max_float_share: float, target: str) -> None:
-    """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs.
-
-    Atomic and exclusive: the bundle is built beside OUTPUT and swapped into place when complete (with
-    --force the old bundle stays whole until then); a second export to OUTPUT fails at once."""
-    from hrm_edge.export.bundle_writer import GraphSpec, check_bundle_target, write_bundle
+    """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic)."""
+    from hrm_edge.export.bundle_writer import GraphSpec, write_bundle
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
 
     parse_policy(policy)
+    # Exclusive and atomic (hrm_edge.export.bundle_writer._exclusive): checked before any work, locked until
+    # the command ends, the old bundle (--force) whole at OUTPUT until the new one is complete.
+    from hrm_edge.export.bundle_writer import check_bundle_target
+
     check_output_dir(output, "bundle directory")
     click.get_current_context().with_resource(exclusive_lock(output))  # held until the command ends
     check_bundle_target(Path(output), force)

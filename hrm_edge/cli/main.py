@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # usage errors too: exit 1, not click's 2 (kept for bugs)
         click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(1)
     except (HrmEdgeError, PuzzleError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

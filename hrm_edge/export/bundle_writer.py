@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import shutil
@@ -170,29 +171,6 @@ def source_checkpoint(ck: Checkpoint) -> SourceCheckpoint:
                             sha256=ck.provenance.get("sha256"), step=ck.provenance.get("step"))
 
 
-def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
-                 max_steps: int | None = None, opset: int = 18, force: bool = False,
-                 keep_puzzle_ids: list[int] | None = None,
-                 log: Callable[[str], None] = print,
-                 extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None = None) -> Path:
-    """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
-
-    `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
-
-    `extra_steps(tmp_dir, manifest, ck)` may add files and graphs (e.g. INT8) before hashing; `ck` is the
-    checkpoint as exported (puzzle rows already pruned).
-
-    An exclusive lock (`.NAME.lock` beside `out`) is held throughout: a second export to `out` fails at
-    once. The bundle is built in `.NAME.<random>.partial` and swapped into place atomically
-    (`hrm_edge.files.replace_dir`), so an existing bundle stays whole at `out` until the new one is
-    complete; partial siblings of a killed export are removed by the next export to `out`."""
-    out = check_output_dir(out, "bundle directory")
-    with exclusive_lock(out):
-        check_bundle_target(out, force)
-        return _write_bundle_locked(ck, out, specs, golden, policy=policy, max_steps=max_steps, opset=opset,
-                                    keep_puzzle_ids=keep_puzzle_ids, log=log, extra_steps=extra_steps)
-
-
 def check_bundle_target(out: Path, force: bool) -> None:
     """Refuse an output that exists without `force`, and with `force` anything but a bundle or an empty
     directory (so that a mistyped `-o` never deletes a home directory); the location must be writable."""
@@ -207,16 +185,42 @@ def check_bundle_target(out: Path, force: bool) -> None:
         raise BundleError(f"{out}: not a bundle (no {MANIFEST}) and not empty; --force replaces only a bundle")
 
 
-def _write_bundle_locked(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str,
-                         max_steps: int | None, opset: int, keep_puzzle_ids: list[int] | None,
-                         log: Callable[[str], None],
-                         extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None) -> Path:
-    """`write_bundle` under the output's lock: stale partial siblings removed, then the export."""
+def _exclusive(export: Callable[..., Path]) -> Callable[..., Path]:
+    """Run `export(ck, out, ..., force=, log=)` holding `exclusive_lock(out)` (`.NAME.lock` beside
+    `out`) throughout, so that a second export to `out` fails at once: the target checked
+    (`check_bundle_target`), then the `.NAME.*.partial` siblings of a killed export removed and
+    reported. The export builds the bundle in such a sibling and swaps it into place atomically
+    (`hrm_edge.files.replace_dir`): an existing bundle stays whole at `out` until the new one is
+    complete."""
+    @functools.wraps(export)
+    def locked(ck: Checkpoint, out: Path, *args: Any, force: bool = False, log: Callable[[str], None] = print,
+               **kwargs: Any) -> Path:
+        out = check_output_dir(out, "bundle directory")
+        with exclusive_lock(out):
+            check_bundle_target(out, force)
+            stale = remove_stale_partials(out)
+            if stale:
+                log(f"removed {len(stale)} stale partial export(s) of a killed export: "
+                    f"{', '.join(p.name for p in stale)}")
+            return export(ck, out, *args, force=force, log=log, **kwargs)
+
+    return locked
+
+
+@_exclusive
+def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
+                 max_steps: int | None = None, opset: int = 18, force: bool = False,
+                 keep_puzzle_ids: list[int] | None = None,
+                 log: Callable[[str], None] = print,
+                 extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None = None) -> Path:
+    """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
+
+    `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
+
+    `extra_steps(tmp_dir, manifest, ck)` may add files and graphs (e.g. INT8) before hashing; `ck` is the
+    checkpoint as exported (puzzle rows already pruned)."""
     from hrm_edge.export.onnx_utils import check_graph, graph_summary
 
-    stale = remove_stale_partials(out)
-    if stale:
-        log(f"removed {len(stale)} stale partial export(s) of a killed export: {', '.join(p.name for p in stale)}")
     if ck.task is None:
         raise BundleError("the checkpoint does not say its task: pass --task")
     steps = max_steps or ck.config.halt_max_steps

@@ -147,3 +147,13 @@ def test_convert_output_under_a_regular_file(capsys, tiny_ckpt, a_file):
 def test_init_output_that_is_a_directory(capsys, tmp_path):
     assert user_error(capsys, "init", "sudoku-tiny", "-o", str(tmp_path)) == \
         f"error: output file {tmp_path} is a directory"
+
+
+def test_a_usage_error_exits_1_too(capsys, tiny_ckpt):
+    assert user_error(capsys, "solve", str(tiny_ckpt), "--no-such-option") == "error: No such option '--no-such-option'."
+
+
+def test_an_empty_puzzle_file(capsys, tiny_ckpt, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n")
+    assert user_error(capsys, "solve", str(tiny_ckpt), "--file", str(empty)) == "error: no puzzles found in the input"
