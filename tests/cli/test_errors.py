@@ -150,7 +150,8 @@ def test_init_output_that_is_a_directory(capsys, tmp_path):
 
 
 def test_a_usage_error_exits_1_too(capsys, tiny_ckpt):
-    assert user_error(capsys, "solve", str(tiny_ckpt), "--no-such-option") == "error: No such option '--no-such-option'."
+    assert user_error(capsys, "solve", str(tiny_ckpt), "--no-such-option") == \
+        "error: No such option '--no-such-option'."
 
 
 def test_an_empty_puzzle_file(capsys, tiny_ckpt, tmp_path):
