@@ -13,6 +13,7 @@ from hrm_edge.bench.pausing import PAUSE_PATTERN, Pauser
 from hrm_edge.bench.prepare import resolve_model_arg, resolve_standard_models
 from hrm_edge.bench.suite import DEFAULT_OUT, run_suite
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.files import check_output_dir
 
 
 def _default_threads() -> int:
@@ -62,6 +63,8 @@ def bench(models: tuple[Path, ...], out: Path, cache: Path | None, quick: bool, 
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks (resume, close workers)
     cache = cache or out / "cache"
+    for folder, what in ((out, "--out directory"), (cache, "--cache directory")):
+        check_output_dir(folder, what)  # before any measurement
     known = runtimes(unroll)
     names = runtime_names or (QUICK_RUNTIMES if quick else tuple(known))
     bad = [n for n in names if n not in known]

@@ -18,6 +18,7 @@ from hrm_edge.act import SolveResult, parse_policy
 from hrm_edge.bundle import BundleError, check_digest, check_signature, open_bundle, unlisted_files, verify_files
 from hrm_edge.cli.common import load_for_cli
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.files import check_output_dir, exclusive_lock
 from hrm_edge.manifest import MANIFEST, MAX_SEGMENTS, SIGNATURE, GateRun, Manifest, read_manifest
 from hrm_edge.parity import DEFAULT_GATES, compare, gate, junit_xml, plot_parity, with_overrides
 
@@ -95,6 +96,15 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
     from hrm_edge.export.device_bundle import add_device_files, write_tarball
 
     parse_policy(policy)
+    # Exclusive and atomic (hrm_edge.export.bundle_writer._exclusive): checked before any work, locked until
+    # the command ends, the old bundle (--force) whole at OUTPUT until the new one is complete.
+    from hrm_edge.export.bundle_writer import check_bundle_target
+
+    check_output_dir(output, "bundle directory")
+    click.get_current_context().with_resource(exclusive_lock(output))  # held until the command ends
+    check_bundle_target(Path(output), force)
+    if int8:
+        check_output_dir(Path(output).parent / f"{Path(output).name}-parity", "parity directory")
     sign = None
     if sign_key:
         from hrm_edge.signing import load_private_key, sign_digest
@@ -306,7 +316,7 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
 @click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
 @click.option("--policy", help="Halting policy (default: the bundle's).")
-@click.option("--max-steps", type=click.IntRange(1), help="Segment cap (default: the bundle's).")
+@click.option("--max-steps", type=click.IntRange(1, MAX_SEGMENTS), help="Segment cap (default: the bundle's).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(), default="parity_out", show_default=True)
 @click.option("--max-logit-rel", type=float,
@@ -336,6 +346,7 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     from hrm_edge.model.runner import TorchSegmentRunner
     from hrm_edge.runtimes.solver import GraphSolver, runnable_graphs
 
+    check_output_dir(out_dir, "--out directory")  # before minutes of computing
     b = open_bundle(bundle)
     src = checkpoint or _source_path(b)
     if not src or not Path(src).exists():

@@ -6,32 +6,33 @@ bundle keep working on devices without torch.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import numpy as np
 
 from hrm_edge.act import parse_policy
-from hrm_edge.cli.common import DTYPES, load_for_cli
+from hrm_edge.cli.common import DTYPES, load_for_cli, torch_device
+from hrm_edge.cli.streaming import (
+    SEGMENT_BAR_STEPS,
+    CountingRunner,
+    SolveProgress,
+    encoded_batches,
+    open_puzzle_file,
+    puzzle_sources,
+)
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.files import check_output_file
+from hrm_edge.model.config import MAX_HALT_STEPS
 from hrm_edge.puzzles.base import PuzzleError
 from hrm_edge.puzzles.codecs import get_codec
-
-
-def _read_puzzle_texts(codec, puzzle: tuple[str, ...], file: str | None) -> list[str]:
-    texts: list[str] = []
-    for p in puzzle:
-        texts.extend(codec.split(p))
-    if file is not None:
-        data = sys.stdin.read() if file == "-" else Path(file).read_text()
-        texts.extend(codec.split(data))
-    if not texts:
-        raise click.UsageError("no puzzles given: use --puzzle TEXT, --file PATH or --file - (stdin)")
-    return texts
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,11 +42,12 @@ def cli() -> None:
 
 
 def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str, dtype: str):
-    """(task, seq_len, default policy, max_steps, solve(tokens, policy, steps, batch) -> SolveResult, label)
-    for a checkpoint."""
+    """(task, seq_len, default policy, max_steps, solve(tokens, policy, steps, batch, tick) -> SolveResult,
+    label) for a checkpoint; `tick()` is called after every segment."""
     from hrm_edge.act import solve_in_batches
     from hrm_edge.model.runner import TorchSegmentRunner
 
+    device = torch_device(device)
     ck = load_for_cli(ckpt, task, seq_len)
     try:
         model = ck.model.to(device).set_compute_dtype(dtype)
@@ -53,14 +55,16 @@ def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str,
         raise HrmEdgeError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
     runner = TorchSegmentRunner(model, device)
 
-    def run(tokens: np.ndarray, policy, steps: int, batch: int):
-        return solve_in_batches(runner, tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
+    def run(tokens: np.ndarray, policy, steps: int, batch: int, tick):
+        return solve_in_batches(CountingRunner(runner, tick), tokens, np.zeros(len(tokens), np.int64), policy,
+                                steps, batch)
 
     return task or ck.task, ck.config.seq_len, "q", ck.config.halt_max_steps, run, f"torch {device} {dtype}"
 
 
 def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | None):
     """The same for a bundle, on ONNX Runtime or TensorRT (no torch)."""
+    from hrm_edge.act import solve_in_batches
     from hrm_edge.bundle import open_bundle
     from hrm_edge.runtimes.solver import GraphSolver, default_graph
 
@@ -68,8 +72,12 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
     graph = graph or default_graph(b, runtime)
     solver = GraphSolver(b, graph, runtime, engine=engine)
 
-    def run(tokens: np.ndarray, policy, steps: int, batch: int):
-        return solver.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
+    def run(tokens: np.ndarray, policy, steps: int, batch: int, tick):
+        ids = np.zeros(len(tokens), np.int64)
+        if solver.segment_runner is None:  # unrolled and loop graphs: no per-segment hook
+            return solver.solve(tokens, ids, policy, steps, batch)
+        return solve_in_batches(CountingRunner(solver.segment_runner, tick), tokens, b.model_puzzle_ids(ids), policy,
+                                steps, batch)
 
     halting = b.manifest.need_halting()
     return b.task, int(b.config["seq_len"]), halting.default_policy, halting.max_steps, run, f"{runtime} {graph}"
@@ -79,26 +87,39 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
 @click.argument("model", type=click.Path(exists=True))
 @click.option("--task", help="Puzzle codec: sudoku, sudoku6, maze, maze:<n>, arc (default: from the model).")
 @click.option("--puzzle", multiple=True, help="A puzzle as text (repeatable).")
-@click.option("--file", "file", type=str, help="File with puzzles, one per line or blank-line separated; - = stdin.")
+@click.option("--file", "file", type=str,
+              help="File with puzzles, one per line or blank-line separated; - = stdin. Read, solved and printed "
+                   "a batch at a time; a bad puzzle stops solving there: the results before it are printed, then "
+                   "one error line names its line number (exit 1).")
 @click.option("--policy", help="Halting policy: fixed | q | threshold:<p> (default: a bundle's halting.default_policy; "
               "checkpoints: q).")
-@click.option("--max-steps", type=click.IntRange(1),
+@click.option("--max-steps", type=click.IntRange(1, MAX_HALT_STEPS),
               help="Segment cap (default: a bundle's halting.max_steps; checkpoints: halt_max_steps).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (checkpoints): cpu, cuda, cuda:1 ...")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="(checkpoints)")
 @click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="(bundles)")
-@click.option("--graph", help="Bundle graph (default: the fastest for the runtime: segment.int8-cpu, else "
-              "segment.fp32-cpufused, else segment.fp32; trt: segment.fp16).")
+@click.option("--graph", help="Bundle graph (default: the fastest for the runtime; ORT CPU: segment.int8-cpu when "
+              "most of its sites are int8, else segment.fp32-cpufused, else segment.fp32; trt: segment.fp16).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (bundles, runtime trt).")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Puzzles solved (and held in memory) at a time.")
 @click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per puzzle instead of grids.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per puzzle instead of grids, then one {\"summary\": ...} object.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr: puzzles solved, and segments of the batch when --max-steps > "
+                   f"{SEGMENT_BAR_STEPS} (default: when stderr is a terminal).")
 def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | None, policy: str | None,
           max_steps: int | None, device: str, dtype: str, runtime: str, graph: str | None, engine: str | None,
-          batch_size: int, seq_len: int | None, as_json: bool) -> None:
+          batch_size: int, seq_len: int | None, as_json: bool, progress: bool | None) -> None:
     """Solve puzzles with MODEL: a checkpoint (PyTorch reference) or an exported bundle directory
-    (ONNX Runtime or TensorRT; needs no torch)."""
+    (ONNX Runtime or TensorRT; needs no torch). Results stream out a batch at a time, in input order."""
     halting = parse_policy(policy) if policy else None  # explicit options win over the model's defaults
+    if not puzzle and file is None:
+        raise click.UsageError("no puzzles given: use --puzzle TEXT, --file PATH or --file - (stdin)")
+    opened = open_puzzle_file(file) if file is not None else None
+    if opened is not None and opened[1] != "stdin":
+        click.get_current_context().call_on_close(opened[0].close)
     if Path(model).is_dir() and (Path(model) / "manifest.json").is_file():
         found_task, model_seq, default_policy, default_steps, run, label = _bundle_solver(model, graph, runtime,
                                                                                           engine)
@@ -112,32 +133,44 @@ def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | Non
     codec = get_codec(task)
     if codec.seq_len != model_seq:
         raise HrmEdgeError(f"task {task!r} has seq_len {codec.seq_len}, the model expects {model_seq}")
-    texts = _read_puzzle_texts(codec, puzzle, file)
-    tokens = np.stack([codec.encode(t, index=i + 1) for i, t in enumerate(texts)])
     steps = max_steps or default_steps
-    t0 = time.perf_counter()
-    result = run(tokens, halting, steps, batch_size)
-    elapsed = time.perf_counter() - t0
-    solved = 0
-    for i in range(len(texts)):
-        ok = bool(codec.check(tokens[i], result.predictions[i]))
-        solved += ok
-        record = {"index": i + 1, "puzzle": codec.decode(tokens[i]), "solution": codec.decode(result.predictions[i]),
-                  "valid": ok, "segments": int(result.steps[i]), "q_halt": float(result.q_halt[i]),
-                  "q_continue": float(result.q_continue[i])}
-        if as_json:
-            click.echo(json.dumps(record))
-            continue
-        click.echo(f"# puzzle {i + 1}: {'VALID' if ok else 'INVALID'} solution, {record['segments']} segment(s)")
-        click.echo(codec.format_grid(result.predictions[i]))
-        click.echo()
-    summary = {"puzzles": len(texts), "valid": solved, "policy": str(halting), "max_steps": steps,
-               "mean_segments": float(result.steps.mean()), "seconds": round(elapsed, 4),
-               "ms_per_puzzle": round(1000 * elapsed / len(texts), 2), "runtime": label}
+    bar = SolveProgress(sys.stderr.isatty() if progress is None else progress, steps)
+    count = solved = segments = 0
+    elapsed = 0.0
+    try:
+        for tokens in encoded_batches(codec, puzzle_sources(codec, puzzle, opened), batch_size):
+            bar.new_batch()
+            t0 = time.perf_counter()
+            result = run(tokens, halting, steps, batch_size, bar.segment)
+            elapsed += time.perf_counter() - t0
+            lines = []
+            for i in range(len(tokens)):
+                ok = bool(codec.check(tokens[i], result.predictions[i]))
+                solved += ok
+                count += 1
+                record = {"index": count, "puzzle": codec.decode(tokens[i]),
+                          "solution": codec.decode(result.predictions[i]), "valid": ok,
+                          "segments": int(result.steps[i]), "q_halt": float(result.q_halt[i]),
+                          "q_continue": float(result.q_continue[i])}
+                if as_json:
+                    lines.append(json.dumps(record))
+                else:
+                    lines += [f"# puzzle {count}: {'VALID' if ok else 'INVALID'} solution, "
+                              f"{record['segments']} segment(s)", codec.format_grid(result.predictions[i]), ""]
+            segments += int(result.steps.sum())
+            click.echo("\n".join(lines))
+            bar.solved(len(tokens))
+    finally:
+        bar.close()
+    if count == 0:
+        raise click.UsageError("no puzzles found in the input")
+    summary = {"puzzles": count, "valid": solved, "policy": str(halting), "max_steps": steps,
+               "mean_segments": segments / count, "seconds": round(elapsed, 4),
+               "ms_per_puzzle": round(1000 * elapsed / count, 2), "runtime": label}
     if as_json:
         click.echo(json.dumps({"summary": summary}))
     else:
-        click.echo(f"{solved}/{len(texts)} valid, mean {summary['mean_segments']:.2f} segments, "
+        click.echo(f"{solved}/{count} valid, mean {summary['mean_segments']:.2f} segments, "
                    f"{elapsed:.2f} s ({summary['ms_per_puzzle']} ms/puzzle, {label}, policy {halting})")
 
 
@@ -182,6 +215,7 @@ def convert(src: str, output: str, task: str | None, seq_len: int | None) -> Non
 
     if not output.endswith((".pt", ".safetensors")):
         raise click.UsageError("--output must end in .pt or .safetensors")
+    check_output_file(output)
     ck = load_for_cli(src, task, seq_len)
     out = save_checkpoint(output, ck.model, ck.task, provenance={"converted_from": ck.provenance}, card=ck.card)
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {ck.model.parameter_count():,} parameters, "
@@ -204,6 +238,7 @@ def init(preset: str, output: str, seed: int) -> None:
     from hrm_edge.model.checkpoint import guess_task, save_checkpoint
     from hrm_edge.model.config import preset_config
 
+    check_output_file(output)
     config = preset_config(preset)
     torch.manual_seed(seed)
     model = create_model(config)
@@ -226,30 +261,61 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# OS errors a user's environment causes (permissions, full disks, closed pipes, wrong kinds of
+# path), reported as user errors; any other OSError is a bug.
+USER_OS_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                            errno.EPIPE, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE,
+                            errno.ENFILE, errno.EIO})
+
+
+def _os_error_line(exc: OSError) -> str:
+    """The one-line message of a user-caused OSError; a write to stdout (no file name) says so and
+    points stdout at /dev/null, so that the interpreter's final flush does not fail again."""
+    if exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return f"cannot write the output: {exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the click group and turns every error into one line and an exit code."""
+    """Entry point: runs the click group and turns every error into one line and an exit code:
+    1 for errors a user can cause (bad input, unusable paths, a full disk), 130 for an interrupt,
+    2 only for bugs ("internal error")."""
     try:
         code = cli.main(args=argv, prog_name="hrm-edge", standalone_mode=False)
+        sys.stdout.flush()
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # usage errors too: exit 1, not click's 2 (kept for bugs)
         click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(1)
     except (HrmEdgeError, PuzzleError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in USER_OS_ERRORS or os.environ.get("HRM_EDGE_DEBUG"):
+            _internal_error(exc)
+        click.echo(f"error: {_os_error_line(exc)}", err=True)
+        sys.exit(1)
     except Exception as exc:
-        if os.environ.get("HRM_EDGE_DEBUG"):
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        click.echo(f"error: internal error {type(exc).__name__}: {first} (HRM_EDGE_DEBUG=1 shows a traceback)",
-                   err=True)
-        sys.exit(2)
+        _internal_error(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: BaseException) -> NoReturn:
+    """A bug: one line and exit 2 (HRM_EDGE_DEBUG=1 re-raises it with its traceback)."""
+    if os.environ.get("HRM_EDGE_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    click.echo(f"error: internal error {type(exc).__name__}: {first} (HRM_EDGE_DEBUG=1 shows a traceback)",
+               err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

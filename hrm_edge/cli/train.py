@@ -10,8 +10,10 @@ import click
 import numpy as np
 
 from hrm_edge.act import parse_policy
-from hrm_edge.cli.common import DTYPES, load_for_cli
+from hrm_edge.cli.common import DTYPES, load_for_cli, torch_device
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.files import check_output_dir
+from hrm_edge.model.config import MAX_HALT_STEPS
 from hrm_edge.puzzles.codecs import get_codec
 
 
@@ -21,7 +23,8 @@ from hrm_edge.puzzles.codecs import get_codec
               help="Puzzle set directory (with MANIFEST.json) or one of its split files.")
 @click.option("--split", default="val", show_default=True)
 @click.option("--policy", "policies", multiple=True, help="Policies to run (default: fixed, q, threshold:0.9).")
-@click.option("--max-steps", type=click.IntRange(1), help="Segment cap (default: the model's halt_max_steps).")
+@click.option("--max-steps", type=click.IntRange(1, MAX_HALT_STEPS),
+              help="Segment cap (default: the model's halt_max_steps).")
 @click.option("--scan-steps", type=click.IntRange(1), help="Length of the scaling curve (default 2x max steps).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
@@ -37,6 +40,8 @@ def eval_cmd(ckpt: str, data: str, split: str, policies: tuple[str, ...], max_st
 
     for p in policies:
         parse_policy(p)
+    out = check_output_dir(out_dir, "--out directory")
+    device = torch_device(device)
     pset = load_puzzle_set(data, split=None if Path(data).is_file() else split)
     if pset.labels is None:
         raise HrmEdgeError(f"{data}: split {pset.split!r} has no labels to evaluate against")
@@ -49,7 +54,6 @@ def eval_cmd(ckpt: str, data: str, split: str, policies: tuple[str, ...], max_st
     report = evaluate(TorchSegmentRunner(model, device), pset, steps, policies or DEFAULT_POLICIES, batch_size,
                       scan_steps)
     report.update(checkpoint=str(ckpt), data=str(data), runtime=f"torch {device} {dtype}")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     plot_report(report, str(out / "eval.png"))
@@ -113,6 +117,8 @@ def train(family: str, preset: str | None, overrides: tuple[str, ...], run_dir: 
     from hrm_edge.model.config import preset_config
     from hrm_edge.train.trainer import TrainConfig, Trainer
 
+    run = check_output_dir(run_dir, "--run-dir")
+    device = torch_device(device)
     fields: dict[str, object] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -126,7 +132,6 @@ def train(family: str, preset: str | None, overrides: tuple[str, ...], run_dir: 
     task = guess_task(mcfg.seq_len, mcfg.vocab_size)
     if threads:
         torch.set_num_threads(threads)
-    run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     if task in ("sudoku", "sudoku6"):
         sampler, val, data = _sudoku_data(task, run, val_file, pool_file, pool_size, pool_givens, pool_attempts,

@@ -1,6 +1,7 @@
 """Write a deployable bundle from a checkpoint, atomically: graphs, manifest, initial carry and
 golden reference outputs. Everything is written into a temporary sibling directory that is
-renamed into place only when complete, so an interrupted export leaves nothing half-written.
+swapped into place only when complete, under an exclusive lock, so an interrupted export leaves
+nothing half-written and a second exporter to the same path fails at once.
 
 Graphs (`GraphSpec`): the portable standard-op graphs of `hrm_edge.export.graphs` (segment,
 K-unrolled, ACT loop, embed), and the fused CPU segment graph `segment.fp32-cpufused`: the segment
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import shutil
@@ -27,7 +29,7 @@ import numpy as np
 from hrm_edge import __version__
 from hrm_edge.act import parse_policy, solve_in_batches
 from hrm_edge.bundle import CARRY_INIT, REFERENCE, BundleError, remap_ids
-from hrm_edge.files import sha256_file
+from hrm_edge.files import check_output_dir, exclusive_lock, remove_stale_partials, replace_dir, sha256_file
 from hrm_edge.manifest import (
     MANIFEST,
     ORT_CPU,
@@ -183,6 +185,43 @@ def _seal(tmp: Path, manifest: Manifest, gate: Callable[[Path], GateRun] | None,
         (tmp / SIGNATURE).write_bytes(sign(manifest.digest))
 
 
+def check_bundle_target(out: Path, force: bool) -> None:
+    """Refuse an output that exists without `force`, and with `force` anything but a bundle or an empty
+    directory (so that a mistyped `-o` never deletes a home directory); the location must be writable."""
+    check_output_dir(out, "bundle directory")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise BundleError(f"{out}: already exists (use --force to replace it)")
+    if not out.is_dir() or out.is_symlink():
+        raise BundleError(f"{out}: exists and is not a directory; --force replaces only a bundle")
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise BundleError(f"{out}: not a bundle (no {MANIFEST}) and not empty; --force replaces only a bundle")
+
+
+def _exclusive(export: Callable[..., Path]) -> Callable[..., Path]:
+    """Run `export(ck, out, ..., force=, log=)` holding `exclusive_lock(out)` (`.NAME.lock` beside
+    `out`) throughout, so that a second export to `out` fails at once: the target checked
+    (`check_bundle_target`), then the `.NAME.*.partial` siblings of a killed export removed and
+    reported. The export builds the bundle in such a sibling and swaps it into place atomically
+    (`hrm_edge.files.replace_dir`): an existing bundle stays whole at `out` until the new one is
+    complete."""
+    @functools.wraps(export)
+    def locked(ck: Checkpoint, out: Path, *args: Any, force: bool = False, log: Callable[[str], None] = print,
+               **kwargs: Any) -> Path:
+        out = check_output_dir(out, "bundle directory")
+        with exclusive_lock(out):
+            check_bundle_target(out, force)
+            stale = remove_stale_partials(out)
+            if stale:
+                log(f"removed {len(stale)} stale partial export(s) of a killed export: "
+                    f"{', '.join(p.name for p in stale)}")
+            return export(ck, out, *args, force=force, log=log, **kwargs)
+
+    return locked
+
+
+@_exclusive
 def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: PuzzleSet, *, policy: str = "q",
                  max_steps: int | None = None, opset: int = 18, force: bool = False,
                  keep_puzzle_ids: list[int] | None = None,
@@ -200,9 +239,6 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
     the signature of the final digest, written as manifest.sig (`_seal`)."""
     from hrm_edge.export.onnx_utils import check_graph, graph_summary
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise BundleError(f"{out}: already exists (use --force to replace it)")
     if ck.task is None:
         raise BundleError("the checkpoint does not say its task: pass --task")
     steps = max_steps or ck.config.halt_max_steps
@@ -264,13 +300,7 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
