@@ -146,12 +146,7 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
 
         hooks.append(add_int8)
     if target == "jetson":
-        def add_device(tmp: Path, manifest: Manifest, exported: Checkpoint) -> None:
-            data = manifest.to_dict()  # device_bundle reads and extends the manifest's JSON object
-            add_device_files(tmp, data, exported)
-            manifest.device = Manifest.from_dict(data, manifest.where).device
-
-        hooks.append(add_device)
+        hooks.append(add_device_files)
 
     def extra(tmp: Path, manifest: Manifest, exported: Checkpoint) -> None:
         for hook in hooks:

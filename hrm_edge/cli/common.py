@@ -19,10 +19,12 @@ def load_for_cli(ckpt: str, task: str | None, seq_len: int | None) -> Any:
     ck = load_checkpoint(ckpt, seq_len=seq_len, task=task)
     if task is not None:
         codec = get_codec(task)
-        if codec.seq_len != ck.config.seq_len or codec.vocab_size > ck.config.vocab_size:
-            raise HrmEdgeError(f"--task {task}: its puzzles have {codec.seq_len} tokens with ids below "
-                               f"{codec.vocab_size}; {ckpt} reads {ck.config.seq_len} tokens with ids below "
-                               f"{ck.config.vocab_size} (task {ck.task or 'unknown'})")
+        if codec.seq_len != ck.config.seq_len:
+            raise HrmEdgeError(f"task {task}: {ckpt} does not fit: puzzles have {codec.seq_len} tokens, "
+                               f"the checkpoint expects {ck.config.seq_len}")
+        if codec.vocab_size > ck.config.vocab_size:
+            raise HrmEdgeError(f"task {task}: {ckpt} does not fit: puzzles use token ids below {codec.vocab_size}, "
+                               f"the checkpoint's vocabulary has {ck.config.vocab_size}")
     return ck
 
 

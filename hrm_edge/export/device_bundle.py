@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm_edge.bundle import BundleError
+from hrm_edge.manifest import DeviceFiles, Manifest
 
 # What the wheel is built from, relative to the source root (pyproject.toml's readme included).
 BUILD_FILES = ("pyproject.toml", "README.md", "hrm_edge")
@@ -98,15 +99,16 @@ def build_runtime_wheel(dest: Path, root: Path | None = None) -> Path:
     return target
 
 
-def device_readme(manifest: dict[str, Any], wheel: str) -> str:
-    graphs = ", ".join(sorted(manifest["graphs"]))
+def device_readme(manifest: Manifest, wheel: str) -> str:
+    """README-device.md for a bundle with this manifest and runtime wheel file name."""
+    graphs = ", ".join(sorted(manifest.graphs))
     jetpack = "\n".join(f"| JetPack {jp} | TensorRT {trt} |" for jp, trt in JETPACK_TENSORRT.items())
-    task = manifest["task"]["name"]
+    model, halting = manifest.model, manifest.need_halting()
     return f"""# hrm-edge device bundle
 
-Model: {manifest['model']['family'].upper()} ({manifest['model']['parameters']:,} parameters), task `{task}`,
-graphs: {graphs}. Halting: policy `{manifest['halting']['default_policy']}`, at most
-{manifest['halting']['max_steps']} segments. Golden outputs of the PyTorch reference: `reference.npz`.
+Model: {(model.family or "hrm").upper()} ({model.parameters or 0:,} parameters), task `{manifest.task.name}`,
+graphs: {graphs}. Halting: policy `{halting.default_policy}`, at most
+{halting.max_steps} segments. Golden outputs of the PyTorch reference: `reference.npz`.
 
 ## Supported
 
@@ -142,12 +144,13 @@ chooses the halting rule and `--max-steps` the segment cap.
 """
 
 
-def add_device_files(tmp: Path, manifest: dict[str, Any], ck: Any = None) -> None:
-    """`write_bundle` hook: add the runtime wheel and README-device.md to the bundle directory (`ck` unused)."""
+def add_device_files(tmp: Path, manifest: Manifest, ck: Any = None) -> None:
+    """`write_bundle` hook: add the runtime wheel and README-device.md to the bundle directory and
+    record them in `manifest.device` (`ck` unused)."""
     wheel = build_runtime_wheel(tmp)
     (tmp / "README-device.md").write_text(device_readme(manifest, wheel.name))
-    manifest["device"] = {"runtime_wheel": wheel.name, "readme": "README-device.md",
-                          "jetpack_tensorrt": JETPACK_TENSORRT}
+    manifest.device = DeviceFiles(runtime_wheel=wheel.name, readme="README-device.md",
+                                  jetpack_tensorrt=dict(JETPACK_TENSORRT))
 
 
 def write_tarball(bundle: Path) -> Path:
