@@ -106,8 +106,8 @@ def test_tensorrt_int8_flavour_is_symmetric_and_passes_the_trt_check(exported, v
     model, seg, _, loop = exported(variant)
     ck = Checkpoint(model, model.config, "sudoku6")
     calib = load_puzzle_set("calib_data/sudoku6", split="calib")
-    pipe = Q.Int8Pipeline(seg, ck, calib, tmp_path / "work", calib_size=8, smooth_alpha=None, gptq=False,
-                          cache_dir=tmp_path / "cache", progress=False)
+    pipe = Q.Int8Pipeline(seg, ck, calib, tmp_path / "work", Q.Int8Config(
+        calib_size=8, smooth_alpha=None, gptq=False, cache_dir=tmp_path / "cache"), progress=False)
     q = pipe.quantize(Q.settings_for("tensorrt"))
     summary = Q.qdq_summary(q)
     assert summary["all_zero_points_zero"] is True

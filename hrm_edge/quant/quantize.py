@@ -459,6 +459,37 @@ class Int8Build:
     report: dict[str, Any]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Int8Config:
+    """Settings of one INT8 export, shared by every target it builds (`export --int8` sets them).
+
+    method: calibration method (`hrm_edge.quant.calibration.calibration_method`); calib_size: the first
+    N calibration puzzles are used; per_channel: per-channel int8 weights; smooth_alpha: SmoothQuant
+    migration strength on SwiGLU inputs (None: off); policy / max_steps: the halting rule and segment
+    cap of the calibration rollouts (the bundle's defaults); cache_dir: calibration cache (default
+    `default_cache_dir()`); min_step_share: the least weight of any ACT step in the calibration mix;
+    batch_size: puzzles per closed-loop evaluation batch; sensitivity_per_step: puzzles per step in
+    the leave-one-out sensitivity pass; threads: ONNX Runtime intra-op threads (None: physical cores);
+    gates: the search's gates (default `search_gates()`); float_paths: keep the halting head's input
+    path in float; gptq / gptq_per_step: GPTQ weight rounding and its Hessian samples per step."""
+
+    method: str = "minmax"
+    calib_size: int = 1024
+    per_channel: bool = True
+    smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA
+    policy: str = "q"
+    max_steps: int | None = None
+    cache_dir: str | Path | None = None
+    min_step_share: float = 0.125
+    batch_size: int = 64
+    sensitivity_per_step: int = 8
+    threads: int | None = None
+    gates: Any = None
+    float_paths: bool = True
+    gptq: bool = True
+    gptq_per_step: int = 16
+
+
 class Int8Pipeline:
     """Shared state of one INT8 export: the prepared/smoothed fp32 graph, the calibration reader and
     ranges, the fp32 PyTorch reference on the calibration puzzles and the evaluators.
@@ -467,33 +498,32 @@ class Int8Pipeline:
     (the first `calib_size` puzzles are used); policy / max_steps: the bundle's halting defaults.
     """
 
-    def __init__(self, fp32_graph: str | Path, ck: Any, calib: Any, work_dir: str | Path, *, method: str = "minmax",
-                 calib_size: int = 1024, per_channel: bool = True, smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA,
-                 policy: str = "q", max_steps: int | None = None, cache_dir: str | Path | None = None,
-                 min_step_share: float = 0.125, batch_size: int = 64, sensitivity_per_step: int = 8,
-                 threads: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
-                 gates: Any = None, float_paths: bool = True, gptq: bool = True, gptq_per_step: int = 16) -> None:
+    def __init__(self, fp32_graph: str | Path, ck: Any, calib: Any, work_dir: str | Path,
+                 config: Int8Config | None = None, *, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> None:
         from hrm_edge.act import parse_policy
         from hrm_edge.quant.calibration import ActCalibrationReader, calibration_method, default_cache_dir
 
-        calibration_method(method)
+        config = config or Int8Config()
+        calibration_method(config.method)
+        self.config = config
         self.ck, self.work_dir = ck, Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.model = ck.model.set_compute_dtype("float32").eval()
         cfg = self.model.config
-        self.method, self.per_channel, self.smooth_alpha = method, per_channel, smooth_alpha
-        self.policy = parse_policy(policy)
-        self.max_steps = int(max_steps or cfg.halt_max_steps)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.batch_size, self.threads, self.progress = batch_size, threads, progress
-        self.sensitivity_per_step = sensitivity_per_step
-        self.gates = gates if gates is not None else search_gates()
-        self.float_paths = float_paths
-        self.gptq, self.gptq_per_step = gptq, gptq_per_step
+        self.method, self.per_channel, self.smooth_alpha = config.method, config.per_channel, config.smooth_alpha
+        self.policy = parse_policy(config.policy)
+        self.max_steps = int(config.max_steps or cfg.halt_max_steps)
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
+        self.batch_size, self.threads, self.progress = config.batch_size, config.threads, progress
+        self.sensitivity_per_step = config.sensitivity_per_step
+        self.gates = config.gates if config.gates is not None else search_gates()
+        self.float_paths = config.float_paths
+        self.gptq, self.gptq_per_step = config.gptq, config.gptq_per_step
         self._hessians: dict[str, np.ndarray] | None = None
         self._gptq_memo: dict[Any, np.ndarray] = {}
         self.log = log or (lambda m: None)
-        n = min(int(calib_size), len(calib))
+        n = min(int(config.calib_size), len(calib))
         self.tokens = np.ascontiguousarray(calib.inputs[:n], np.int64)
         self.puzzle_ids = np.ascontiguousarray(calib.puzzle_ids[:n], np.int64)
         self.labels = None if calib.labels is None else calib.labels[:n]
@@ -502,7 +532,7 @@ class Int8Pipeline:
         src = onnx.load(str(fp32_graph))
         self.input_names = tuple(i.name for i in src.graph.input)
         self.reader = ActCalibrationReader(self.model, self.tokens, self.puzzle_ids, self.max_steps, str(self.policy),
-                                           min_step_share, batch_size=32, input_names=self.input_names,
+                                           config.min_step_share, batch_size=32, input_names=self.input_names,
                                            progress=progress)
         # 1. prepare
         folded = fold_weight_transposes(src)
@@ -511,7 +541,7 @@ class Int8Pipeline:
         self.prep_info: dict[str, Any] = {"weight_transposes_folded": folded}
         # 2. smooth
         self.fp32_path = self.prepared_path
-        if smooth_alpha:
+        if config.smooth_alpha:
             self._smooth(src)
         self.fp32 = onnx.load(str(self.fp32_path))
         from hrm_edge.quant.search import find_sites
@@ -787,10 +817,10 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     fp32_path = bundle_tmp_dir / fp32_entry.file
     halting = manifest.halting
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=bundle_tmp_dir) as work:
-        pipe = Int8Pipeline(fp32_path, ck, calib, work, method=method, calib_size=calib_size, per_channel=per_channel,
-                            smooth_alpha=smooth_alpha, policy=halting.default_policy if halting else "q",
-                            max_steps=halting.max_steps if halting else None, cache_dir=cache_dir,
-                            progress=progress, log=log, gptq=gptq)
+        config = Int8Config(method=method, calib_size=calib_size, per_channel=per_channel, smooth_alpha=smooth_alpha,
+                            policy=halting.default_policy if halting else "q",
+                            max_steps=halting.max_steps if halting else None, cache_dir=cache_dir, gptq=gptq)
+        pipe = Int8Pipeline(fp32_path, ck, calib, work, config, progress=progress, log=log)
         builds = []
         for target in targets:
             name = graph_name(target)
@@ -808,7 +838,8 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                                                          f'graphs["{name}"]')
 
 
-__all__ = ["DEFAULT_SMOOTH_ALPHA", "MODES", "PRESETS", "TARGETS", "Int8Build", "Int8Pipeline", "QuantSettings",
+__all__ = ["DEFAULT_SMOOTH_ALPHA", "MODES", "PRESETS", "TARGETS", "Int8Build", "Int8Config", "Int8Pipeline",
+           "QuantSettings",
            "add_int8_graphs", "apply_gptq", "fold_weight_transposes", "gptq_int8", "graph_name", "keep_float_paths",
            "normalize_target", "qdq_summary", "quantize_graph", "quantized_sites", "settings_for", "smooth_swiglu",
            "swiglu_pairs"]

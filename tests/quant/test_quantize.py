@@ -98,8 +98,8 @@ def built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(built, calib, tmp_path_factory):
     ck = Checkpoint(built["model"], built["model"].config, "sudoku6")
-    return Q.Int8Pipeline(built["fp32"], ck, calib, tmp_path_factory.mktemp("work"), calib_size=12,
-                          smooth_alpha=None, gptq=False, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+    return Q.Int8Pipeline(built["fp32"], ck, calib, tmp_path_factory.mktemp("work"), Q.Int8Config(
+        calib_size=12, smooth_alpha=None, gptq=False, cache_dir=tmp_path_factory.mktemp("cache")), progress=False)
 
 
 def _run(model, feeds):
@@ -283,8 +283,8 @@ def test_float_sites_of_the_tensorrt_flavour_dequantize_their_int8_weights_the_t
 
 def test_search_keeps_exactly_the_planted_sites_in_float(built, calib, tmp_path):
     ck = Checkpoint(built["planted_model"], built["model"].config, "sudoku6")
-    pipe = Q.Int8Pipeline(built["planted"], ck, calib, tmp_path / "w", calib_size=12, smooth_alpha=None, gptq=False,
-                          cache_dir=tmp_path / "cache", progress=False, gates=LOGIT_GATES)
+    pipe = Q.Int8Pipeline(built["planted"], ck, calib, tmp_path / "w", Q.Int8Config(
+        calib_size=12, smooth_alpha=None, gptq=False, cache_dir=tmp_path / "cache", gates=LOGIT_GATES), progress=False)
     planted = {s.node for s in pipe.sites if s.label in ("H0.layer0.down_proj", "H1.layer0.down_proj")}
     assert len(planted) == 2
     build = pipe.build("tensorrt", tmp_path / "int8.onnx", max_evals=12)
@@ -303,8 +303,8 @@ def test_search_keeps_exactly_the_planted_sites_in_float(built, calib, tmp_path)
 
 def test_smoothquant_absorbs_the_planted_outlier(built, calib, tmp_path):
     ck = Checkpoint(built["planted_model"], built["model"].config, "sudoku6")
-    pipe = Q.Int8Pipeline(built["planted"], ck, calib, tmp_path / "w", calib_size=12, smooth_alpha=0.7, gptq=False,
-                          cache_dir=tmp_path / "cache", progress=False, gates=LOGIT_GATES)
+    pipe = Q.Int8Pipeline(built["planted"], ck, calib, tmp_path / "w", Q.Int8Config(
+        calib_size=12, smooth_alpha=0.7, gptq=False, cache_dir=tmp_path / "cache", gates=LOGIT_GATES), progress=False)
     info = pipe.prep_info["smoothquant"]["blocks"]
     h0 = info["model.inner.H_level.layers.0.mlp.down_proj.weight__T"]
     assert h0["act_absmax_before"] > 100 * h0["act_absmax_after"]
@@ -376,8 +376,8 @@ def test_open_loop_score_includes_the_halting_margin(built, calib, tmp_path):
 
     model = spread_q_head(copy.deepcopy(built["model"]))  # the official init makes q constant
     ck = Checkpoint(model, model.config, "sudoku6")
-    pipe = Q.Int8Pipeline(export_segment(model, tmp_path / "q.onnx"), ck, calib, tmp_path / "w", calib_size=12,
-                          smooth_alpha=None, gptq=False, cache_dir=tmp_path / "cache", progress=False)
+    pipe = Q.Int8Pipeline(export_segment(model, tmp_path / "q.onnx"), ck, calib, tmp_path / "w", Q.Int8Config(
+        calib_size=12, smooth_alpha=None, gptq=False, cache_dir=tmp_path / "cache"), progress=False)
     full = pipe.quantize(Q.settings_for("tensorrt"))
     q_head = next(s.node for s in pipe.sites if s.label == "q_head")
     per_step = pipe.open_loop.errors(full)["per_step"]
