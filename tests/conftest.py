@@ -26,3 +26,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A seeded (seed 1), untrained sudoku-tiny checkpoint written by `hrm-edge init`."""
+    from hrm_edge.cli.main import main
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    with pytest.raises(SystemExit) as exc:
+        main(["init", "sudoku-tiny", "-o", str(path), "--seed", "1"])
+    assert exc.value.code == 0
+    return path

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from hrm_edge.bundle import open_bundle
-from hrm_edge.cli.main import main
 from hrm_edge.files import exclusive_lock, lock_path, swap_dirs
 from tests.cli_helpers import one_line_error, run_cli
 
@@ -48,15 +47,6 @@ with files.exclusive_lock(out):
 def _exporter(ckpt: Path, out: Path, mode: str, go: Path | None = None) -> subprocess.Popen[str]:
     argv = [sys.executable, "-c", EXPORTER, str(ckpt), str(out), mode, *([str(go)] if go else [])]
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    with pytest.raises(SystemExit) as exc:
-        main(["init", "sudoku-tiny", "-o", str(path), "--seed", "1"])
-    assert exc.value.code == 0
-    return path
 
 
 @pytest.fixture(scope="module")

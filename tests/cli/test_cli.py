@@ -6,21 +6,11 @@ import json
 
 import pytest
 
-from hrm_edge.cli.main import main
 from hrm_edge.model.checkpoint import load_checkpoint, write_official_layout
 from tests.cli_helpers import one_line_error, run_cli
 
 # magictour_top1465.txt, first puzzle
 HARD = "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........"
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    with pytest.raises(SystemExit) as exc:
-        main(["init", "sudoku-tiny", "-o", str(path), "--seed", "1"])
-    assert exc.value.code == 0
-    return path
 
 
 def test_solve_prints_a_grid_validity_and_segments(capsys, tiny_ckpt):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from hrm_edge.cli.main import main
 from tests.cli_helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,15 +23,6 @@ def user_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     assert code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), (code, err)
     assert "internal error" not in err
     return err.strip()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny6.pt"
-    with pytest.raises(SystemExit) as exc:
-        main(["init", "sudoku-tiny", "-o", str(path), "--seed", "1"])
-    assert exc.value.code == 0
-    return path
 
 
 @pytest.fixture

@@ -10,9 +10,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from hrm_edge.cli.main import main
 from hrm_edge.puzzles.codecs import get_codec
 from hrm_edge.puzzles.stream import iter_puzzle_texts
 from tests.cli_helpers import run_cli
@@ -20,15 +17,6 @@ from tests.cli_helpers import run_cli
 REPO = Path(__file__).resolve().parents[2]
 SUDOKU = [line.split()[0] for line in (REPO / "calib_data" / "sudoku" / "val.txt").read_text().splitlines()
           if line and not line.startswith("#")]
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    with pytest.raises(SystemExit) as exc:
-        main(["init", "sudoku-tiny", "-o", str(path), "--seed", "1"])
-    assert exc.value.code == 0
-    return path
 
 
 def test_a_bad_line_late_in_a_large_file_comes_after_the_results_before_it(capsys, tiny_ckpt, tmp_path):
