@@ -127,3 +127,18 @@ def test_without_labels_the_solved_gate_falls_back_to_identical_outputs(demo):
     assert "solved_agreement" not in metrics
     checks = {c["name"]: c for c in gate(metrics, DEFAULT_GATES["int8"])}
     assert checks["exact_agreement"]["threshold"] == 0.99 and not checks["exact_agreement"]["passed"]
+
+
+def test_verify_bounds_the_first_segment_where_parity_bounds_every_step():
+    """The HRM demo's fresh fp32 export on its 16 golden puzzles: every output and halting step equal,
+    the first segment 7.9e-7 from the golden logits, step 8 1.6e-5 (recurrence drift)."""
+    from hrm_edge.parity import VERIFY_GATES
+
+    metrics = {"max_logit_rel": 1.6e-5, "first_step_logit_rel": 7.9e-7, "exact_agreement": 1.0,
+               "halting_agreement": 1.0}
+    failed = {c["name"] for c in gate(metrics, DEFAULT_GATES["fp32"]) if not c["passed"]}
+    assert failed == {"max_logit_rel"}
+    assert all(c["passed"] for c in gate(metrics, VERIFY_GATES["fp32"]))
+    wrong_graph = {**metrics, "first_step_logit_rel": 2e-5}
+    failed = {c["name"] for c in gate(wrong_graph, VERIFY_GATES["fp32"]) if not c["passed"]}
+    assert failed == {"first_step_logit_rel"}

@@ -115,3 +115,14 @@ def _int8_bundle(tmp_path: Path, float_sites: int) -> Bundle:
                                                      (26, "segment.fp32"), (50, "segment.fp32")])
 def test_int8_graph_is_the_cpu_default_only_when_most_sites_compute_in_int8(tmp_path, float_sites, chosen):
     assert default_graph(_int8_bundle(tmp_path, float_sites), "ort") == chosen
+
+
+def test_verify_passes_every_graph_of_a_fresh_default_export_of_the_hrm_demo(capsys, tmp_path):
+    """The default export (16 golden puzzles): the portable fp32 graph is 1.6e-5 from the golden logits
+    by step 8 (recurrence drift), over an all-steps bound of 1e-5, while every output and halting step
+    matches and the first segment is 7.9e-7 away; verify bounds the first segment (parity.VERIFY_GATES)."""
+    code, _, err = run_cli(capsys, "export", str(DEMO), "-o", str(tmp_path / "b"), "--no-fp16")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "verify", str(tmp_path / "b"))
+    assert code == 0, out + err
+    assert out.count("PASS ") == 2 and out.count("16 puzzles") == 2 and "first segment" in out

@@ -1,0 +1,44 @@
+"""`hrm-edge export --int8` end to end on a tiny model: the INT8 graph is gated on the finished
+bundle, the gate's result is sealed into the manifest (so the digest covers it), and the gate's
+report names the bundle where it ends up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hrm_edge.bundle import open_bundle
+from tests.cli_helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "bundle"
+    from hrm_edge.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(tiny_ckpt), "-o", str(out), "--int8", "--calib-size", "16", "--no-fp16", "--golden", "4"])
+    assert exc.value.code == 0
+    return out
+
+
+def test_int8_export_seals_its_gate_into_the_manifest(int8_export):
+    b = open_bundle(int8_export)
+    assert "segment.int8-cpu" in b.graphs
+    [gate] = b.manifest.gates
+    assert (gate.name, gate.precision, gate.passed) == ("parity", "int8", True)
+    assert set(gate.graphs) == {"segment.int8-cpu"}
+    assert gate.puzzles > 0
+
+
+def test_int8_gate_report_names_the_final_bundle(int8_export):
+    report = json.loads((int8_export.parent / f"{int8_export.name}-parity" / "parity.json").read_text())
+    assert report["bundle"] == str(int8_export)
+
+
+def test_the_printed_digest_pins_the_int8_bundle(int8_export, capsys):
+    digest = open_bundle(int8_export).manifest.digest
+    assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    code, out, _ = run_cli(capsys, "verify", str(int8_export), "--expect", digest)
+    assert code == 0 and f"bundle digest: {digest}" in out and "digest matches --expect" in out
