@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hrm_edge"
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("hrm_edge", "hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract"),
-    ("hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.manifest"),
+    ("hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.manifest", "hrm_edge.signing"),
     ("hrm_edge.bundle", "hrm_edge.parity"),
     ("hrm_edge.model",),
     ("hrm_edge.runtimes",),
@@ -26,7 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Modules a device without torch imports (the bundle side): none of them may reach torch, not even
 # through a lazy import inside a function.
 TORCH_FREE = ("hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract", "hrm_edge.puzzles", "hrm_edge.act",
-              "hrm_edge.manifest", "hrm_edge.bundle", "hrm_edge.parity", "hrm_edge.runtimes", "hrm_edge.model.config")
+              "hrm_edge.manifest", "hrm_edge.signing", "hrm_edge.bundle", "hrm_edge.parity", "hrm_edge.runtimes",
+              "hrm_edge.model.config")
 # The TensorRT checker and builder read ONNX files with the `onnx` package; nothing else on the
 # device side does.
 ONNX_FREE = ("hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.manifest", "hrm_edge.bundle", "hrm_edge.parity",
@@ -65,7 +66,8 @@ def _layer(module: str) -> int:
     best, index = -1, -1
     for i, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            package = prefix != "hrm_edge"  # the root package's own __init__, not everything under it
+            if (module == prefix or (package and module.startswith(prefix + "."))) and len(prefix) > best:
                 best, index = len(prefix), i
     return index
 
