@@ -437,13 +437,19 @@ def _load_single_file(file: Path, task: str | None) -> Checkpoint:
             raise CheckpointError(f"{file}: hrm-edge checkpoint has no {key!r} dict")
     state_dict = raw["state_dict"]
     _check_names(state_dict, file)
-    family, family_from = _resolve_family(file, state_dict, raw.get("family"), raw["config"].get("family"))
-    config = CONFIG_CLASSES[family].from_dict({k: v for k, v in raw["config"].items() if k != "family"})
-    provenance, card = _optional_dict(file, raw, "provenance"), _optional_dict(file, raw, "card")
-    saved_task = _optional_str(file, raw, "task")
+    return _checkpoint(file, file, state_dict, raw, raw["config"], "hrm-edge", task)
+
+
+def _checkpoint(file: Path, meta_file: Path, state_dict: dict[str, Any], meta: dict[str, Any],
+                config_dict: dict[str, Any], fmt: str, task: str | None) -> Checkpoint:
+    """A hrm-edge file's checkpoint (`.pt`, or `.safetensors` with `meta_file` its `.json`): the
+    family, config, provenance, card and task from `meta`, the model built from `state_dict`."""
+    family, family_from = _resolve_family(meta_file, state_dict, meta.get("family"), config_dict.get("family"))
+    config = CONFIG_CLASSES[family].from_dict({k: v for k, v in config_dict.items() if k != "family"})
+    provenance, card = _optional_dict(meta_file, meta, "provenance"), _optional_dict(meta_file, meta, "card")
+    saved_task = _optional_str(meta_file, meta, "task")
     model = build_model(config, state_dict, file)
-    provenance.update(format="hrm-edge", family=family, family_from=family_from, path=str(file),
-                      sha256=sha256_file(file))
+    provenance.update(format=fmt, family=family, family_from=family_from, path=str(file), sha256=sha256_file(file))
     return Checkpoint(model=model, config=config, task=task or saved_task, provenance=provenance, card=card)
 
 
@@ -465,14 +471,7 @@ def _load_safetensors(file: Path, task: str | None) -> Checkpoint:
     cfg = meta.get("config", meta)
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: 'config' is not a dict")
-    family, family_from = _resolve_family(cfg_path, state_dict, meta.get("family"), cfg.get("family"))
-    config = CONFIG_CLASSES[family].from_dict({k: v for k, v in cfg.items() if k != "family"})
-    provenance, card = _optional_dict(cfg_path, meta, "provenance"), _optional_dict(cfg_path, meta, "card")
-    saved_task = _optional_str(cfg_path, meta, "task")
-    model = build_model(config, state_dict, file)
-    provenance.update(format="safetensors", family=family, family_from=family_from, path=str(file),
-                      sha256=sha256_file(file))
-    return Checkpoint(model=model, config=config, task=task or saved_task, provenance=provenance, card=card)
+    return _checkpoint(file, cfg_path, state_dict, meta, cfg, "safetensors", task)
 
 
 def load_checkpoint(path: str | Path, seq_len: int | None = None, task: str | None = None) -> Checkpoint:
