@@ -22,6 +22,8 @@ from hrm_edge.continuous import solve_continuous
 from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes.solver import GraphSolver, default_graph
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def measure(bundle_dir: str, data: str, slots: list[int], repeats: int, limit: int, threads: int) -> dict:
     bundle = open_bundle(bundle_dir)
@@ -49,6 +51,18 @@ def measure(bundle_dir: str, data: str, slots: list[int], repeats: int, limit: i
             "repeats": repeats, "rows": rows}
 
 
+def demo_bundle(out: Path) -> str:
+    """OUT/sudoku6-demo-bundle: the HRM 6x6 demo exported (fp32 + fused CPU graph) on first use, by the
+    CLI in a subprocess (bench sits below cli)."""
+    bundle = out / "sudoku6-demo-bundle"
+    if not (bundle / "manifest.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "hrm_edge.cli", "export", str(ROOT / "checkpoints" / "sudoku6-demo" /
+                                                                           "model.pt"), "-o", str(bundle), "--no-fp16"],
+                       check=True)
+    return str(bundle)
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -70,10 +84,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
-    root = Path(__file__).resolve().parents[2]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", help="Exported HRM 6x6 demo bundle (default: exported to OUT/sudoku6-demo-bundle).")
-    p.add_argument("--data", default=str(root / "calib_data" / "sudoku6"))
+    p.add_argument("--data", default=str(ROOT / "calib_data" / "sudoku6"))
     p.add_argument("--slots", default="4,8,16,32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, default=512)
@@ -82,13 +95,7 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = args.bundle
-    if bundle is None:
-        bundle = str(out / "sudoku6-demo-bundle")
-        if not (Path(bundle) / "manifest.json").is_file():  # the CLI in a subprocess: bench sits below cli
-            subprocess.run([sys.executable, "-m", "hrm_edge.cli", "export",
-                            str(root / "checkpoints" / "sudoku6-demo" / "model.pt"), "-o", bundle, "--no-fp16"],
-                           check=True)
+    bundle = args.bundle or demo_bundle(out)
     report = measure(bundle, args.data, [int(s) for s in args.slots.split(",")], args.repeats, args.limit,
                      args.threads)
     (out / "continuous.json").write_text(json.dumps(report, indent=2))

@@ -91,6 +91,7 @@ def _server_solver(path: str, url: str):
 
     b = open_bundle(path)
     remote = RemoteSolver(url)
+    remote.check_seq_len(int(b.config["seq_len"]), path)
 
     def run(tokens: np.ndarray, policy, steps: int, batch: int, tick):
         return remote.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)

@@ -4,6 +4,10 @@ Inference Server model repository from a bundle)."""
 from __future__ import annotations
 
 import click
+import numpy as np
+
+from hrm_edge.act import HaltingPolicy, SolveResult
+from hrm_edge.bundle import Bundle
 
 DEFAULT_SLOTS = 16
 
@@ -24,8 +28,11 @@ DEFAULT_SLOTS = 16
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
               help="Stop by itself after this many seconds (tests, load tests).")
+@click.option("--exit-timeout", type=click.IntRange(0), default=10, show_default=True,
+              help="Seconds requests in flight get to finish at shutdown (the server waits this long).")
 def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, instances: int, graph: str | None,
-          runtime: str, engine: str | None, threads: int | None, max_seconds: float | None) -> None:
+          runtime: str, engine: str | None, threads: int | None, max_seconds: float | None,
+          exit_timeout: int) -> None:
     """Serve BUNDLE's solver model (HTTP and gRPC, KServe v2) until SIGINT/SIGTERM or --max-seconds."""
     from hrm_edge.serving.local import local_solver
     from hrm_edge.serving.protocol import SOLVER_MODEL
@@ -33,7 +40,7 @@ def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, in
 
     local = local_solver(bundle, slots, graph, runtime, threads, engine)
     try:
-        triton = start_server(local.service, host, http_port, grpc_port, instances)
+        triton = start_server(local.service, host, http_port, grpc_port, instances, exit_timeout_s=exit_timeout)
 
         def ready() -> None:
             click.echo(f"serving {SOLVER_MODEL} ({local.bundle.task}, {runtime} {local.graph}, {slots} slots) on "
@@ -61,3 +68,18 @@ def triton_repo(bundle: str, output: str, graph: str | None, plan: str | None, s
 
     out = write_repository(bundle, output, graph=graph, plan=plan, slots=slots, force=force)
     click.echo(f"wrote {out}: run it with tritonserver --model-repository {out}")
+
+
+def solve_on_server(url: str, bundle: Bundle, tokens: np.ndarray, puzzle_ids: np.ndarray, policy: HaltingPolicy,
+                    max_steps: int, batch_size: int) -> SolveResult:
+    """`parity --server`'s candidate: the puzzles (tokens int64 [N, S], original puzzle ids [N]) solved by
+    the solver model at `url`, `batch_size` per request. It returns predictions, steps and the halting
+    segment's q values, no per-step logits: parity gates it closed-loop only."""
+    from hrm_edge.serving.client import RemoteSolver
+
+    remote = RemoteSolver(url)
+    try:
+        remote.check_seq_len(int(bundle.config["seq_len"]), str(bundle.path))
+        return remote.solve(tokens, puzzle_ids, policy, max_steps, batch_size)
+    finally:
+        remote.close()

@@ -56,6 +56,19 @@ class RemoteSolver:
         if not ready:
             raise ServerError(f"{url}: model {model!r} is not ready")
 
+    def check_seq_len(self, seq_len: int, bundle: str) -> None:
+        """ServerError unless the served model takes sequences of `seq_len` tokens (the last dimension of
+        its tokens input, from the model's metadata): a server serving another task fails here, before
+        any puzzle is sent."""
+        try:
+            meta = self._client.get_model_metadata(self.model, **({"as_json": True} if self.scheme == "grpc" else {}))
+            shape = next(i["shape"] for i in meta["inputs"] if i["name"] == "tokens")
+        except Exception as exc:
+            raise ServerError(f"{self.url}: no metadata for model {self.model!r}: {_first_line(exc)}") from None
+        if int(shape[-1]) != seq_len:
+            raise ServerError(f"{self.url} serves {self.model} for {int(shape[-1])}-token puzzles; {bundle} has "
+                              f"seq_len {seq_len}: the server serves another model")
+
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One raw request (tensors by name; any dtype, for tests of malformed requests)."""
         mod = self._mod

@@ -49,8 +49,11 @@ def _infer_function(service: SolverService) -> Callable[[list[Any]], list[dict[s
 
 
 def start_server(service: SolverService, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-                 instances: int = 4, log_verbose: int = 0) -> Any:
-    """Start a PyTriton server (returns the running `pytriton.triton.Triton`; call `.stop()`)."""
+                 instances: int = 4, log_verbose: int = 0, exit_timeout_s: int = 10) -> Any:
+    """Start a PyTriton server (returns the running `pytriton.triton.Triton`; call `.stop()`).
+
+    exit_timeout_s: how long `.stop()` lets requests in flight finish; the server waits that long
+    even when none is (its proxy models unload slowly), so tests pass a small one."""
     python_lib_path()
     try:
         from pytriton.model_config import ModelConfig, Tensor
@@ -59,7 +62,8 @@ def start_server(service: SolverService, host: str = "127.0.0.1", http_port: int
         raise ServeError(f"PyTriton is not installed ({exc}): {SERVE_EXTRA_HINT}") from None
     seq = service.seq_len
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
-                          metrics_port=0, allow_metrics=False, log_verbose=log_verbose, exit_timeout_secs=10)
+                          metrics_port=0, allow_metrics=False, log_verbose=log_verbose,
+                          exit_timeout_secs=exit_timeout_s)
     triton = Triton(config=config)
     try:
         triton.bind(model_name=SOLVER_MODEL, infer_func=[_infer_function(service)] * max(1, instances),

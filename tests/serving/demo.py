@@ -3,6 +3,7 @@ embed graph; no fp16) and its mixed-difficulty validation puzzles, shared by the
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,10 @@ def demo_puzzles(limit: int = 24):
     pset.inputs, pset.puzzle_ids = pset.inputs[:limit], pset.puzzle_ids[:limit]
     pset.labels = None if pset.labels is None else pset.labels[:limit]
     return pset
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS's choice)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

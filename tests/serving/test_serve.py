@@ -1,43 +1,19 @@
-"""`hrm-edge serve` for real: a PyTriton server on loopback (ephemeral ports, stopped after the module)
+"""`hrm-edge serve` for real: a PyTriton server on loopback (ephemeral ports; the session's, from conftest)
 serving the HRM 6x6 demo bundle; `solve --server` prints what a local `solve` prints; malformed
 requests get one error each and the server keeps serving."""
 
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
 
 from tests.cli_helpers import run_cli
-from tests.serving.demo import DEMO, demo_bundle, demo_puzzles
+from tests.serving.demo import DEMO, demo_bundle, demo_puzzles, free_port
 
 pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not installed")
 pytest.importorskip("tritonclient.http", reason="the serve extra (tritonclient) is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from hrm_edge.serving.local import local_solver
-    from hrm_edge.serving.pytriton_server import start_server
-
-    bundle = demo_bundle(tmp_path_factory)
-    local = local_solver(bundle, slots=4, threads=1)
-    http, grpc = free_port(), free_port()
-    triton = start_server(local.service, "127.0.0.1", http, grpc, instances=4)
-    try:
-        yield {"bundle": bundle, "http": f"http://127.0.0.1:{http}", "grpc": f"grpc://127.0.0.1:{grpc}",
-               "graph": local.graph}
-    finally:
-        triton.stop()
-        local.service.close()
 
 
 def records(out: str) -> list[dict]:
