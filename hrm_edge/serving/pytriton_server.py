@@ -25,6 +25,11 @@ from hrm_edge.serving.protocol import SOLVER_INPUTS, SOLVER_MODEL, SOLVER_OUTPUT
 from hrm_edge.serving.service import SolverService
 
 SERVE_EXTRA_HINT = "install the serving extra: pip install 'hrm-edge[serve]'"
+# PyTriton's Python-backend stubs give the model's first instance 1 s (fixed in PyTriton) to publish
+# its configuration on a socket; on a loaded machine they miss it (timeout, or connection refused)
+# and the model fails to load: start again. The failure's traceback names this function.
+HANDSHAKE_FAILED = "get_config_from_handshake_server"
+START_ATTEMPTS = 3
 
 
 class ServeError(HrmEdgeError):
@@ -64,20 +69,26 @@ def start_server(service: SolverService, host: str = "127.0.0.1", http_port: int
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
                           metrics_port=0, allow_metrics=False, log_verbose=log_verbose,
                           exit_timeout_secs=exit_timeout_s)
-    triton = Triton(config=config)
-    try:
-        triton.bind(model_name=SOLVER_MODEL, infer_func=[_infer_function(service)] * max(1, instances),
-                    inputs=[Tensor(name=n, dtype=np.dtype(d), shape=dims(s, seq))
-                            for n, (d, s) in SOLVER_INPUTS.items()],
-                    outputs=[Tensor(name=n, dtype=np.dtype(d), shape=dims(s, seq))
-                             for n, (d, s) in SOLVER_OUTPUTS.items()],
-                    config=ModelConfig(batching=False))
-        triton.run()
-    except Exception as exc:
-        triton.stop()
-        raise ServeError(f"the Triton server did not start: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
-            from None
-    return triton
+    for attempt in range(1, START_ATTEMPTS + 1):
+        triton = Triton(config=config)
+        try:
+            triton.bind(model_name=SOLVER_MODEL, infer_func=[_infer_function(service)] * max(1, instances),
+                        inputs=[Tensor(name=n, dtype=np.dtype(d), shape=dims(s, seq))
+                                for n, (d, s) in SOLVER_INPUTS.items()],
+                        outputs=[Tensor(name=n, dtype=np.dtype(d), shape=dims(s, seq))
+                                 for n, (d, s) in SOLVER_OUTPUTS.items()],
+                        config=ModelConfig(batching=False))
+            triton.run()
+            return triton
+        except Exception as exc:
+            triton.stop()
+            text = str(exc)
+            if HANDSHAKE_FAILED in text and attempt < START_ATTEMPTS:
+                print(f"the model's instances did not start in time (attempt {attempt} of {START_ATTEMPTS}): "
+                      "starting again", file=sys.stderr)
+                continue
+            raise ServeError(f"the Triton server did not start: {text.splitlines()[0] if text else exc!r}") from None
+    raise AssertionError("unreachable")
 
 
 def serve_until_stopped(triton: Any, max_seconds: float | None = None, ready: Callable[[], None] | None = None) -> str:
