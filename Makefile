@@ -6,7 +6,7 @@ DEMO    ?= checkpoints/sudoku6-demo
 
 .PHONY: install test lint bench loadtest gpu-test demo fuzz clean
 
-$(BIN)/hrm-edge: pyproject.toml
+$(BIN)/hrm-edge: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[torch,dev,serve]'
 	touch $@

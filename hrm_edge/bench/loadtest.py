@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -256,6 +257,7 @@ def run(bundle_dir: str, out: Path, cfg: LoadConfig, data: str = str(ROOT / "cal
     local = GraphSolver(bundle, graph, threads=cfg.threads)
     expected = local.solve(tokens[:used], ids[:used], parse_policy("q"), steps, 64)
     want = {"preds": expected.predictions, "steps": expected.steps}
+    load_avg = {"at_start": os.getloadavg()[0]}  # a shared machine: how busy it was
     server = Server(str(bundle.path), graph, cfg, out / "loadtest-server.log")
     try:
         remote = server.wait_ready()
@@ -266,6 +268,7 @@ def run(bundle_dir: str, out: Path, cfg: LoadConfig, data: str = str(ROOT / "cal
         watch.done.set()
         watch.join()
         remote.close()
+        load_avg["at_end"] = os.getloadavg()[0]
     finally:
         ended = server.stop()
     lat = np.array(load.pop("latency_s")) * 1e3
@@ -274,6 +277,7 @@ def run(bundle_dir: str, out: Path, cfg: LoadConfig, data: str = str(ROOT / "cal
     report = {
         "bundle": str(bundle.path), "graph": graph, "runtime": "ort cpu (in the serve process)",
         "policy": "q", "max_steps": steps, "config": asdict(cfg), "puzzles_in_set": used,
+        "cpu_count": os.cpu_count(), "load_average_1min": load_avg,
         "expected_steps_histogram": np.bincount(expected.steps).tolist(),
         "load": {**load, "puzzles_per_s": load["answered"] / load["wall_s"],
                  "latency_ms": {"p50": _pct(lat, 50), "p99": _pct(lat, 99), "mean": float(lat.mean()) if len(lat)
