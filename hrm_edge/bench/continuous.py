@@ -79,10 +79,12 @@ class CountingRunner:
 
 
 def segment_costs(runner: SegmentRunner, tokens: np.ndarray, ids: np.ndarray, repeats: int) -> dict:
-    """Milliseconds per segment at each batch in `COST_BATCHES`, wall and CPU (best of repeats x 10
-    steps each, after one warm-up step), and their least-squares affine fits fixed + per_row * b."""
+    """Milliseconds per segment at each batch in `COST_BATCHES` up to len(tokens), wall and CPU (best of
+    repeats x 10 steps each, after one warm-up step), and their least-squares affine fits
+    fixed + per_row * b."""
     wall, cpu = {}, {}
-    for b in COST_BATCHES:
+    batches = [b for b in COST_BATCHES if b <= len(tokens)]
+    for b in batches:
         runner.start(tokens[:b], ids[:b])
         runner.step()
         walls, cpus = [], []
@@ -92,7 +94,7 @@ def segment_costs(runner: SegmentRunner, tokens: np.ndarray, ids: np.ndarray, re
             walls.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
         wall[b], cpu[b] = 1e3 * min(walls), 1e3 * min(cpus)
-    out: dict = {"batch": list(COST_BATCHES)}
+    out: dict = {"batch": batches}
     for name, best in (("wall", wall), ("cpu", cpu)):
         per_row, fixed = np.polyfit(list(best), list(best.values()), 1)
         out[name] = {"ms_per_segment": list(best.values()), "ms_per_row": [v / b for b, v in best.items()],
