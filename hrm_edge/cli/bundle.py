@@ -359,6 +359,10 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     src = checkpoint or _source_path(b)
     if not src or not Path(src).exists():
         raise BundleError("parity needs the reference checkpoint: pass --checkpoint")
+    if server:
+        from hrm_edge.cli.serve import connect_candidate
+
+        remote = connect_candidate(server, b)  # before minutes of reference work
     ck = load_for_cli(src, b.task, None)
     pset = _puzzle_set(data, b.task, split, limit)
     halting = parse_policy(policy or b.manifest.need_halting().default_policy)
@@ -395,10 +399,9 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     failed = []
     for name in names:
         if server:
-            from hrm_edge.cli.serve import solve_on_server
-
             click.echo(f"running the candidate on {server} ...", err=True)
-            cand = solve_on_server(server, b, pset.inputs, pset.puzzle_ids, halting, steps, batch_size)
+            cand = remote.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size)
+            remote.close()
             kind, prec, where = "remote", "fp32" if precision == "all" else precision, server
         else:
             solver = GraphSolver(b, name, runtime, engine=engine)

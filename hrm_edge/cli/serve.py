@@ -4,10 +4,9 @@ Inference Server model repository from a bundle)."""
 from __future__ import annotations
 
 import click
-import numpy as np
 
-from hrm_edge.act import HaltingPolicy, SolveResult
 from hrm_edge.bundle import Bundle
+from hrm_edge.serving.client import RemoteSolver
 
 DEFAULT_SLOTS = 16
 
@@ -70,16 +69,10 @@ def triton_repo(bundle: str, output: str, graph: str | None, plan: str | None, s
     click.echo(f"wrote {out}: run it with tritonserver --model-repository {out}")
 
 
-def solve_on_server(url: str, bundle: Bundle, tokens: np.ndarray, puzzle_ids: np.ndarray, policy: HaltingPolicy,
-                    max_steps: int, batch_size: int) -> SolveResult:
-    """`parity --server`'s candidate: the puzzles (tokens int64 [N, S], original puzzle ids [N]) solved by
-    the solver model at `url`, `batch_size` per request. It returns predictions, steps and the halting
-    segment's q values, no per-step logits: parity gates it closed-loop only."""
-    from hrm_edge.serving.client import RemoteSolver
-
+def connect_candidate(url: str, bundle: Bundle) -> RemoteSolver:
+    """`parity --server`'s candidate: a client of the solver model at `url`, checked to serve
+    `bundle`'s sequence length (before any reference work). Its `solve` returns predictions, steps
+    and the halting segment's q values, no per-step logits: parity gates it closed-loop only."""
     remote = RemoteSolver(url)
-    try:
-        remote.check_seq_len(int(bundle.config["seq_len"]), str(bundle.path))
-        return remote.solve(tokens, puzzle_ids, policy, max_steps, batch_size)
-    finally:
-        remote.close()
+    remote.check_seq_len(int(bundle.config["seq_len"]), str(bundle.path))
+    return remote

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.cli_helpers import one_line_error, run_cli
-from tests.serving.demo import DEMO
+from tests.serving.demo import DEMO, free_port
 
 pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not installed")
 pytest.importorskip("tritonclient.http", reason="the serve extra (tritonclient) is not installed")
@@ -59,3 +59,9 @@ def test_parity_server_with_a_graph_is_one_line(server, capsys, tmp_path):
     line = one_line_error(capsys, "parity", str(server["bundle"]), "--server", server["http"], "--graph",
                           "segment.fp32", "--out", str(tmp_path / "p"))
     assert line == "error: --server gates what the server serves: not with --graph or --open-loop"
+
+
+def test_an_unreachable_server_fails_in_one_line_before_the_reference_runs(server, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "parity", str(server["bundle"]), "--server", f"http://127.0.0.1:{free_port()}",
+                           "--out", str(tmp_path / "p"))
+    assert code == 1 and err.startswith("error: cannot reach http://127.0.0.1:") and len(err.splitlines()) == 1
