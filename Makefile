@@ -4,11 +4,11 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 DEMO    ?= checkpoints/sudoku6-demo
 
-.PHONY: install test lint bench gpu-test demo fuzz clean
+.PHONY: install test lint bench loadtest gpu-test demo fuzz clean
 
-$(BIN)/hrm-edge: pyproject.toml
+$(BIN)/hrm-edge: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[torch,dev]'
+	$(BIN)/pip install -q -e '.[torch,dev,serve]'
 	touch $@
 
 install: $(BIN)/hrm-edge
@@ -24,6 +24,11 @@ demo: install
 
 bench: install
 	$(BIN)/hrm-edge bench --out bench/results
+	$(BIN)/python -m hrm_edge.bench.continuous --out bench/results
+
+# Bounded load test of `hrm-edge serve` on loopback (stops by itself): JSON in bench/results/loadtest.json.
+loadtest: install
+	$(BIN)/python -m hrm_edge.bench.loadtest --out bench/results
 
 # Property-based fuzzing of the input readers (tests/fuzz) with ~5,000 examples per property: minutes.
 fuzz: install

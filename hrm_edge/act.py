@@ -76,6 +76,12 @@ class SegmentRunner(Protocol):
     def keep(self, rows: np.ndarray) -> None:
         """Shrink the active batch to these rows (sorted indices into the current active rows)."""
 
+    def admit(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        """Append rows to the active batch (after the current ones), each with the initial carry:
+        tokens int64 [n, S], puzzle_ids int64 [n]. Optional: `run_act` never calls it; the
+        continuous scheduler (`hrm_edge.continuous`) does. Until the next `step`, the last segment's
+        outputs of the admitted rows are undefined."""
+
 
 @dataclass
 class SolveResult:

@@ -338,28 +338,37 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
 @click.option("--open-loop", is_flag=True,
               help="Instead: feed each segment graph the reference carry of every step (for random weights).")
 @click.option("--max-abs", type=float, default=1e-4, show_default=True, help="Open-loop gate on every output.")
+@click.option("--server", help="Candidate: the solver model served at this URL (http://HOST:PORT or grpc://HOST:PORT; "
+              "`hrm-edge serve`, or Triton on a device); the reference runs here. Closed-loop gates only (the server "
+              "returns no per-step logits): --precision picks the served graph's gates (default fp32).")
 def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, limit: int | None,
            graphs: tuple[str, ...], precision: str, runtime: str, engine: str | None, policy: str | None,
            max_steps: int | None, batch_size: int, out_dir: str, max_logit_rel: float | None, fp64_floor: bool,
            max_fp64_error_ratio: float | None, min_exact_agreement: float | None,
            min_solved_agreement: float | None, min_halting_agreement: float | None,
-           max_accuracy_drop: float | None, open_loop: bool, max_abs: float) -> None:
+           max_accuracy_drop: float | None, open_loop: bool, max_abs: float, server: str | None) -> None:
     """Closed-loop parity of bundle graphs against the PyTorch fp32 reference; non-zero exit on a failed gate."""
     from hrm_edge.act import solve_in_batches
     from hrm_edge.model.runner import TorchSegmentRunner
     from hrm_edge.runtimes.solver import GraphSolver, runnable_graphs
 
+    if server and (graphs or open_loop):
+        raise click.UsageError("--server gates what the server serves: not with --graph or --open-loop")
     check_output_dir(out_dir, "--out directory")  # before minutes of computing
     b = open_bundle(bundle)
     src = checkpoint or _source_path(b)
     if not src or not Path(src).exists():
         raise BundleError("parity needs the reference checkpoint: pass --checkpoint")
+    if server:
+        from hrm_edge.cli.serve import connect_candidate
+
+        remote = connect_candidate(server, b)  # before minutes of reference work
     ck = load_for_cli(src, b.task, None)
     pset = _puzzle_set(data, b.task, split, limit)
     halting = parse_policy(policy or b.manifest.need_halting().default_policy)
     steps = max_steps or b.manifest.need_halting().max_steps
-    names = graphs or tuple(n for n in runnable_graphs(b, runtime)
-                            if precision == "all" or b.graphs[n].precision == precision)
+    names = ("server",) if server else graphs or tuple(n for n in runnable_graphs(b, runtime)
+                                                       if precision == "all" or b.graphs[n].precision == precision)
     if not names:
         raise BundleError(f"{b.path}: no {precision} graph to compare")
     if open_loop:
@@ -370,7 +379,8 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     reference = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset.inputs,
                                  pset.puzzle_ids, halting, steps, batch_size, record_steps=True, record_logits=True)
     fp64 = None
-    if fp64_floor and any(b.graph(n).precision == "fp32" and b.graph(n).kind == "segment" for n in names):
+    if fp64_floor and not server and any(b.graph(n).precision == "fp32" and b.graph(n).kind == "segment"
+                                         for n in names):
         import copy
 
         import torch
@@ -382,24 +392,32 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"bundle": str(b.path), "checkpoint": str(src), "data": f"{pset.task} {pset.split}",
-                              "puzzles": len(pset), "policy": str(halting), "max_steps": steps, "runtime": runtime,
+                              "puzzles": len(pset), "policy": str(halting), "max_steps": steps,
+                              "runtime": f"server {server}" if server else runtime,
                               "fp64_floor": fp64 is not None, "graphs": {}}
     suites = []
     failed = []
     for name in names:
-        solver = GraphSolver(b, name, runtime, engine=engine)
-        click.echo(f"running {name} on {runtime} ...", err=True)
-        cand = solver.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size,
-                            record_logits=solver.kind == "segment")
-        gates = with_overrides(DEFAULT_GATES[solver.entry.precision], solver.kind == "segment",
+        if server:
+            click.echo(f"running the candidate on {server} ...", err=True)
+            cand = remote.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size)
+            remote.close()
+            kind, prec, where = "remote", "fp32" if precision == "all" else precision, server
+        else:
+            solver = GraphSolver(b, name, runtime, engine=engine)
+            click.echo(f"running {name} on {runtime} ...", err=True)
+            cand = solver.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size,
+                                record_logits=solver.kind == "segment")
+            kind, prec, where = solver.kind, solver.entry.precision, runtime
+        gates = with_overrides(DEFAULT_GATES[prec], kind == "segment",
                                max_logit_rel=max_logit_rel, max_fp64_error_ratio=max_fp64_error_ratio,
                                min_exact_agreement=min_exact_agreement, min_solved_agreement=min_solved_agreement,
                                min_halting_agreement=min_halting_agreement, max_accuracy_drop=max_accuracy_drop)
-        metrics = compare(reference, cand, pset.labels, fp64=fp64 if solver.entry.precision == "fp32" else None)
+        metrics = compare(reference, cand, pset.labels, fp64=fp64 if prec == "fp32" else None)
         if metrics.get("fp64_error_ratio") is not None and max_logit_rel is None:
             gates = dataclasses.replace(gates, max_logit_rel=None)  # the fp64 floor replaces the fixed bound
         checks = gate(metrics, gates)
-        entry = {"metrics": metrics, "gates": checks, "candidate": f"{name} on {runtime}",
+        entry = {"metrics": metrics, "gates": checks, "candidate": f"{name} on {where}",
                  "reference": "torch fp32"}
         report["graphs"][name] = entry
         plot_parity(entry, str(out / f"parity-{name}.png"))

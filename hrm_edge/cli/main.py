@@ -83,6 +83,23 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
     return b.task, int(b.config["seq_len"]), halting.default_policy, halting.max_steps, run, f"{runtime} {graph}"
 
 
+def _server_solver(path: str, url: str):
+    """The same for a bundle served at `url` (`hrm-edge serve`, or Triton with its repository): the bundle's
+    manifest gives the task and defaults, the server solves."""
+    from hrm_edge.bundle import open_bundle
+    from hrm_edge.serving.client import RemoteSolver
+
+    b = open_bundle(path)
+    remote = RemoteSolver(url)
+    remote.check_seq_len(int(b.config["seq_len"]), path)
+
+    def run(tokens: np.ndarray, policy, steps: int, batch: int, tick):
+        return remote.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)
+
+    halting = b.manifest.need_halting()
+    return b.task, int(b.config["seq_len"]), halting.default_policy, halting.max_steps, run, f"server {url}"
+
+
 @cli.command()
 @click.argument("model", type=click.Path(exists=True))
 @click.option("--task", help="Puzzle codec: sudoku, sudoku6, maze, maze:<n>, arc (default: from the model).")
@@ -101,6 +118,8 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
 @click.option("--graph", help="Bundle graph (default: the fastest for the runtime; ORT CPU: segment.int8-cpu when "
               "most of its sites are int8, else segment.fp32-cpufused, else segment.fp32; trt: segment.fp16).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (bundles, runtime trt).")
+@click.option("--server", help="Solve on the solver model served at this URL (http://HOST:PORT or grpc://HOST:PORT; "
+              "`hrm-edge serve` or Triton); MODEL is the bundle it serves.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
               help="Puzzles solved (and held in memory) at a time.")
 @click.option("--seq-len", type=click.IntRange(1), help="seq_len for official checkpoints without dataset.json.")
@@ -111,7 +130,7 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
                    f"{SEGMENT_BAR_STEPS} (default: when stderr is a terminal).")
 def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | None, policy: str | None,
           max_steps: int | None, device: str, dtype: str, runtime: str, graph: str | None, engine: str | None,
-          batch_size: int, seq_len: int | None, as_json: bool, progress: bool | None) -> None:
+          server: str | None, batch_size: int, seq_len: int | None, as_json: bool, progress: bool | None) -> None:
     """Solve puzzles with MODEL: a checkpoint (PyTorch reference) or an exported bundle directory
     (ONNX Runtime or TensorRT; needs no torch). Results stream out a batch at a time, in input order."""
     halting = parse_policy(policy) if policy else None  # explicit options win over the model's defaults
@@ -120,7 +139,12 @@ def solve(model: str, task: str | None, puzzle: tuple[str, ...], file: str | Non
     opened = open_puzzle_file(file) if file is not None else None
     if opened is not None and opened[1] != "stdin":
         click.get_current_context().call_on_close(opened[0].close)
-    if Path(model).is_dir() and (Path(model) / "manifest.json").is_file():
+    is_bundle = Path(model).is_dir() and (Path(model) / "manifest.json").is_file()
+    if server is not None:
+        if not is_bundle:
+            raise click.UsageError("--server: MODEL must be the bundle the server serves")
+        found_task, model_seq, default_policy, default_steps, run, label = _server_solver(model, server)
+    elif is_bundle:
         found_task, model_seq, default_policy, default_steps, run, label = _bundle_solver(model, graph, runtime,
                                                                                           engine)
     else:
@@ -251,10 +275,12 @@ def init(preset: str, output: str, seed: int) -> None:
 def _register_commands() -> None:
     from hrm_edge.cli import bench, trt
     from hrm_edge.cli import bundle as cli_bundle
+    from hrm_edge.cli import serve as cli_serve
     from hrm_edge.cli import train as cli_train
 
     for command in (cli_train.eval_cmd, cli_train.train, cli_bundle.export_cmd, cli_bundle.verify,
-                    cli_bundle.parity, cli_bundle.keygen, trt.build, trt.check_trt, bench.bench):
+                    cli_bundle.parity, cli_bundle.keygen, trt.build, trt.check_trt, bench.bench, cli_serve.serve,
+                    cli_serve.triton_repo):
         cli.add_command(command)
 
 

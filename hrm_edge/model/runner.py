@@ -1,7 +1,7 @@
 """PyTorch reference runtime: the `SegmentRunner` every other runtime is compared against.
 
 The carry stays on the model's device between segments; the input embedding is computed
-once per batch and shrunk together with the carry when puzzles halt.
+once per batch (and once per admitted row) and shrunk together with the carry when puzzles halt.
 """
 
 from __future__ import annotations
@@ -50,3 +50,13 @@ class TorchSegmentRunner:
         self._z_L = self._z_L.index_select(0, idx)
         self._x = self._x.index_select(0, idx)
         self._logits = self._logits.index_select(0, idx)
+
+    @torch.inference_mode()
+    def admit(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        t = torch.from_numpy(np.ascontiguousarray(tokens, np.int64)).to(self.device)
+        p = torch.from_numpy(np.ascontiguousarray(puzzle_ids, np.int64)).to(self.device)
+        z_H, z_L = self.model.initial_carry(t.shape[0], self.device)
+        self._x = torch.cat([self._x, self.model.embed(t, p)])
+        self._z_H, self._z_L = torch.cat([self._z_H, z_H]), torch.cat([self._z_L, z_L])
+        if self._logits is not None:  # the admitted rows have no last segment yet: zeros
+            self._logits = torch.cat([self._logits, self._logits.new_zeros((t.shape[0], *self._logits.shape[1:]))])

@@ -24,7 +24,8 @@ Where the carry lives between segments (`io_binding`, see `OrtSegmentRunner`):
 - "host" (`io_binding=False`): plain `session.run` on numpy arrays, any EP.
 
 All three give bit-identical outputs on the CPU EP (same kernels on the same inputs). Shrinking
-the batch (`keep`) copies the kept rows once per halting event (through the host on a device).
+the batch (`keep`) copies the kept rows once per halting event (through the host on a device);
+growing it (`admit`, for `hrm_edge.continuous`) appends rows with the initial carry the same way.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ _NUMPY_TYPES = {**ORT_FLOAT_TYPES, "tensor(int64)": "int64", "tensor(bool)": "bo
 
 def _int64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _append(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """a with `rows` appended on axis 0 (one contiguous copy)."""
+    return np.concatenate([a, rows.astype(a.dtype, copy=False)])
+
+
+def _append_zeros(a: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
+    """a with n zero rows appended on `axis`: the undefined last-segment outputs of admitted rows."""
+    shape = list(a.shape)
+    shape[axis] = n
+    return np.concatenate([a, np.zeros(shape, a.dtype)], axis=axis)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,6 +107,11 @@ class _HostCarry:
         self._feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self._feeds.items()}
         self._z = (np.ascontiguousarray(self._z[0][rows]), np.ascontiguousarray(self._z[1][rows]))
         self._last = {k: v[rows] for k, v in self._last.items()}
+
+    def admit(self, feeds: dict[str, np.ndarray], z_H: np.ndarray, z_L: np.ndarray) -> None:
+        self._feeds = {k: _append(v, feeds[k]) for k, v in self._feeds.items()}
+        self._z = (_append(self._z[0], z_H), _append(self._z[1], z_L))
+        self._last = {k: _append_zeros(v, len(z_H)) for k, v in self._last.items()}
 
 
 class _PingPongCarry:
@@ -182,6 +200,14 @@ class _PingPongCarry:
         self._z = [(z_H, z_L), (np.empty_like(z_H), np.empty_like(z_L))]
         self._extra, self._bindings, self._cur = {}, [], 0
 
+    def admit(self, feeds: dict[str, np.ndarray], z_H: np.ndarray, z_L: np.ndarray) -> None:
+        n, current = len(z_H), self._z[self._cur]
+        z_H, z_L = _append(current[0], z_H), _append(current[1], z_L)
+        self._feeds = {k: _append(v, feeds[k]) for k, v in self._feeds.items()}
+        self._out = {k: _append_zeros(v, n, self._specs[k][0].index(None)) for k, v in self._out.items()}
+        self._z = [(z_H, z_L), (np.empty_like(z_H), np.empty_like(z_L))]
+        self._extra, self._bindings, self._cur = {}, [], 0
+
 
 class _DeviceCarry:
     """IOBinding with OrtValues on the session's device (CUDA, or the CPU when asked): the carry stays
@@ -233,6 +259,13 @@ class _DeviceCarry:
         self._feeds = {k: self._put(v) for k, v in self._host_feeds.items()}
         self._z = (self._put(self._z[0].numpy()[rows]), self._put(self._z[1].numpy()[rows]))
         self._lazy_host = {k: self.fetch(k)[rows] for k in {*self._lazy, *self._lazy_host}}
+        self._lazy = {}
+
+    def admit(self, feeds: dict[str, np.ndarray], z_H: np.ndarray, z_L: np.ndarray) -> None:
+        self._host_feeds = {k: _append(v, feeds[k]) for k, v in self._host_feeds.items()}
+        self._feeds = {k: self._put(v) for k, v in self._host_feeds.items()}
+        self._z = (self._put(_append(self._z[0].numpy(), z_H)), self._put(_append(self._z[1].numpy(), z_L)))
+        self._lazy_host = {k: _append_zeros(self.fetch(k), len(z_H)) for k in {*self._lazy, *self._lazy_host}}
         self._lazy = {}
 
 
@@ -295,7 +328,10 @@ class _CarryRunner:
         """Whether segments run through IOBinding ("pingpong" or "device")."""
         return self._carry.mode != "host"
 
-    def _start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+    def _new_rows(self, tokens: np.ndarray, puzzle_ids: np.ndarray
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """The feeds (tokens/puzzle_ids, or x from the embed graph) and the initial carry z_H, z_L
+        [n, P, D] of n new rows."""
         tokens, puzzle_ids = _int64(tokens), _int64(puzzle_ids)
         if tokens.ndim != 2 or puzzle_ids.shape != (tokens.shape[0],):
             raise ValueError(f"tokens must be [B, S] and puzzle_ids [B]; got {tokens.shape} and {puzzle_ids.shape}")
@@ -305,8 +341,11 @@ class _CarryRunner:
         else:
             feeds = {"tokens": tokens, "puzzle_ids": puzzle_ids}
         shape = (tokens.shape[0], self.total_len, self.hidden_size)
-        self._carry.start(feeds, np.ascontiguousarray(np.broadcast_to(self._h_init, shape)),
-                          np.ascontiguousarray(np.broadcast_to(self._l_init, shape)))
+        return (feeds, np.ascontiguousarray(np.broadcast_to(self._h_init, shape)),
+                np.ascontiguousarray(np.broadcast_to(self._l_init, shape)))
+
+    def _start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        self._carry.start(*self._new_rows(tokens, puzzle_ids))
         self._started, self._ran = True, False
 
     def _run(self, extra: dict[str, np.ndarray], host: tuple[str, ...], lazy: tuple[str, ...]) -> dict[str, Any]:
@@ -340,6 +379,12 @@ class OrtSegmentRunner(_CarryRunner):
 
     def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
         self._start(tokens, puzzle_ids)
+
+    def admit(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        """Append rows with the initial carry after the active ones (`hrm_edge.act.SegmentRunner.admit`)."""
+        if not self._started:
+            raise RuntimeError("call start() before admit()")
+        self._carry.admit(*self._new_rows(tokens, puzzle_ids))
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         out = self._run({}, SEGMENT_READ, ("logits",))

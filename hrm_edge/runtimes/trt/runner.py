@@ -475,28 +475,46 @@ class TrtSegmentRunner:
 
     # SegmentRunner
 
-    def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+    def _write_rows(self, first: int, tokens: np.ndarray, puzzle_ids: np.ndarray) -> int:
+        """Copy n new rows' inputs to rows first..first+n-1 and give them the initial carry in the
+        current carry set; returns n. The caller synchronizes before the host arrays go."""
         tokens = np.ascontiguousarray(tokens, dtype=self.dtypes["tokens"])
         puzzle_ids = np.ascontiguousarray(puzzle_ids, dtype=self.dtypes["puzzle_ids"])
         if tokens.ndim != 2 or tokens.shape[1] != self.seq_len or puzzle_ids.shape != (tokens.shape[0],):
             raise ValueError(f"tokens must be [B, {self.seq_len}] and puzzle_ids [B]; got {tokens.shape} and "
                              f"{puzzle_ids.shape}")
-        batch = tokens.shape[0]
-        self._set_batch(batch)
-        self._copy(self._tokens.ptr, tokens.ctypes.data, tokens.nbytes, "HostToDevice")
-        self._copy(self._pids.ptr, puzzle_ids.ctypes.data, puzzle_ids.nbytes, "HostToDevice")
-        self._parity = 0
+        count = tokens.shape[0]
+        self._set_batch(first + count)
+        self._copy(self._tokens.ptr + first * self._row_bytes["tokens"], tokens.ctypes.data, tokens.nbytes,
+                   "HostToDevice")
+        self._copy(self._pids.ptr + first * self._row_bytes["puzzle_ids"], puzzle_ids.ctypes.data,
+                   puzzle_ids.nbytes, "HostToDevice")
         row = self._row_bytes["carry"]
-        for init, dest in ((self._init_rows[0], self._zH[0]), (self._init_rows[1], self._zL[0])):
-            # Fill `batch` rows from the initial row by doubling: 1, 2, 4, ... rows per copy.
-            self._copy(dest.ptr, init.ptr, row, "DeviceToDevice")
+        carry = self._parity
+        for init, buf in ((self._init_rows[0], self._zH[carry]), (self._init_rows[1], self._zL[carry])):
+            # Fill `count` rows from the initial row by doubling: 1, 2, 4, ... rows per copy.
+            dest = buf.ptr + first * row
+            self._copy(dest, init.ptr, row, "DeviceToDevice")
             filled = 1
-            while filled < batch:
-                n = min(filled, batch - filled)
-                self._copy(dest.ptr + filled * row, dest.ptr, n * row, "DeviceToDevice")
+            while filled < count:
+                n = min(filled, count - filled)
+                self._copy(dest + filled * row, dest, n * row, "DeviceToDevice")
                 filled += n
-        self._logits_fresh = self._logits_on_host = False
         self.synchronize()  # the host arrays above must outlive their copies
+        return count
+
+    def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        self._parity = 0
+        self._write_rows(0, tokens, puzzle_ids)
+        self._logits_fresh = self._logits_on_host = False
+
+    def admit(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        """Append rows with the initial carry after the active ones (`hrm_edge.act.SegmentRunner.admit`);
+        their logits are undefined until the next `step`."""
+        if self._batch == 0:
+            raise RuntimeError("admit() before start()")
+        self._write_rows(self._batch, tokens, puzzle_ids)
+        self._logits_on_host = False
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         if self._batch == 0:

@@ -1,0 +1,78 @@
+"""`hrm-edge serve` (the solver on this machine through PyTriton) and `hrm-edge triton-repo` (a Triton
+Inference Server model repository from a bundle)."""
+
+from __future__ import annotations
+
+import click
+
+from hrm_edge.bundle import Bundle
+from hrm_edge.serving.client import RemoteSolver
+
+DEFAULT_SLOTS = 16
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default; 0.0.0.0 serves the network).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--slots", type=click.IntRange(1, 4096), default=DEFAULT_SLOTS, show_default=True,
+              help="Puzzles in flight in the continuous ACT loop (the segment batch).")
+@click.option("--instances", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Requests handled concurrently (they share the loop's slots).")
+@click.option("--graph", help="Segment graph to serve (default: the runtime's default).")
+@click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
+@click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Stop by itself after this many seconds (tests, load tests).")
+@click.option("--exit-timeout", type=click.IntRange(0), default=10, show_default=True,
+              help="Seconds requests in flight get to finish at shutdown (the server waits this long).")
+def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, instances: int, graph: str | None,
+          runtime: str, engine: str | None, threads: int | None, max_seconds: float | None,
+          exit_timeout: int) -> None:
+    """Serve BUNDLE's solver model (HTTP and gRPC, KServe v2) until SIGINT/SIGTERM or --max-seconds."""
+    from hrm_edge.serving.local import local_solver
+    from hrm_edge.serving.protocol import SOLVER_MODEL
+    from hrm_edge.serving.pytriton_server import serve_until_stopped, start_server
+
+    local = local_solver(bundle, slots, graph, runtime, threads, engine)
+    try:
+        triton = start_server(local.service, host, http_port, grpc_port, instances, exit_timeout_s=exit_timeout)
+
+        def ready() -> None:
+            click.echo(f"serving {SOLVER_MODEL} ({local.bundle.task}, {runtime} {local.graph}, {slots} slots) on "
+                       f"http://{host}:{http_port} and grpc://{host}:{grpc_port}", err=True)
+            click.echo("ready", err=True)
+
+        reason = serve_until_stopped(triton, max_seconds, ready)
+    finally:
+        local.service.close()
+    click.echo(f"stopped ({reason})", err=True)
+
+
+@click.command("triton-repo")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model repository directory to create.")
+@click.option("--graph", help="Segment graph for the segment model (default: the portable fp32 one).")
+@click.option("--plan", type=click.Path(exists=True, dir_okay=False),
+              help="A TensorRT engine built on the target (`hrm-edge build`): the segment model uses the "
+                   "tensorrt backend instead of onnxruntime.")
+@click.option("--slots", type=click.IntRange(1, 4096), default=DEFAULT_SLOTS, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing directory.")
+def triton_repo(bundle: str, output: str, graph: str | None, plan: str | None, slots: int, force: bool) -> None:
+    """Write a Triton Inference Server model repository for BUNDLE: a segment model and the solver model."""
+    from hrm_edge.serving.triton_repo import write_repository
+
+    out = write_repository(bundle, output, graph=graph, plan=plan, slots=slots, force=force)
+    click.echo(f"wrote {out}: run it with tritonserver --model-repository {out}")
+
+
+def connect_candidate(url: str, bundle: Bundle) -> RemoteSolver:
+    """`parity --server`'s candidate: a client of the solver model at `url`, checked to serve
+    `bundle`'s sequence length (before any reference work). Its `solve` returns predictions, steps
+    and the halting segment's q values, no per-step logits: parity gates it closed-loop only."""
+    remote = RemoteSolver(url)
+    remote.check_seq_len(int(bundle.config["seq_len"]), str(bundle.path))
+    return remote
