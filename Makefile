@@ -8,7 +8,7 @@ DEMO    ?= checkpoints/sudoku6-demo
 
 $(BIN)/hrm-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[torch,dev]'
+	$(BIN)/pip install -q -e '.[torch,dev,openvino]'
 	touch $@
 
 install: $(BIN)/hrm-edge
