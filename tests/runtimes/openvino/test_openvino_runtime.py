@@ -12,19 +12,19 @@ import pytest
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
-from hrm_edge.act import parse_policy, solve_in_batches  # noqa: E402
-from hrm_edge.bundle import open_bundle  # noqa: E402
-from hrm_edge.runtimes.openvino.loader import (  # noqa: E402
+from hrm_edge.act import parse_policy, solve_in_batches
+from hrm_edge.bundle import open_bundle
+from hrm_edge.runtimes.openvino.loader import (
     OpenVinoModelError,
     compile_graph,
     inference_precision,
     verified_graph_bytes,
 )
-from hrm_edge.runtimes.openvino.runner import OvSegmentRunner  # noqa: E402
-from hrm_edge.runtimes.ort.loader import make_session  # noqa: E402
-from hrm_edge.runtimes.ort.runner import OrtSegmentRunner  # noqa: E402
-from hrm_edge.runtimes.solver import GraphSolver, default_graph, runnable_graphs  # noqa: E402
-from tests.cli_helpers import one_line_error, run_cli  # noqa: E402
+from hrm_edge.runtimes.openvino.runner import OvSegmentRunner
+from hrm_edge.runtimes.ort.loader import make_session
+from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
+from hrm_edge.runtimes.solver import GraphSolver, default_graph, runnable_graphs
+from tests.cli_helpers import one_line_error, run_cli
 
 DEMO = Path(__file__).resolve().parents[3] / "checkpoints" / "sudoku6-demo" / "model.pt"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,10 +60,11 @@ def test_the_precision_follows_the_graph_and_the_device():
 def test_fp32_on_openvino_equals_onnx_runtime_segment_by_segment(bundle):
     b = open_bundle(bundle)
     ref = b.reference()
-    h, l = b.carry_init()
+    h_init, l_init = b.carry_init()
     total = b.manifest.model.total_len
-    ov = OvSegmentRunner(compile_graph(verified_graph_bytes(b, "segment.fp32"), "f32", threads=1), h, l, total)
-    ort = OrtSegmentRunner(make_session(b.graph_path("segment.fp32"), threads=1), h, l, total)
+    compiled = compile_graph(verified_graph_bytes(b, "segment.fp32"), "f32", threads=1)
+    ov = OvSegmentRunner(compiled, h_init, l_init, total)
+    ort = OrtSegmentRunner(make_session(b.graph_path("segment.fp32"), threads=1), h_init, l_init, total)
     policy = parse_policy("fixed")
     a = solve_in_batches(ov, ref["inputs"], ref["puzzle_ids"], policy, 4, 8, record_steps=True, record_logits=True)
     o = solve_in_batches(ort, ref["inputs"], ref["puzzle_ids"], policy, 4, 8, record_steps=True, record_logits=True)
