@@ -8,7 +8,7 @@ DEMO    ?= checkpoints/sudoku6-demo
 
 $(BIN)/hrm-edge: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[torch,dev,serve]'
+	$(BIN)/pip install -q -e '.[torch,dev,serve,openvino]'
 	touch $@
 
 install: $(BIN)/hrm-edge

@@ -32,7 +32,8 @@ TORCH_FREE = ("hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract", "hrm_edg
 # The TensorRT checker and builder read ONNX files with the `onnx` package; nothing else on the
 # device side does.
 ONNX_FREE = ("hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.continuous", "hrm_edge.manifest", "hrm_edge.bundle",
-             "hrm_edge.parity", "hrm_edge.serving", "hrm_edge.runtimes.ort", "hrm_edge.runtimes.solver",
+             "hrm_edge.parity", "hrm_edge.serving", "hrm_edge.runtimes.ort", "hrm_edge.runtimes.openvino",
+             "hrm_edge.runtimes.solver",
              "hrm_edge.runtimes.trt.runner")
 
 

@@ -14,8 +14,9 @@ class Runtime:
 
     name: str
     engine: str  # torch | ort | bundle (`hrm-edge solve BUNDLE`'s path) | openvino | tensorrt
-    precision: str  # fp32 | bf16 | int8
-    graph: str = "-"  # torch: "-"; ort: standard | cpufused | int8 source
+    precision: str  # fp32 | bf16 | int8 (openvino int8: int8 where quantized, float sites in bf16)
+    graph: str = "-"  # torch: "-" (eager) | compile; ort: standard | cpufused | int8 source; openvino: standard
+    #                   | int8 source (hrm-edge's quantizer | nncf)
     variant: str = "segment"
     threads: int | None = None  # None: --threads (physical cores by default)
 
@@ -24,6 +25,9 @@ def runtimes(unroll: int) -> dict[str, Runtime]:
     rts = [
         Runtime(BASELINE, "torch", "fp32"),
         Runtime("torch-bf16", "torch", "bf16"),
+        # what a PyTorch user tries next: torch.compile (inductor, default mode) of the same runner's model
+        Runtime("torch-compile-fp32", "torch", "fp32", "compile"),
+        Runtime("torch-compile-bf16", "torch", "bf16", "compile"),
         Runtime("ort-fp32", "ort", "fp32", "standard"),
         Runtime("ort-fp32-cpufused", "ort", "fp32", "cpufused"),
         Runtime(f"ort-fp32-cpufused/unrolled{unroll}", "ort", "fp32", "cpufused", "unrolled"),
@@ -38,12 +42,24 @@ def runtimes(unroll: int) -> dict[str, Runtime]:
         Runtime("ort-int8-qf", "ort", "int8", "quantize-then-fuse"),
         Runtime(f"ort-int8/unrolled{unroll}", "ort", "int8", "cpufused", "unrolled"),
         Runtime("ort-int8/loop", "ort", "int8", "cpufused", "loop"),
+        # OpenVINO (`hrm_edge.runtimes.openvino`) on the portable graphs: fp32 graph with the f32 and the
+        # bf16 precision hint; INT8 from hrm-edge's quantizer (the shipped graph, else the bench's dynamic
+        # fallback on the standard graph) and from NNCF driven by hrm-edge's calibration reader.
         Runtime("openvino-fp32", "openvino", "fp32", "standard"),
+        Runtime("openvino-bf16", "openvino", "bf16", "standard"),
+        Runtime("openvino-int8", "openvino", "int8", "quantizer"),
+        Runtime("openvino-int8-nncf", "openvino", "int8", "nncf"),
         Runtime("tensorrt", "tensorrt", "fp16", "standard"),
     ]
     return {r.name: r for r in rts}
 
 QUICK_RUNTIMES = (BASELINE, "ort-fp32", "ort-fp32-cpufused", "solve-bundle", "ort-int8")
+# What a user would reach for instead of hrm-edge: PyTorch bf16 and torch.compile, OpenVINO's bf16
+# default and plain NNCF post-training INT8 (no hrm-edge calibration search or gate).
+PEERS = ("torch-bf16", "torch-compile-fp32", "torch-compile-bf16", "openvino-bf16", "openvino-int8-nncf")
+# The peers beside hrm-edge's CPU paths, one run (`hrm-edge bench --peers`).
+PEER_RUNTIMES = (BASELINE, "torch-bf16", "torch-compile-fp32", "torch-compile-bf16", "ort-fp32-cpufused", "ort-int8",
+                 "openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-nncf")
 
 
 @dataclasses.dataclass
@@ -77,6 +93,10 @@ def skip_reason(rt: Runtime, has_shipped_int8: bool = True) -> str | None:
         try:
             import openvino  # noqa: F401
         except ImportError:
-            return "openvino is not installed (optional: pip install openvino)"
-        return "openvino driver not implemented in this bench"
+            return "openvino is not installed (optional extra: pip install 'hrm-edge[openvino]')"
+        if rt.graph == "nncf":
+            try:
+                import nncf  # noqa: F401
+            except ImportError:
+                return "nncf is not installed (optional extra: pip install 'hrm-edge[openvino]')"
     return None

@@ -23,7 +23,7 @@ from hrm_edge.errors import HrmEdgeError
 DEMO_CHECKPOINT = REPO / "checkpoints" / "sudoku6-demo" / "model.pt"
 TRM_DEMO = REPO / "checkpoints" / "trm-sudoku6-demo" / "model.pt"  # the TRM row beside the HRM demo
 BIG_PRESET = "sudoku-27m"
-PREP_VERSION = 6  # bump when the cached graphs change
+PREP_VERSION = 6  # bump when the cached graphs change (new graphs under new keys need no bump)
 
 
 @dataclasses.dataclass
@@ -158,9 +158,11 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
         np.savez(g["carry"], H_init=carry["H_init"], L_init=carry["L_init"])
 
     step("carry", save_carry)
-    if "ort-fp32" in wants or "openvino-fp32" in wants:
+    openvino = {w for w in wants if w.startswith("openvino-")}
+    if "ort-fp32" in wants or openvino:
         step("seg", lambda: graphs.export_segment(model, g["seg"]) and None)
-    ort_x = any(w.startswith("ort-") and w != "ort-fp32" for w in wants)
+    ov_quantizer = "openvino-int8" in wants and int8_graph is None  # the dynamic fallback on the standard graph
+    ort_x = any(w.startswith("ort-") and w != "ort-fp32" for w in wants) or ov_quantizer
     if ort_x:
         step("segx", lambda: graphs.export_segment(model, g["segx"], embed_inside=False) and None)
         step("embed", lambda: graphs.export_embed(model, g["embed"]) and None)
@@ -199,7 +201,7 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
         else:
             step("int8", lambda: quantize_graph(g["fused"], g["int8"], cpu_dynamic) and None)
             prep["int8_source"] = fallback
-    if "ort-int8-qf" in wants or int8_variants:
+    if "ort-int8-qf" in wants or int8_variants or ov_quantizer:
         def quantize_standard() -> None:
             folded, _ = fuse_model(onnx.load(g["segx"]), rmsnorm=False, attention=False, split_projections=False)
             onnx.save(folded, g["int8_std"])
@@ -215,6 +217,11 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
     if "loop" in int8_variants:
         step("loop_int8", lambda: fuse_to(graphs.compose_act_loop(g["int8_std"], *carry(), embed=g["embed"]),
                                           g["loop_int8"]))
+    if "openvino-int8" in wants:
+        g["int8_openvino"] = str(int8_graph) if int8_graph is not None else g["int8_std"]
+    if "openvino-int8-nncf" in wants:
+        g["int8_nncf"] = str(work / "segment.int8-nncf.onnx")
+        step("int8_nncf", lambda: _nncf_graph(ck, model, g["seg"], g["int8_nncf"], trained))
     if "solve-bundle" in wants:
         g["bundle"] = str(work / "bundle")
         step("bundle", lambda: _export_bundle(ck, Path(g["bundle"])))
@@ -236,6 +243,21 @@ def _export_bundle(ck: Any, out: Path) -> dict[str, Any]:
     specs = [GraphSpec("segment", "fp32"), GraphSpec("segment", "fp32", cpu_fused=True)]
     write_bundle(ck, out, specs, puzzle_set(ck.task, 8), force=True, log=lambda m: None)
     return {"graphs": sorted(p.name for p in out.glob("*.onnx"))}
+
+
+# Calibration puzzles of the bench's NNCF graph (the ACT rollout feeds every step): trained models,
+# and untrained ones (speed rows only: their ranges do not matter, the PyTorch rollout of 27M does).
+NNCF_CALIB_PUZZLES = {True: 128, False: 16}
+
+
+def _nncf_graph(ck: Any, model: Any, fp32: str, out: str, trained: bool) -> dict[str, Any]:
+    """NNCF INT8 of the portable fp32 graph on hrm-edge's ACT-aware calibration samples."""
+    from hrm_edge.puzzles.datasets import load_puzzle_set
+    from hrm_edge.quant.openvino_nncf import nncf_int8_graph
+
+    pset = load_puzzle_set(puzzle_dir(ck.task), split="calib")
+    n = NNCF_CALIB_PUZZLES[trained]
+    return nncf_int8_graph(fp32, model, pset.inputs[:n], pset.puzzle_ids[:n], out)
 
 
 def takes_x(path: str) -> bool:

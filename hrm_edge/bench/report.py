@@ -53,6 +53,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines.append(f"- {'MET' if t['met'] else 'MISSED'} {t['goal']}: {_fmt(t['value'])} ({t['runtime']}, "
                      f"{t['model']}" + (f", clean {_fmt(t.get('value_clean'))}" if t.get("value_clean") else "")
                      + (f", accuracy delta {t.get('accuracy_delta_pts')} pt" if "accuracy_delta_pts" in t else "")
+                     + (f", best peer {t['best_peer']} {_fmt(t['best_peer_value'])}" if t.get("best_peer") else "")
                      + ")")
     for model, prof in report.get("profiles", {}).items():
         if "error" in prof:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hrm_edge.bench.configs import BASELINE, Runtime
+from hrm_edge.bench.configs import BASELINE, PEERS, Runtime
 from hrm_edge.bench.prepare import Model
 
 
@@ -66,8 +66,35 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["exact_accuracy_delta_pts"] = round(100 * (r["exact_accuracy"] - b["exact_accuracy"]), 2)
 
 
+PEER_TARGET = 0.15  # hrm-edge's fastest CPU path, x PyTorch eager fp32 per segment (issue 19)
+
+
+def peer_targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
+    """Per batch size of the untrained (large) model, one segment: hrm-edge's fastest CPU row (any
+    row not in `PEERS` and not the baseline) against `PEER_TARGET` and the fastest peer row."""
+    big = [m.name for m in models if not m.trained] or [m.name for m in models]
+    out: dict[str, Any] = {}
+    sel = [r for r in rows if r["model"] in big and r["variant"] == "segment" and r["policy"] == "fixed"
+           and r.get("seg_time_vs_baseline") is not None and r["runtime"] != BASELINE]
+    for batch in sorted({r["batch"] for r in sel}):
+        ours = [r for r in sel if r["batch"] == batch and r["runtime"] not in PEERS]
+        peers = [r for r in sel if r["batch"] == batch and r["runtime"] in PEERS]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r["seg_time_vs_baseline"])
+        peer = min(peers, key=lambda r: r["seg_time_vs_baseline"]) if peers else None
+        out[f"fastest_vs_peers_b{batch}"] = {
+            "goal": f"batch {batch}: hrm-edge's fastest CPU path <= {PEER_TARGET}x PyTorch eager fp32 per segment "
+                    "and faster than every peer row", "model": best["model"], "runtime": best["runtime"],
+            "value": best["seg_time_vs_baseline"], "best_peer": None if peer is None else peer["runtime"],
+            "best_peer_value": None if peer is None else peer["seg_time_vs_baseline"],
+            "met": best["seg_time_vs_baseline"] <= PEER_TARGET
+            and (peer is None or best["seg_time_vs_baseline"] < peer["seg_time_vs_baseline"])}
+    return out
+
+
 def targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
-    """The issue's three targets, evaluated on this run's rows (best row of each kind)."""
+    """The issue's targets, evaluated on this run's rows (best row of each kind)."""
     out: dict[str, Any] = {}
     big = [m.name for m in models if not m.trained] or [m.name for m in models]
     trained = [m.name for m in models if m.trained]
@@ -99,4 +126,5 @@ def targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
         "goal": "ORT fp32 at batch 16 >= 70% of the fp32 GEMM peak", "model": r["model"], "runtime": r["runtime"],
         "value": r["peak_fraction"], "value_clean": r.get("peak_fraction_clean"), "gops": r["gops"],
         "peak_gops": r["peak_gops"], "met": r["peak_fraction"] >= 0.7}
+    out.update(peer_targets(rows, models))
     return out

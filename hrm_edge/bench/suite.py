@@ -28,8 +28,13 @@ Runtime configurations (`RUNTIMES`; rows that cannot run are listed with the rea
   ort-int8/unrolledK, ort-int8/loop: that quantized standard graph composed into the unrolled /
   Loop graph, then fused (the dynamic quantizer does not quantize inside a Loop body);
 - *@1t: the same graph with one intra-op thread;
-- openvino: only when the `openvino` package imports; tensorrt: only where TensorRT is installed
-  (this CPU bench then lists it as skipped).
+- torch-compile-fp32/-bf16: the same runner with `torch.compile` (inductor) of the model's segment calls;
+- openvino-fp32/-bf16: `OvSegmentRunner` on the portable fp32 graph, precision hint f32 / bf16;
+  openvino-int8: hrm-edge's INT8 graph (the shipped one, else the dynamic fallback on the standard
+  graph) with its float sites in bf16; openvino-int8-nncf: NNCF post-training quantization of the
+  portable graph (weight transposes folded) on hrm-edge's ACT-aware calibration samples
+  (`hrm_edge.quant.openvino_nncf`); only when the `[openvino]` extra imports;
+- tensorrt: only where TensorRT is installed (this CPU bench then lists it as skipped).
 
 Graphs are exported once per checkpoint (sha256) into `<out>/cache`. `--pause-training` stops
 the local training processes (`hrm-edge train`) with SIGSTOP while each worker runs (at most
@@ -70,7 +75,7 @@ SCHEMA = 1
 def _job(model: Model, rt: Runtime, batch: int, s: Settings, e2e: bool, n_puzzles: int) -> dict[str, Any]:
     g = model.graphs
     job: dict[str, Any] = {
-        "kind": "rows", "runtime": rt.engine, "precision": rt.precision, "variant": rt.variant,
+        "kind": "rows", "runtime": rt.engine, "precision": rt.precision, "variant": rt.variant, "graph": rt.graph,
         "batch": batch, "threads": rt.threads or s.threads, "policies": list(s.policies),
         "max_steps": model.max_steps,
         "checkpoint": str(model.checkpoint), "total_len": int(model.config.total_len), "e2e": e2e,
@@ -92,6 +97,9 @@ def _job(model: Model, rt: Runtime, batch: int, s: Settings, e2e: bool, n_puzzle
         if rt.variant != "loop" and takes_x(main):
             graphs["embed"] = g["embed"]
         job["graphs"] = graphs
+    if rt.engine == "openvino":
+        main = g[{"standard": "seg", "quantizer": "int8_openvino", "nncf": "int8_nncf"}[rt.graph]]
+        job["graphs"] = {"main": main, "carry": g["carry"], **({"embed": g["embed"]} if takes_x(main) else {})}
     return job
 
 

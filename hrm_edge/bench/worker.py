@@ -12,6 +12,7 @@ JSON object on the last stdout line, after `RESULT_MARK`. Job kinds:
 - "peak": the machine's GEMM peaks: fp32 (torch and numpy matmul), bf16 (torch), int8 (an ORT
   `MatMulInteger` micro-graph, u8 x s8) and ORT's own fp32 MatMul, all on large GEMMs.
 - "profile": ORT per-op-type profile of segment graphs (SessionOptions.enable_profiling).
+- "profile-openvino": OpenVINO per-layer-type profile of segment graphs (performance counters).
 
 Every timing window also records how much CPU other processes used meanwhile ("foreign" share
 of all cores, from /proc/stat): on a shared machine a latency is only comparable with that.
@@ -242,7 +243,29 @@ def _torch_driver(job: dict[str, Any]) -> _Driver:
         model.set_compute_dtype("bfloat16")
     else:
         model.set_compute_dtype("float32")
+    if job.get("graph") == "compile":
+        # torch.compile (inductor, default mode) of the two calls a segment makes; dynamic shapes, so
+        # that shrinking the batch when puzzles halt does not recompile
+        model.reason = torch.compile(model.reason, dynamic=True)
+        model.heads = torch.compile(model.heads, dynamic=True)
     return _RunnerDriver(TorchSegmentRunner(model, "cpu"))
+
+
+# OpenVINO inference precision of each bench precision (int8: the float sites in bf16)
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
+
+
+def _openvino_driver(job: dict[str, Any]) -> _Driver:
+    from hrm_edge.runtimes.openvino.loader import compile_graph
+    from hrm_edge.runtimes.openvino.runner import OvSegmentRunner
+
+    g, threads = job["graphs"], job["threads"]
+    hint = job.get("hint") or OPENVINO_HINTS[job["precision"]]
+    carry = np.load(g["carry"])
+    embed = compile_graph(g["embed"], "f32", threads=threads) if g.get("embed") else None
+    runner = OvSegmentRunner(compile_graph(g["main"], hint, threads=threads), carry["H_init"], carry["L_init"],
+                             job["total_len"], embed=embed)
+    return _RunnerDriver(runner)
 
 
 def _ort_driver(job: dict[str, Any]) -> _Driver:
@@ -302,7 +325,7 @@ class RowsServer:
     def __init__(self, job: dict[str, Any]) -> None:
         t_load = time.perf_counter()
         self.job = job
-        drivers = {"torch": _torch_driver, "bundle": _bundle_driver}
+        drivers = {"torch": _torch_driver, "bundle": _bundle_driver, "openvino": _openvino_driver}
         self.driver = drivers.get(job["runtime"], _ort_driver)(job)
         self.load_s = time.perf_counter() - t_load
         self.batch = job["batch"]

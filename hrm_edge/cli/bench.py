@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hrm_edge.bench.configs import BASELINE, QUICK_RUNTIMES, Settings, runtimes
+from hrm_edge.bench.configs import BASELINE, PEER_RUNTIMES, QUICK_RUNTIMES, Settings, runtimes
 from hrm_edge.bench.pausing import PAUSE_PATTERN, Pauser
 from hrm_edge.bench.prepare import resolve_model_arg, resolve_standard_models
 from hrm_edge.bench.suite import DEFAULT_OUT, run_suite
@@ -30,6 +30,7 @@ def _default_threads() -> int:
 @click.option("--quick", is_flag=True, help="Batch 1, core runtimes, a few puzzles, short timings (smoke test).")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(1), help="Batch sizes (default 1 and 16).")
 @click.option("--runtime", "runtime_names", multiple=True, help="Runtime configurations (default: all; see docs).")
+@click.option("--peers", is_flag=True, help="The peer rows (torch bf16/compile, OpenVINO) beside hrm-edge's CPU paths.")
 @click.option("--policy", "policies", multiple=True, help="Halting policies (default: fixed and q).")
 @click.option("--unroll", type=click.IntRange(2), default=4, show_default=True, help="K of the unrolled graphs.")
 @click.option("--int8-graph", type=click.Path(exists=True, path_type=Path),
@@ -51,7 +52,7 @@ def _default_threads() -> int:
 @click.option("--quiet-wait", type=click.FloatRange(0), default=0, show_default=True,
               help="Before each worker, wait up to this many seconds for other processes to go quiet.")
 def bench(models: tuple[Path, ...], out: Path, cache: Path | None, quick: bool, batches: tuple[int, ...],
-          runtime_names: tuple[str, ...], policies: tuple[str, ...], unroll: int, int8_graph: Path | None,
+          runtime_names: tuple[str, ...], peers: bool, policies: tuple[str, ...], unroll: int, int8_graph: Path | None,
           puzzles: int | None, e2e_budget: float, micro_seconds: float | None, e2e_seconds: float,
           threads: int | None, rounds: int | None,
           profile: bool | None, pause_training: bool, pause_patterns: tuple[str, ...], pause_max: float,
@@ -66,7 +67,7 @@ def bench(models: tuple[Path, ...], out: Path, cache: Path | None, quick: bool, 
     for folder, what in ((out, "--out directory"), (cache, "--cache directory")):
         check_output_dir(folder, what)  # before any measurement
     known = runtimes(unroll)
-    names = runtime_names or (QUICK_RUNTIMES if quick else tuple(known))
+    names = runtime_names or (PEER_RUNTIMES if peers else QUICK_RUNTIMES if quick else tuple(known))
     bad = [n for n in names if n not in known]
     if bad:
         raise click.UsageError(f"unknown runtime(s) {', '.join(bad)}; known: {', '.join(known)}")

@@ -21,6 +21,7 @@ from hrm_edge.errors import HrmEdgeError
 from hrm_edge.files import check_output_dir, exclusive_lock
 from hrm_edge.manifest import MANIFEST, MAX_SEGMENTS, SIGNATURE, GateRun, Manifest, read_manifest
 from hrm_edge.parity import DEFAULT_GATES, VERIFY_GATES, compare, gate, junit_xml, plot_parity, with_overrides
+from hrm_edge.runtimes.solver import RUNTIMES
 
 if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
     from hrm_edge.bundle import Bundle
@@ -237,7 +238,7 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--runtime", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+@click.option("--runtime", type=click.Choice([*RUNTIMES, "torch"]), default="ort", show_default=True)
 @click.option("--graph", "graphs", multiple=True,
               help="Graphs to check (default: every graph the runtime runs; ort: the fused CPU graph included).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
@@ -316,7 +317,7 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
               help="Graphs to compare (default: every graph of --precision the runtime runs; ort: the fused CPU "
                    "graph included).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "all"]), default="all", show_default=True)
-@click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="ort", show_default=True)
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
 @click.option("--policy", help="Halting policy (default: the bundle's).")
 @click.option("--max-steps", type=click.IntRange(1, MAX_SEGMENTS), help="Segment cap (default: the bundle's).")

@@ -33,6 +33,7 @@ from hrm_edge.files import check_output_file
 from hrm_edge.model.config import MAX_HALT_STEPS
 from hrm_edge.puzzles.base import PuzzleError
 from hrm_edge.puzzles.codecs import get_codec
+from hrm_edge.runtimes.solver import RUNTIMES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,7 +115,7 @@ def _server_solver(path: str, url: str):
               help="Segment cap (default: a bundle's halting.max_steps; checkpoints: halt_max_steps).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (checkpoints): cpu, cuda, cuda:1 ...")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="(checkpoints)")
-@click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="(bundles)")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="ort", show_default=True, help="(bundles)")
 @click.option("--graph", help="Bundle graph (default: the fastest for the runtime; ORT CPU: segment.int8-cpu when "
               "most of its sites are int8, else segment.fp32-cpufused, else segment.fp32; trt: segment.fp16).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (bundles, runtime trt).")

@@ -1,4 +1,4 @@
-"""Solve puzzles with one graph of a bundle on ONNX Runtime or TensorRT (no torch on this path).
+"""Solve puzzles with one graph of a bundle on ONNX Runtime, TensorRT or OpenVINO (no torch on this path).
 
 `GraphSolver` picks the driver from the graph's kind: a segment graph runs under the shared ACT
 loop (`hrm_edge.act.run_act`; a segment graph taking x runs with its embed graph, once per batch),
@@ -17,13 +17,15 @@ from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult, concat_resul
 from hrm_edge.bundle import Bundle, BundleError
 from hrm_edge.manifest import ORT_CPU, GraphEntry
 
-RUNTIMES = ("ort", "trt")
+RUNTIMES = ("ort", "trt", "openvino")
 # Default graph per runtime, fastest first. ORT on the CPU EP: the INT8 CPU graph when it pays
 # (`int8_pays`), else the fused CPU graph (contrib ops; the bench's fastest fp32 row,
 # `ort-fp32-cpufused`), else the portable fp32 segment graph. ORT on a GPU EP: the portable graphs.
-# TensorRT: the fp16 segment graph.
+# TensorRT: the fp16 segment graph. OpenVINO (segment graphs, `hrm_edge.runtimes.openvino`): the
+# portable fp32 graph computed in f32 (parity-exact), unless a reduced precision is named with --graph.
 PREFERRED = {"ort-cpu": ("segment.int8-cpu", "segment.fp32-cpufused", "segment.fp32"),
-             "ort-gpu": ("segment.int8-cpu", "segment.fp32"), "trt": ("segment.fp16",)}
+             "ort-gpu": ("segment.int8-cpu", "segment.fp32"), "trt": ("segment.fp16",),
+             "openvino": ("segment.fp32",)}
 # An INT8 graph is a default only when at least this share of its quantization sites computes in
 # int8. Below it the graph buys size, not speed: measured on the shipped demos (docs/int8.md), the
 # graphs with 36/50 and 64/66 sites kept in float run 1.05-1.08x slower per segment than the fused
@@ -52,20 +54,20 @@ def _ort_on_cpu(providers: Any) -> bool:
 def _target(runtime: str, providers: Any) -> str:
     if runtime not in RUNTIMES:
         raise BundleError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    if runtime == "trt":
-        return "trt"
+    if runtime in ("trt", "openvino"):
+        return runtime
     return "ort-cpu" if _ort_on_cpu(providers) else "ort-gpu"
 
 
 def _runs_on(entry: GraphEntry, target: str) -> bool:
     if entry.kind == "embed" or (entry.only_on == ORT_CPU and target != "ort-cpu"):
         return False
-    return target != "trt" or entry.kind == "segment"
+    return target not in ("trt", "openvino") or entry.kind == "segment"
 
 
 def runnable_graphs(bundle: Bundle, runtime: str = "ort", providers: Any = None) -> list[str]:
     """Names of the graphs that solve puzzles on `runtime` (embed graphs excluded; TensorRT: segment
-    graphs; graphs fused for ONNX Runtime's CPU EP only there), in manifest order."""
+    graphs; OpenVINO: segment graphs; graphs fused for ONNX Runtime's CPU EP only there), in manifest order."""
     target = _target(runtime, providers)
     return [name for name, entry in bundle.graphs.items() if _runs_on(entry, target)]
 
@@ -105,6 +107,13 @@ class GraphSolver:
             if total_len is None:
                 raise BundleError(f"{bundle.manifest.where}: missing field 'model.total_len' (the carry length)")
             self._runner: Any = TrtSegmentRunner(load_engine(engine), h_init, l_init, total_len)
+            return
+        if runtime == "openvino":
+            if self.kind != "segment":
+                raise BundleError(f"the OpenVINO runtime runs segment graphs; {graph!r} is a {self.kind} graph")
+            from hrm_edge.runtimes.openvino.session import open_segment_runner
+
+            self._runner, self.inference_precision = open_segment_runner(bundle, graph, threads=threads)
             return
         from hrm_edge.runtimes.ort import loader, runner
 

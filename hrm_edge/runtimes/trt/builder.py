@@ -17,6 +17,10 @@
 Strongly typed: TensorRT takes every tensor's precision from the ONNX types, so an FP16 engine is
 built from the FP16 graph and an INT8 engine from the Q/DQ graph; no FP16/INT8 builder flags
 (deprecated implicit INT8 calibration since TensorRT 10.1, removed flags in TensorRT 11).
+Fast float for the float sites of an INT8 graph: TensorRT rejects BuilderFlag.FP16 on a strongly
+typed network, so the Q/DQ graph's float sites run in fp32 unless the graph itself types them fp16
+(an export-side conversion of the INT8 graph, gated like every INT8 graph); the builder adds no flag.
+OpenVINO's counterpart is the bf16 precision hint on the INT8 graph (`hrm_edge.runtimes.openvino.session`).
 
 The engine goes to `engine_path` and `<engine_path>.json` records the TensorRT version, GPU name
 and compute capability (engines run only there), the batch profile, workspace, flags, precision,
