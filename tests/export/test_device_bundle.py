@@ -59,6 +59,12 @@ def test_runtime_wheel_installs_and_verifies_without_torch(device_bundle, tmp_pa
     proc = subprocess.run([sys.executable, "-c", solve], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"summary"' in proc.stdout
+    parity = script.replace(f"main(['verify', {str(device_bundle)!r}, '--graph', 'segment.fp32'])",
+                            f"main(['parity', {str(device_bundle)!r}])")
+    proc = subprocess.run([sys.executable, "-c", parity], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1  # a device without torch: one error line, not an internal error
+    assert proc.stderr.startswith("error: this command needs PyTorch, which is not installed") and \
+        proc.stderr.count("\n") == 1
 
 
 def test_golden_puzzles_file_holds_the_reference_inputs(device_bundle):
