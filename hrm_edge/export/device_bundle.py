@@ -1,7 +1,7 @@
 """Device bundles for NVIDIA Jetson: the bundle plus the torch-free runtime and instructions.
 
-`add_device_files` runs inside `write_bundle` (before hashing), so the wheel and README are
-covered by the manifest's sha256 list like every other file; `write_tarball` packs the
+`add_device_files` runs inside `write_bundle` (before hashing), so the wheel, README and golden puzzles
+(`puzzles.txt`) are covered by the manifest's sha256 list like every other file; `write_tarball` packs the
 finished bundle directory as `<bundle>.tar.gz` for copying to the device.
 
 The runtime wheel is built from a clean copy of the source in a temporary directory, never in
