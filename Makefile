@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 DEMO    ?= checkpoints/sudoku6-demo
 
-.PHONY: install test lint bench loadtest gpu-test demo fuzz clean
+.PHONY: install test lint bench loadtest gpu-test device-test demo fuzz clean
 
 $(BIN)/hrm-edge: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ fuzz: install
 # No `install` prerequisite: GPU machines bring their own CUDA torch and may have no network.
 gpu-test:
 	bash scripts/gpu_test.sh
+
+# The device bundle on aarch64 (qemu user emulation, a cached Debian arm64 root): README-device.md's commands
+# word for word; needs root. First run ~20 min, then minutes (scripts/device_test.sh; README "Device test").
+device-test: install
+	bash scripts/device_test.sh $(DEVICE_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -322,6 +322,12 @@ def main(argv: list[str] | None = None) -> None:
     except (HrmEdgeError, PuzzleError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":  # the device side (verify, solve on a bundle) runs without torch by design
+            _internal_error(exc)
+        click.echo("error: this command needs PyTorch, which is not installed (pip install 'hrm-edge[torch]'); "
+                   "verify and solve on a bundle do not", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)

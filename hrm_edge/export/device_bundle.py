@@ -1,7 +1,7 @@
 """Device bundles for NVIDIA Jetson: the bundle plus the torch-free runtime and instructions.
 
-`add_device_files` runs inside `write_bundle` (before hashing), so the wheel and README are
-covered by the manifest's sha256 list like every other file; `write_tarball` packs the
+`add_device_files` runs inside `write_bundle` (before hashing), so the wheel, README and golden puzzles
+(`puzzles.txt`) are covered by the manifest's sha256 list like every other file; `write_tarball` packs the
 finished bundle directory as `<bundle>.tar.gz` for copying to the device.
 
 The runtime wheel is built from a clean copy of the source in a temporary directory, never in
@@ -22,8 +22,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from hrm_edge.bundle import BundleError
+import numpy as np
+
+from hrm_edge.bundle import REFERENCE, BundleError
 from hrm_edge.manifest import DeviceFiles, Manifest
+from hrm_edge.puzzles.base import PuzzleError
+from hrm_edge.puzzles.codecs import get_codec
 
 # What the wheel is built from, relative to the source root (pyproject.toml's readme included).
 BUILD_FILES = ("pyproject.toml", "README.md", "hrm_edge")
@@ -32,6 +36,9 @@ _CACHE_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 _PIP_FRAMING = ("subprocess-exited-with-error", "metadata-generation-failed", "Failed building wheel",
                 "Failed to build", "Could not build wheels", "See above", "originates from a subprocess",
                 "not a problem with pip", "not pip")
+
+# The golden puzzles of reference.npz as `solve --file` text (README-device.md solves them).
+PUZZLES = "puzzles.txt"
 
 # JetPack -> TensorRT shipped with it (NVIDIA release notes).
 JETPACK_TENSORRT = {"6.1": "10.3", "6.2": "10.3", "7.0": "10.13", "7.1": "10.16"}
@@ -99,16 +106,40 @@ def build_runtime_wheel(dest: Path, root: Path | None = None) -> Path:
     return target
 
 
-def device_readme(manifest: Manifest, wheel: str) -> str:
-    """README-device.md for a bundle with this manifest and runtime wheel file name."""
+def golden_puzzles_text(task: str, inputs: np.ndarray, puzzle_ids: np.ndarray) -> str | None:
+    """The golden puzzles (`inputs` int64 [N, seq_len]) as a `solve --file` text, one puzzle per line (multi-line
+    grids separated by a blank line), or None when `solve --file` would not read them back as the same tokens
+    with puzzle id 0 (ARC: the puzzle id is part of the input)."""
+    codec = get_codec(task)
+    texts = [codec.decode(row) for row in inputs]
+    text = "".join(f"{t}\n\n" if "\n" in t else f"{t}\n" for t in texts)
+    if np.any(puzzle_ids != 0):
+        return None
+    try:
+        again = codec.encode_many(codec.split(text))
+    except PuzzleError:
+        return None
+    return text if again.shape == inputs.shape and np.array_equal(again, inputs) else None
+
+
+def device_readme(manifest: Manifest, wheel: str, puzzles: str | None = None, first_puzzle: str | None = None) -> str:
+    """README-device.md for a bundle with this manifest and runtime wheel file name; `puzzles` names the bundle's
+    golden puzzles file and `first_puzzle` is the text of one of them (both optional).
+
+    Its ```bash blocks outside the TensorRT section are the device's commands from a fresh OS to solved puzzles;
+    `make device-test` runs them word for word in an aarch64 root (scripts/device_test.sh)."""
     graphs = ", ".join(sorted(manifest.graphs))
     jetpack = "\n".join(f"| JetPack {jp} | TensorRT {trt} |" for jp, trt in JETPACK_TENSORRT.items())
     model, halting = manifest.model, manifest.need_halting()
+    solve_file = (f"hrm-edge solve . --file {puzzles}           # the golden puzzles, one per line"
+                  if puzzles else "cat puzzles.txt | hrm-edge solve . --file -   # your puzzles, one per line")
+    puzzle = first_puzzle if first_puzzle and "\n" not in first_puzzle else "<puzzle text>"
     return f"""# hrm-edge device bundle
 
 Model: {(model.family or "hrm").upper()} ({model.parameters or 0:,} parameters), task `{manifest.task.name}`,
 graphs: {graphs}. Halting: policy `{halting.default_policy}`, at most
-{halting.max_steps} segments. Golden outputs of the PyTorch reference: `reference.npz`.
+{halting.max_steps} segments. Golden outputs of the PyTorch reference: `reference.npz`{
+    f" (their puzzles as text: `{puzzles}`)" if puzzles else ""}.
 
 ## Supported
 
@@ -116,39 +147,59 @@ graphs: {graphs}. Halting: policy `{halting.default_policy}`, at most
 | --- | --- |
 {jetpack}
 
+Any aarch64 or x86_64 Linux with Python 3.10 or newer runs the ONNX Runtime part (no GPU).
 TensorRT engines are tied to the GPU and the TensorRT version that built them: build on the device.
 Desktop GPUs with TensorRT 10.x work the same way (`--target desktop`).
 
-## Three commands on the device (from this directory)
+## Install (from this directory)
 
 ```bash
-pip install {wheel}          # numpy, click, pyyaml, onnxruntime, onnx; no torch
+sudo apt-get install -y python3-venv     # venv and pip (Debian, Ubuntu, JetPack); pip refuses the system Python
+python3 -m venv --system-site-packages ~/hrm-edge-venv   # the system site holds JetPack's TensorRT bindings
+. ~/hrm-edge-venv/bin/activate
+pip install ./{wheel}   # numpy, click, pyyaml, onnxruntime, onnx from PyPI; no torch
+```
+
+## Check and solve on the CPU (ONNX Runtime)
+
+```bash
+hrm-edge verify .      # file hashes, then every graph on the golden puzzles against the PyTorch outputs
+{solve_file}
+hrm-edge solve . --puzzle "{puzzle}" --json   # one JSON line per puzzle
+```
+
+`verify` is the parity check on the device: closed-loop, every graph ONNX Runtime runs against the golden
+outputs, with the fp32/fp16 gates; it exits non-zero on a failure. `hrm-edge parity` re-runs the PyTorch
+reference (torch) and so belongs on the machine that exported the bundle. `--policy fixed|q|threshold:<p>`
+chooses the halting rule and `--max-steps` the segment cap.
+
+## TensorRT (on the device's GPU)
+
+```bash
 hrm-edge build . --precision fp16 --target orin-nano   # or orin-agx / thor; --precision int8 if present
 hrm-edge verify . --runtime trt --engine engines/<gpu>-trt<version>/segment.fp16.engine
+hrm-edge solve . --runtime trt --engine engines/<gpu>-trt<version>/segment.fp16.engine --file {puzzles or "puzzles.txt"}
 ```
 
-`hrm-edge verify .` (no `--runtime`) checks the file hashes and the golden puzzles on ONNX Runtime,
-which needs no GPU. The TensorRT Python bindings come with JetPack (`python3 -c "import tensorrt"`);
-`cuda-python` is `pip install cuda-python`.
-
-## Solving puzzles
-
-```bash
-hrm-edge solve . --runtime trt --engine engines/.../segment.fp16.engine --file puzzles.txt
-cat puzzles.txt | hrm-edge solve . --file -          # ONNX Runtime on the CPU
-hrm-edge solve . --puzzle "<puzzle text>" --json     # one JSON line per puzzle
-```
-
-One puzzle per line (Sudoku: 81 characters, `.` or `0` for blanks); `--policy fixed|q|threshold:<p>`
-chooses the halting rule and `--max-steps` the segment cap.
+The TensorRT Python bindings come with JetPack (`python3 -c "import tensorrt"`; the venv above sees them);
+`cuda-python` is `pip install cuda-python`. No part of hrm-edge has run on real TensorRT yet. On aarch64
+(Debian arm64 under qemu user emulation, `make device-test` in the source tree) the Install and CPU
+sections above ran word for word: wheel and dependencies from PyPI, `verify` and `solve` on ONNX Runtime.
 """
 
 
 def add_device_files(tmp: Path, manifest: Manifest, ck: Any = None) -> None:
-    """`write_bundle` hook: add the runtime wheel and README-device.md to the bundle directory and
-    record them in `manifest.device` (`ck` unused)."""
+    """`write_bundle` hook: add the runtime wheel, the golden puzzles as text (`PUZZLES`, when the task's text
+    reads them back) and README-device.md to the bundle directory and record them in `manifest.device`
+    (`ck` unused)."""
     wheel = build_runtime_wheel(tmp)
-    (tmp / "README-device.md").write_text(device_readme(manifest, wheel.name))
+    with np.load(tmp / REFERENCE) as ref:
+        text = golden_puzzles_text(manifest.task.name, ref["inputs"], ref["puzzle_ids"])
+    first = None
+    if text is not None:
+        (tmp / PUZZLES).write_text(text)
+        first = text.split("\n", 1)[0] if "\n\n" not in text else None
+    (tmp / "README-device.md").write_text(device_readme(manifest, wheel.name, PUZZLES if text else None, first))
     manifest.device = DeviceFiles(runtime_wheel=wheel.name, readme="README-device.md",
                                   jetpack_tensorrt=dict(JETPACK_TENSORRT))
 

@@ -11,10 +11,13 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from hrm_edge.bundle import BundleError
-from hrm_edge.export.device_bundle import BUILD_FILES, build_runtime_wheel, source_root
+from hrm_edge.bundle import BundleError, open_bundle
+from hrm_edge.export.device_bundle import BUILD_FILES, PUZZLES, build_runtime_wheel, golden_puzzles_text, source_root
+from hrm_edge.puzzles.codecs import get_codec
+from scripts.device_test_readme import device_commands
 from tests.model_helpers import export_tiny_bundle
 
 
@@ -29,6 +32,7 @@ def test_device_bundle_has_wheel_readme_and_tarball(device_bundle):
     assert any(n.startswith("hrm_edge-") and n.endswith(".whl") for n in names)
     readme = (device_bundle / "README-device.md").read_text()
     assert "JetPack 6.1 | TensorRT 10.3" in readme and "hrm-edge build . --precision fp16" in readme
+    assert "No part of hrm-edge has run on real TensorRT yet" in readme
     with tarfile.open(device_bundle.with_name("bundle.tar.gz")) as tar:
         assert {f"bundle/{n}" for n in names} <= set(tar.getnames())
 
@@ -55,6 +59,53 @@ def test_runtime_wheel_installs_and_verifies_without_torch(device_bundle, tmp_pa
     proc = subprocess.run([sys.executable, "-c", solve], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"summary"' in proc.stdout
+    parity = script.replace(f"main(['verify', {str(device_bundle)!r}, '--graph', 'segment.fp32'])",
+                            f"main(['parity', {str(device_bundle)!r}])")
+    proc = subprocess.run([sys.executable, "-c", parity], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1  # a device without torch: one error line, not an internal error
+    assert proc.stderr.startswith("error: this command needs PyTorch, which is not installed") and \
+        proc.stderr.count("\n") == 1
+
+
+def test_golden_puzzles_file_holds_the_reference_inputs(device_bundle):
+    ref = open_bundle(device_bundle).reference()
+    codec = get_codec("sudoku")
+    lines = (device_bundle / PUZZLES).read_text().splitlines()
+    assert len(lines) == 4 and all(len(line) == 81 for line in lines)
+    assert np.array_equal(codec.encode_many(lines), ref["inputs"])
+    assert PUZZLES in open_bundle(device_bundle).manifest.files  # hashed like every bundle file
+
+
+def test_readme_device_commands_are_the_install_and_cpu_sections(device_bundle):
+    """What `make device-test` runs: the ```bash lines outside the TensorRT section, naming files the bundle has."""
+    commands = device_commands((device_bundle / "README-device.md").read_text())
+    wheel = next(device_bundle.glob("hrm_edge-*.whl")).name
+    assert commands[0].startswith("sudo apt-get install -y python3-venv")
+    assert commands[1].startswith("python3 -m venv --system-site-packages ~/hrm-edge-venv")
+    assert commands[3].startswith(f"pip install ./{wheel} ")
+    assert commands[4].startswith("hrm-edge verify . ")
+    assert commands[5].startswith(f"hrm-edge solve . --file {PUZZLES} ")
+    first = (device_bundle / PUZZLES).read_text().splitlines()[0]
+    assert commands[6].startswith(f'hrm-edge solve . --puzzle "{first}" --json')
+    assert len(commands) == 7 and not any("--runtime trt" in c or "hrm-edge build" in c for c in commands)
+
+
+def test_readme_commands_skip_only_tensorrt_sections():
+    readme = ("# t\n## Install\n```bash\na\n```\n## TensorRT (GPU)\n```bash\nb\n```\n"
+              "## CPU\n```python\nc\n```\n```bash\nd\n```\n")
+    assert device_commands(readme) == ["a", "d"]
+
+
+@pytest.mark.parametrize("task", ["sudoku6", "maze:5"])
+def test_golden_puzzles_text_reads_back_as_the_same_tokens(task):
+    codec = get_codec(task)
+    rng = np.random.default_rng(0)
+    source = {"sudoku6": "2..536.35..1..26...612454.316.1..354\n..1.6..3..4....6..5.6..3......2....5\n",
+              "maze:5": "#S  #\n# # #\n#   #\n### #\n#  G#\n\n#####\n#S  G\n#    \n     \n#####\n"}[task]
+    inputs = codec.encode_many(codec.split(source))
+    text = golden_puzzles_text(task, inputs, np.zeros(len(inputs), dtype=np.int64))
+    assert text is not None and np.array_equal(codec.encode_many(codec.split(text)), inputs)
+    assert golden_puzzles_text(task, inputs, rng.integers(1, 5, len(inputs))) is None  # ids need more than text
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
