@@ -14,6 +14,7 @@ from hrm_edge.bundle import open_bundle
 from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 from hrm_edge.quant.qat import QatConfig, QatError, qat_spec, run_qat, site_absmax, smoothing
+from hrm_edge.quant.quantize import qat_advice
 from hrm_edge.train.data import SudokuPool
 from tests.cli_helpers import one_line_error, run_cli
 
@@ -98,3 +99,10 @@ def test_export_qat_steps_gates_against_the_original_checkpoint(tiny_ckpt, tmp_p
 def test_qat_steps_without_int8_is_a_usage_error(tiny_ckpt, tmp_path, capsys):
     error = one_line_error(capsys, "export", str(tiny_ckpt), "-o", str(tmp_path / "b"), "--qat-steps", "2")
     assert "--qat-steps needs --int8" in error
+
+
+def test_export_names_the_qat_command_beyond_a_tenth_of_the_sites_in_float():
+    assert qat_advice(5, 50) is None  # 10%: plain post-training quantization stays the default
+    line = qat_advice(36, 50)  # the HRM 6x6 demo's cpu search before QAT
+    assert line.startswith("note: 36 of 50 INT8 sites compute in float") and "--qat-steps" in line
+    assert "\n" not in line
