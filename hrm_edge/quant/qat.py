@@ -2,7 +2,9 @@
 
 A short fine-tune of a trained checkpoint with the project's trainer (`hrm_edge.train.trainer`:
 deep supervision over ACT segments, one-step gradient, the checkpoint's own halting rule and loss)
-while every Linear call computes as the INT8 graph will (`hrm_edge.quant.fakequant`): per-channel
+towards the ORIGINAL model's outputs (`hrm_edge.quant.distill`: token distributions, halting logits and the
+outgoing carry of a frozen fp32 teacher run from the student's own carry; the task loss optionally, with
+a weight) while every Linear call computes as the INT8 graph will (`hrm_edge.quant.fakequant`): per-channel
 symmetric int8 weights and, per flavour, uint8 activations quantized per call (cpu, the dynamic
 default) or symmetric int8 activations with calibrated scales (tensorrt), SmoothQuant on the SwiGLU
 down projection as the exporter folds it, the carry path and the halting head's input included.
@@ -38,6 +40,7 @@ import torch
 from torch import nn
 
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.quant.distill import Distiller, DistillWeights
 from hrm_edge.quant.fakequant import S8, ActQuant, SiteQuant, linear_calls
 from hrm_edge.quant.quantize import DEFAULT_SMOOTH_ALPHA, normalize_target
 
@@ -54,7 +57,8 @@ class QatConfig:
     """flavour: "cpu" | "tensorrt" (the INT8 graph the fine-tune simulates); steps: optimizer steps in all
     (a resumed run stops there too); lr: peak learning rate after `warmup_steps`; batch_size: ACT slots;
     calib_batches: training batches whose activations set the static scales; smooth_alpha: SmoothQuant
-    strength (the exporter's default; None: off); pool_size: generated Sudoku pool; checkpoint_every:
+    strength (the exporter's default; None: off); distill: the objective's weights (None: the trainer's
+    task loss alone, the checkpoint's recipe); pool_size: generated Sudoku pool; checkpoint_every:
     steps between saved states; max_minutes: wall-time cap; seed: data and init of the batch."""
 
     flavour: str = "cpu"
@@ -64,6 +68,7 @@ class QatConfig:
     warmup_steps: int = 10
     calib_batches: int = 4
     smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA
+    distill: DistillWeights | None = dataclasses.field(default_factory=DistillWeights)
     pool_size: int = 500
     checkpoint_every: int = 25
     max_minutes: float = 120.0
@@ -192,6 +197,7 @@ class QatResult:
 def run_qat(ck: Any, out_dir: str | Path, cfg: QatConfig, *, resume: bool = False, progress: bool = True,
             log: Callable[[str], None] | None = None) -> QatResult:
     """Fine-tune `ck` (a loaded `Checkpoint`) with fake quantization into OUT (see the module docstring)."""
+    from hrm_edge.model import create_model
     from hrm_edge.model.checkpoint import save_checkpoint
     from hrm_edge.quant.fakequant import fake_quant
     from hrm_edge.train.trainer import TrainConfig, Trainer
@@ -211,7 +217,12 @@ def run_qat(ck: Any, out_dir: str | Path, cfg: QatConfig, *, resume: bool = Fals
                        eval_every=cfg.checkpoint_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
                        threads=torch.get_num_threads(), start_givens=0, min_givens=0,
                        extra={"qat": flavour, "source": ck.provenance.get("sha256")})
-    trainer = Trainer(mcfg, tcfg, sampler, out, val=None)
+    loss_fn = None
+    if cfg.distill is not None:
+        teacher = create_model(mcfg, compute_dtype="float32")
+        teacher.load_state_dict(ck.model.state_dict())
+        loss_fn = Distiller(teacher, cfg.distill)
+    trainer = Trainer(mcfg, tcfg, sampler, out, val=None, loss_fn=loss_fn)
     trainer.model.load_state_dict(ck.model.state_dict())
     if resume and spec_path.exists():
         saved = torch.load(spec_path, weights_only=True)
@@ -229,14 +240,16 @@ def run_qat(ck: Any, out_dir: str | Path, cfg: QatConfig, *, resume: bool = Fals
     spec = qat_spec(flavour, absmax, smooth)
     done = trainer.step
     log(f"QAT ({flavour}): {cfg.steps - done} step(s) of {cfg.batch_size} ACT slots on {data}; "
-        f"{len(spec)} fake-quantized sites")
+        f"{len(spec)} fake-quantized sites; objective: {'distillation' if cfg.distill else 'task loss'}")
     t0 = time.perf_counter()
     trainer.model.train()
     with fake_quant(trainer.model, spec):
         trainer.fit(progress=progress)
     seconds = time.perf_counter() - t0
     card = dict(ck.card or {})
-    card["qat"] = {"flavour": flavour, "steps": trainer.step, "data": data, "lr": cfg.lr,
+    objective = (f"distillation from the original fp32 model ({dataclasses.asdict(cfg.distill)})"
+                 if cfg.distill is not None else "the checkpoint's task loss")
+    card["qat"] = {"flavour": flavour, "steps": trainer.step, "data": data, "objective": objective, "lr": cfg.lr,
                    "batch_size": cfg.batch_size, "minutes": round(trainer.elapsed / 60, 2),
                    "sites": len(spec), "smooth_alpha": cfg.smooth_alpha,
                    "source_sha256": ck.provenance.get("sha256"), "source_path": ck.provenance.get("path")}
