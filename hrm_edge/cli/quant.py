@@ -17,7 +17,8 @@ from hrm_edge.files import check_output_dir
 @click.option("--flavour", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
               help="The INT8 graph to simulate: cpu (uint8 activations per call) or tensorrt (int8, zero point 0).")
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Optimizer steps in all.")
-@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--lr", type=float, default=1e-5, show_default=True,
+              help="Peak learning rate (AdamW); 1e-4 moved the halting head (bench/latest/session8-qat).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="ACT slots per step.")
 @click.option("--objective", type=click.Choice(["distill", "task"]), default="distill", show_default=True,
               help="distill: match the original fp32 model's token distributions, halting logits and carry "

@@ -63,7 +63,7 @@ class QatConfig:
 
     flavour: str = "cpu"
     steps: int = 200
-    lr: float = 1e-4
+    lr: float = 1e-5
     batch_size: int = 32
     warmup_steps: int = 10
     calib_batches: int = 4
