@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hrm_edge.runtimes",),
     ("hrm_edge.export",),
     ("hrm_edge.quant",),
-    ("hrm_edge.train",),
+    ("hrm_edge.train", "hrm_edge.quant.qat", "hrm_edge.quant.distill"),  # QAT fine-tunes with the trainer
     ("hrm_edge.serving",),
     ("hrm_edge.bench",),
     ("hrm_edge.cli",),

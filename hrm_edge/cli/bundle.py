@@ -6,6 +6,7 @@ PyTorch, make a key pair to sign bundles with.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -79,6 +80,9 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--max-float-share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="The search keeps at most this share of the INT8 sites in float (1: as many as the gate needs; "
                    "float sites still store int8 weights, so the file stays small, but they compute in float).")
+@click.option("--qat-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="With --int8: first fine-tune N steps with fake quantization (`hrm-edge qat`; run in "
+                   "OUTPUT-qat, resumable), export the fine-tuned model; the gate stays against CKPT.")
 @click.option("--target", type=click.Choice(["host", "jetson"]), default="host", show_default=True,
               help="jetson: also pack the torch-free runtime wheel and README-device.md, and write OUTPUT.tar.gz.")
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
@@ -88,8 +92,8 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
                unroll: tuple[int, ...], act_loop: bool, golden_data: str | None, golden_count: int, policy: str,
                max_steps: int | None, opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None,
                identifiers: str | None, int8: bool, int8_targets: tuple[str, ...], calib_method: str,
-               calib_size: int, calib_data: str | None, search: bool, max_float_share: float, target: str,
-               sign_key: str | None) -> None:
+               calib_size: int, calib_data: str | None, search: bool, max_float_share: float, qat_steps: int,
+               target: str, sign_key: str | None) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic).
 
     Prints the bundle digest (sha256 of the canonical manifest) to pin with `verify --expect`."""
@@ -119,6 +123,17 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
     if task is None:
         raise click.UsageError("the checkpoint does not say its task: pass --task")
     ck.task = task
+    fine_tuned = None  # --qat-steps: the fine-tuned checkpoint, also compared in the report
+    if qat_steps:
+        if not int8:
+            raise click.UsageError("--qat-steps needs --int8")
+        from hrm_edge.quant.qat import QatConfig, run_qat
+
+        flavour = (int8_targets or (("tensorrt",) if target == "jetson" else ("cpu",)))[0]
+        run = run_qat(ck, Path(output).parent / f"{Path(output).name}-qat",
+                      QatConfig(flavour=flavour, steps=qat_steps), resume=True, log=lambda m: click.echo(m, err=True))
+        ck = load_for_cli(str(run.checkpoint), task, seq_len)
+        fine_tuned = str(run.checkpoint)
     golden = _puzzle_set(golden_data, task, "val", golden_count)
     specs = [GraphSpec("segment", "fp32")]
     if cpu_fused:
@@ -177,6 +192,11 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
             if not (out_dir / "parity.json").is_file():
                 raise
             gate_failed.append(exc)
+        if fine_tuned:  # for the report: the same graphs against the fine-tuned model (not a gate)
+            click.echo("INT8 against the fine-tuned model (report only):", err=True)
+            with contextlib.suppress(HrmEdgeError):
+                click.get_current_context().invoke(parity, bundle=str(tmp), checkpoint=fine_tuned, precision="int8",
+                                                   out_dir=str(out_dir.parent / f"{out_dir.name}-vs-qat"))
         return _gate_record(json.loads((out_dir / "parity.json").read_text()), "int8")
 
     out = write_bundle(ck, Path(output), specs, golden, policy=policy, max_steps=max_steps, opset=opset, force=force,

@@ -276,12 +276,13 @@ def init(preset: str, output: str, seed: int) -> None:
 def _register_commands() -> None:
     from hrm_edge.cli import bench, trt
     from hrm_edge.cli import bundle as cli_bundle
+    from hrm_edge.cli import quant as cli_quant
     from hrm_edge.cli import serve as cli_serve
     from hrm_edge.cli import train as cli_train
 
     for command in (cli_train.eval_cmd, cli_train.train, cli_bundle.export_cmd, cli_bundle.verify,
-                    cli_bundle.parity, cli_bundle.keygen, trt.build, trt.check_trt, bench.bench, cli_serve.serve,
-                    cli_serve.triton_repo):
+                    cli_bundle.parity, cli_bundle.keygen, trt.build, trt.check_trt, bench.bench, cli_quant.qat,
+                    cli_serve.serve, cli_serve.triton_repo):
         cli.add_command(command)
 
 

@@ -90,6 +90,21 @@ SEARCH_MARGIN = {"min_solved_agreement": 0.005, "min_halting_agreement": 0.02}
 SEARCH_CACHE_VERSION = 2  # 2: halting margin in the sensitivity score
 
 
+# `export --int8` names the QAT command when the search keeps more than this share of the sites in float:
+# beyond it the INT8 graph buys size, not speed (issue 21: 36 of 50 float sites ran at 1.05x the fused
+# fp32 segment; the target is at least 90% of the sites in int8).
+QAT_ADVICE_FLOAT_SHARE = 0.10
+
+
+def qat_advice(float_sites: int, sites: int, share: float = QAT_ADVICE_FLOAT_SHARE) -> str | None:
+    """The one line `export --int8` prints when more than `share` of the sites compute in float, else None."""
+    if not sites or float_sites / sites <= share:
+        return None
+    return (f"note: {float_sites} of {sites} INT8 sites compute in float (more than {share:.0%}), so this graph "
+            f"buys size, not speed; fine-tune with fake quantization first: "
+            f"`hrm-edge export CKPT --int8 --qat-steps 200` (or `hrm-edge qat CKPT -o RUN`, then export RUN/model.pt)")
+
+
 def search_gates() -> Any:
     """The int8 parity gate tightened by `SEARCH_MARGIN`: what the search must pass on calibration puzzles."""
     from hrm_edge.parity import DEFAULT_GATES
@@ -704,6 +719,9 @@ class Int8Pipeline:
         if exclude is not None:  # an explicit list (labels or node names) instead of / after the search
             by_label = {s.label: s.node for s in sites}
             excluded = [by_label.get(n, n) for n in exclude]
+        advice = qat_advice(len(excluded), len(sites))
+        if advice:
+            self.log(advice)
         final = restore_float(full, self.fp32, excluded, excluded_weights)
         # Intermediate shapes are optional and every runtime infers them; on the small TRM demo they
         # were 22 kB of a 579 kB graph, 1.2% of the fp32 file the size gate compares with.
@@ -757,6 +775,7 @@ class Int8Pipeline:
             "calibration": entry["calibration"], "preparation": self.prep_info, "calib_parity": parity,
             "closed_loop_per_step": m.get("per_step", []),
             "open_loop": {"full": base_err, "final": final_err},
+            "qat_advice": advice,
             "search": {"trials": trials, "passed": evaluation["passed"],
                        "max_excluded": int(max_excluded_share * len(sites)), "max_evals": max_evals},
             "sites": [{**s.to_dict(), "excluded": s.node in excluded,
@@ -838,8 +857,28 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                                                          f'graphs["{name}"]')
 
 
-__all__ = ["DEFAULT_SMOOTH_ALPHA", "MODES", "PRESETS", "TARGETS", "Int8Build", "Int8Config", "Int8Pipeline",
-           "QuantSettings",
-           "add_int8_graphs", "apply_gptq", "fold_weight_transposes", "gptq_int8", "graph_name", "keep_float_paths",
-           "normalize_target", "qdq_summary", "quantize_graph", "quantized_sites", "settings_for", "smooth_swiglu",
-           "swiglu_pairs"]
+__all__ = [
+    "DEFAULT_SMOOTH_ALPHA",
+    "MODES",
+    "PRESETS",
+    "QAT_ADVICE_FLOAT_SHARE",
+    "TARGETS",
+    "Int8Build",
+    "Int8Config",
+    "Int8Pipeline",
+    "QuantSettings",
+    "add_int8_graphs",
+    "apply_gptq",
+    "fold_weight_transposes",
+    "gptq_int8",
+    "graph_name",
+    "keep_float_paths",
+    "normalize_target",
+    "qat_advice",
+    "qdq_summary",
+    "quantize_graph",
+    "quantized_sites",
+    "settings_for",
+    "smooth_swiglu",
+    "swiglu_pairs",
+]

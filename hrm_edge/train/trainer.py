@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,23 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.T
     return torch.where(mask, loss.view(labels.shape), 0.0)
 
 
+@dataclass(frozen=True)
+class SegmentStep:
+    """One training segment as a loss callback (`Trainer(loss_fn=...)`) sees it. B ACT slots, S tokens,
+    H hidden, V vocabulary. The carry entering the segment is detached; the outputs carry the
+    one-step gradient. `task_loss` is the trainer's own loss of this step (scalar, mean over slots)."""
+
+    tokens: torch.Tensor  # [B, S] int64 inputs
+    labels: torch.Tensor  # [B, S] int64, 0 = PAD
+    carry_h_in: torch.Tensor  # z_H entering the segment [B, P, H]
+    carry_l_in: torch.Tensor  # z_L entering the segment
+    carry_h: torch.Tensor  # z_H leaving the segment
+    logits: torch.Tensor  # [B, S, V]
+    q_halt: torch.Tensor  # [B]
+    q_cont: torch.Tensor  # [B]
+    task_loss: torch.Tensor
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -106,7 +124,11 @@ class Trainer:
     """Owns the model, optimizer, the persistent ACT batch and the run directory."""
 
     def __init__(self, model_config: HRMConfig | TRMConfig, cfg: TrainConfig, sampler: SudokuSampler, run_dir: Path,
-                 val: tuple[np.ndarray, np.ndarray] | None = None, device: str = "cpu") -> None:
+                 val: tuple[np.ndarray, np.ndarray] | None = None, device: str = "cpu",
+                 loss_fn: Callable[[SegmentStep], torch.Tensor] | None = None) -> None:
+        """loss_fn: replaces the loss of each step (e.g. distillation, `hrm_edge.quant.distill`); None: the
+        recipe's loss. Halting, refills and the reported statistics stay the trainer's either way."""
+        self.loss_fn = loss_fn
         self.cfg, self.sampler, self.run_dir, self.val, self.device = cfg, sampler, Path(run_dir), val, device
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -194,7 +216,8 @@ class Trainer:
         for g, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
             g["lr"] = base * lr_scale(self.step, cfg)
         x = self.model.embed(self.tokens, ids)
-        z_H, z_L, logits, q_halt, q_cont = self._segment(self.z_H, self.z_L, x)
+        z_H_in, z_L_in = self.z_H, self.z_L
+        z_H, z_L, logits, q_halt, q_cont = self._segment(z_H_in, z_L_in, x)
         self.z_H, self.z_L = z_H.detach(), z_L.detach()
         self.steps += 1
         with torch.no_grad():
@@ -214,6 +237,9 @@ class Trainer:
         q_cont_loss = (F.binary_cross_entropy_with_logits(q_cont, target_cont, reduction="sum")
                        if target_cont is not None else torch.zeros((), device=self.device))
         loss = (lm + 0.5 * (q_halt_loss + q_cont_loss)) / len(self.tokens)
+        if self.loss_fn is not None:
+            loss = self.loss_fn(SegmentStep(self.tokens, self.labels, z_H_in, z_L_in, z_H, logits,
+                                            q_halt, q_cont, loss))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
