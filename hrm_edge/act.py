@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from hrm_edge.contract import HALT_MODES
 from hrm_edge.errors import PolicyError
 
 
@@ -39,7 +40,19 @@ class HaltingPolicy:
             return np.zeros(q_halt.shape, dtype=bool)
         if self.kind == "q":
             return q_halt > q_continue
-        return q_halt >= math.log(self.threshold / (1.0 - self.threshold))  # sigmoid(q) >= p
+        return q_halt >= self.threshold_logit  # sigmoid(q) >= p
+
+    @property
+    def threshold_logit(self) -> float:
+        """The threshold as a q_halt logit: log(p / (1 - p))."""
+        return math.log(self.threshold / (1.0 - self.threshold))
+
+
+def halt_rule(policy: HaltingPolicy) -> tuple[int, float]:
+    """(halt_mode, threshold logit) of a policy: the `act_loop` graph's encoding of it (`HALT_MODES`)."""
+    if policy.kind == "threshold":
+        return HALT_MODES["threshold"], policy.threshold_logit
+    return HALT_MODES[policy.kind], 0.0
 
 
 def parse_policy(text: str) -> HaltingPolicy:

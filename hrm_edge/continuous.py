@@ -15,25 +15,17 @@ as `HaltingPolicy.halts` does).
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult
+from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult, halt_rule
 from hrm_edge.contract import HALT_MODES
 from hrm_edge.errors import PolicyError
 
 FIXED, Q, THRESHOLD = HALT_MODES["fixed"], HALT_MODES["q"], HALT_MODES["threshold"]
-
-
-def halt_rule(policy: HaltingPolicy) -> tuple[int, float]:
-    """(halt_mode, threshold logit) of a policy: the `act_loop` graph's encoding of it."""
-    if policy.kind == "threshold":
-        return THRESHOLD, math.log(policy.threshold / (1.0 - policy.threshold))
-    return HALT_MODES[policy.kind], 0.0
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hrm_edge.act import parse_policy, run_act
-from hrm_edge.continuous import ContinuousACT, halt_rule, solve_continuous
+from hrm_edge.act import halt_rule, parse_policy, run_act
+from hrm_edge.continuous import ContinuousACT, solve_continuous
 from hrm_edge.errors import PolicyError
 from tests.serving.demo import DEMO, demo_bundle, demo_puzzles
 

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from hrm_edge.act import parse_policy
+from hrm_edge.act import halt_rule, parse_policy
 from hrm_edge.bench.continuous import demo_bundle
 from hrm_edge.bundle import open_bundle
-from hrm_edge.continuous import halt_rule
 from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes.solver import GraphSolver, default_graph
 from hrm_edge.serving.client import RemoteSolver, ServerError

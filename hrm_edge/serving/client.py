@@ -11,8 +11,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from hrm_edge.act import HaltingPolicy, SolveResult, concat_results
-from hrm_edge.continuous import halt_rule
+from hrm_edge.act import HaltingPolicy, SolveResult, concat_results, halt_rule
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.serving.protocol import SOLVER_MODEL, SOLVER_OUTPUTS, request_inputs
 

@@ -30,15 +30,13 @@ growing it (`admit`, for `hrm_edge.continuous`) appends rows with the initial ca
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from hrm_edge.act import HaltingPolicy, SolveResult
+from hrm_edge.act import HaltingPolicy, SolveResult, halt_rule
 from hrm_edge.contract import (
-    HALT_MODES,
     LOOP_INPUTS,
     LOOP_OUTPUTS,
     ORT_FLOAT_TYPES,
@@ -500,9 +498,9 @@ def run_act_loop_graph(session: ort.InferenceSession, tokens: np.ndarray, puzzle
     if set(names) != set(LOOP_INPUTS):
         raise OnnxModelError(f"run_act_loop_graph: the session is not an ACT-loop graph (inputs {list(names)})")
     tokens, puzzle_ids = _check_batch(tokens, puzzle_ids, max_steps)
-    threshold = math.log(policy.threshold / (1.0 - policy.threshold)) if policy.kind == "threshold" else 0.0
+    mode, threshold = halt_rule(policy)
     feeds = {"tokens": tokens, "puzzle_ids": puzzle_ids, "max_steps": np.array(max_steps, np.int64),
-             "halt_mode": np.array(HALT_MODES[policy.kind], np.int64), "threshold": np.array(threshold, np.float32)}
+             "halt_mode": np.array(mode, np.int64), "threshold": np.array(threshold, np.float32)}
     out = dict(zip(LOOP_OUTPUTS, session.run(list(LOOP_OUTPUTS), feeds), strict=True))
     return SolveResult(predictions=out["preds"].astype(np.int64), steps=out["steps"].astype(np.int32),
                        q_halt=out["q_halt"].astype(np.float32), q_continue=out["q_continue"].astype(np.float32))
