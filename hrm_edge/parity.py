@@ -80,6 +80,19 @@ FP64_MIN_PUZZLES = 16
 FP64_FLOOR_MIN = 1e-5
 
 
+def golden_result(ref: dict[str, np.ndarray]) -> SolveResult:
+    """A bundle's golden run (`Bundle.reference()`) as a SolveResult; per-step logits beyond each
+    puzzle's halting step masked (NaN)."""
+    logits = ref["step_logits"].copy()
+    T = logits.shape[0]
+    after = np.arange(1, T + 1)[:, None] > ref["steps"][None, :]
+    logits[after] = np.nan
+    q_halt = np.where(after, np.nan, ref["step_q_halt"])
+    return SolveResult(predictions=ref["predictions"], steps=ref["steps"], q_halt=np.zeros(len(ref["steps"])),
+                       q_continue=np.zeros(len(ref["steps"])), step_predictions=ref["step_predictions"],
+                       step_q_halt=q_halt, step_q_continue=ref["step_q_continue"], step_logits=logits)
+
+
 def compare(reference: SolveResult, candidate: SolveResult, labels: np.ndarray | None,
             fp64: SolveResult | None = None) -> dict[str, Any]:
     """Metrics of candidate vs reference on N puzzles; with `fp64` (the reference model run in

@@ -13,15 +13,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 
-from hrm_edge.act import SolveResult, parse_policy
+from hrm_edge.act import parse_policy
 from hrm_edge.bundle import BundleError, check_digest, check_signature, open_bundle, unlisted_files, verify_files
 from hrm_edge.cli.common import load_for_cli
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.files import check_output_dir, exclusive_lock
 from hrm_edge.manifest import MANIFEST, MAX_SEGMENTS, SIGNATURE, GateRun, Manifest, read_manifest
-from hrm_edge.parity import DEFAULT_GATES, VERIFY_GATES, compare, gate, junit_xml, plot_parity, with_overrides
+from hrm_edge.parity import (
+    DEFAULT_GATES,
+    VERIFY_GATES,
+    compare,
+    gate,
+    golden_result,
+    junit_xml,
+    plot_parity,
+    with_overrides,
+)
 from hrm_edge.runtimes.solver import RUNTIMES
 
 if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
@@ -228,18 +236,6 @@ def _gate_record(report: dict[str, Any], precision: str) -> GateRun:
                    passed=all(c["passed"] for checks in graphs.values() for c in checks), graphs=graphs)
 
 
-def _reference_result(ref: dict[str, np.ndarray]) -> SolveResult:
-    """The golden run as a SolveResult; per-step logits beyond each puzzle's halting step masked."""
-    logits = ref["step_logits"].copy()
-    T = logits.shape[0]
-    after = np.arange(1, T + 1)[:, None] > ref["steps"][None, :]
-    logits[after] = np.nan
-    q_halt = np.where(after, np.nan, ref["step_q_halt"])
-    return SolveResult(predictions=ref["predictions"], steps=ref["steps"], q_halt=np.zeros(len(ref["steps"])),
-                       q_continue=np.zeros(len(ref["steps"])), step_predictions=ref["step_predictions"],
-                       step_q_halt=q_halt, step_q_continue=ref["step_q_continue"], step_logits=logits)
-
-
 def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     ok = all(c["passed"] for c in checks)
     err, rel = metrics.get("max_logit_abs"), metrics.get("max_logit_rel")
@@ -292,7 +288,7 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
     ref = b.reference()
     policy, steps = parse_policy(info.policy), info.max_steps
     labels = ref["labels"] if ref["labels"].any() else None
-    reference = _reference_result(ref)
+    reference = golden_result(ref)
     failures = []
     click.echo(f"{b.path}: {len(b.manifest.files)} files, sha256 OK")
     for run in b.manifest.gates:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
-from hrm_edge.act import SolveResult, parse_policy, solve_in_batches
-from hrm_edge.parity import VERIFY_GATES, gate
+from hrm_edge.act import parse_policy, solve_in_batches
+from hrm_edge.parity import VERIFY_GATES, gate, golden_result
 from hrm_edge.parity import compare as compare_results
 from hrm_edge.runtimes.openvino.loader import compile_graph, default_device, inference_precision, verified_graph_bytes
 from hrm_edge.runtimes.openvino.runner import OvSegmentRunner
@@ -38,10 +36,8 @@ def golden_gate_passes(bundle: Any, runner: OvSegmentRunner, precision: str) -> 
     ref = bundle.reference()
     res = solve_in_batches(runner, ref["inputs"], bundle.model_puzzle_ids(ref["puzzle_ids"]),
                            parse_policy(info.policy), info.max_steps, batch_size=64)
-    zeros = np.zeros(len(ref["steps"]), np.float32)
-    golden = SolveResult(predictions=ref["predictions"], steps=ref["steps"], q_halt=zeros, q_continue=zeros)
     labels = ref["labels"] if ref["labels"].any() else None
-    checks = gate(compare_results(golden, res, labels), VERIFY_GATES[precision])
+    checks = gate(compare_results(golden_result(ref), res, labels), VERIFY_GATES[precision])
     return all(c["passed"] for c in checks)
 
 
