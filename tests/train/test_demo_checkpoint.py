@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrm_edge.act import parse_policy, solve_in_batches
+from hrm_edge.act import HaltingPolicy, SolveResult, parse_policy, run_act, solve_in_batches
 from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.model.runner import TorchSegmentRunner
 from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
@@ -42,19 +42,51 @@ def test_demo_checkpoint_is_small_and_carded(demo):
 BUCKET_CHECK = {"trm-sudoku-demo": 30}  # name -> smallest givens checked
 
 
-@pytest.mark.parametrize("policy", ["fixed", "q"])
-def test_eval_reproduces_the_card(demo, policy):
+@pytest.fixture(scope="module")
+def fixed_run(demo):
+    """The demo's validation set run for all `halt_max_steps` segments, every step recorded."""
     path, ck, pset = demo
     if path.name in BUCKET_CHECK:
         pytest.skip("checked per bucket by test_the_9x9_card_holds_on_its_generated_puzzles")
+    return solve_in_batches(TorchSegmentRunner(ck.model), pset.inputs, pset.puzzle_ids, parse_policy("fixed"),
+                            ck.config.halt_max_steps, batch_size=256, record_steps=True)
+
+
+def halted_at(fixed: SolveResult, policy: HaltingPolicy) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions [N, S], steps [N]) of `policy`, read off a recorded fixed-policy trajectory: a puzzle's
+    segments do not depend on when the others halt, so it halts at the first step its policy says so."""
+    max_steps = fixed.step_q_halt.shape[0]
+    halts = np.stack([policy.halts(fixed.step_q_halt[t], fixed.step_q_continue[t]) for t in range(max_steps)])
+    halts[-1] = True
+    first = halts.argmax(0)
+    return fixed.step_predictions[first, np.arange(first.size)], (first + 1).astype(np.int32)
+
+
+def test_a_policy_run_halts_where_the_fixed_trajectory_says():
+    """The premise of `halted_at`, on the HRM demo: running `q` gives exactly the steps and predictions
+    read off the fixed run (same batches, same runner)."""
+    ck = load_checkpoint(REPO / "checkpoints" / "sudoku6-demo" / "model.pt")
+    pset = load_puzzle_set(calib_data_dir(ck.task), split="val")
+    policy, steps = parse_policy("q"), ck.config.halt_max_steps
+    fixed = run_act(TorchSegmentRunner(ck.model), pset.inputs[:64], pset.puzzle_ids[:64], parse_policy("fixed"),
+                    steps, record_steps=True)
+    real = run_act(TorchSegmentRunner(ck.model), pset.inputs[:64], pset.puzzle_ids[:64], policy, steps)
+    predictions, halt_steps = halted_at(fixed, policy)
+    assert len(set(real.steps.tolist())) >= 3  # the puzzles really halt at different steps
+    np.testing.assert_array_equal(halt_steps, real.steps)
+    np.testing.assert_array_equal(predictions, real.predictions)
+
+
+@pytest.mark.parametrize("policy", ["fixed", "q"])
+def test_eval_reproduces_the_card(demo, fixed_run, policy):
+    path, ck, pset = demo
     card = json.loads((path / "eval.json").read_text())["policies"][policy]
-    res = solve_in_batches(TorchSegmentRunner(ck.model), pset.inputs, pset.puzzle_ids, parse_policy(policy),
-                           ck.config.halt_max_steps, batch_size=256)
-    solved = (res.predictions == pset.labels).all(-1)
+    predictions, steps = halted_at(fixed_run, parse_policy(policy))
+    solved = (predictions == pset.labels).all(-1)
     assert float(solved.mean()) == pytest.approx(card["exact"], abs=1 / len(pset))
-    assert float(res.steps.mean()) == pytest.approx(card["mean_segments"], abs=0.02)
+    assert float(steps.mean()) == pytest.approx(card["mean_segments"], abs=0.02)
     assert np.isclose(card["exact"], ck.card["accuracy"][policy]["exact"])
-    assert_buckets_match(card["buckets"], difficulty_buckets(pset), solved, res.steps)  # per-difficulty table too
+    assert_buckets_match(card["buckets"], difficulty_buckets(pset), solved, steps)  # per-difficulty table too
 
 
 def assert_buckets_match(card_buckets: dict, masks: dict[str, np.ndarray], solved: np.ndarray,
