@@ -79,8 +79,11 @@ def triton_repo(bundle: str, output: str, graph: str | None, plan: str | None, s
 
 def connect_candidate(url: str, bundle: Bundle) -> RemoteSolver:
     """`parity --server`'s candidate: a client of the solver model at `url`, checked to serve
-    `bundle`'s sequence length (before any reference work). Its `solve` returns predictions, steps
-    and the halting segment's q values, no per-step logits: parity gates it closed-loop only."""
+    `bundle` (its digest where the server says, else its sequence length: a note line), before any
+    reference work. Its `solve` returns predictions, steps and the halting segment's q values, no
+    per-step logits: parity gates it closed-loop only."""
     remote = RemoteSolver(url)
-    remote.check_seq_len(int(bundle.config["seq_len"]), str(bundle.path))
+    note = remote.check_bundle(bundle.manifest.digest, int(bundle.config["seq_len"]), str(bundle.path))
+    if note:
+        click.echo(f"note: {note}", err=True)
     return remote
