@@ -190,3 +190,34 @@ class TritonServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m hrm_edge.serving.tritonserver REPOSITORY`: serve a repository on this machine with the
+    wheel's tritonserver until SIGINT/SIGTERM or --max-seconds (one `error:` line if it cannot start)."""
+    import argparse
+
+    from hrm_edge.serving.pytriton_server import serve_until_stopped
+
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
+    p.add_argument("repository")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--max-seconds", type=float)
+    args = p.parse_args(argv)
+    try:
+        server = TritonServer(args.repository, args.host, args.http_port, args.grpc_port).start()
+    except TritonServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+    def ready() -> None:
+        print(f"serving {args.repository} on {server.http_url} and {server.grpc_url} (log: {server.log_path})",
+              file=sys.stderr)
+
+    print(f"stopped ({serve_until_stopped(server, args.max_seconds, ready)})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
