@@ -253,6 +253,27 @@ def batch1_latency(remote: RemoteSolver, local: GraphSolver, tokens: np.ndarray,
             "local_ms": [1e3 * s for s in here]}
 
 
+def server_statistics(http_port: int) -> dict[str, dict[str, float]]:
+    """Triton's own per-model statistics (mean ms per successful request of queueing, compute_input,
+    compute_infer, compute_output, and the whole request in the server): what a request spent inside
+    the server, against what its client saw."""
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(f"127.0.0.1:{http_port}")
+    try:
+        stats = client.get_inference_statistics()["model_stats"]
+    finally:
+        client.close()
+    out = {}
+    for model in stats:
+        inference = model["inference_stats"]
+        n = max(1, int(inference["success"]["count"]))
+        out[model["name"]] = {"requests": int(inference["success"]["count"]),
+                              **{k: v["ns"] / n / 1e6 for k, v in inference.items()
+                                 if k in ("success", "queue", "compute_input", "compute_infer", "compute_output")}}
+    return out
+
+
 def batch1_paths(bundle_dir: str, out: Path, cfg: LoadConfig, count: int,
                  data: str = str(ROOT / "calib_data" / "sudoku6")) -> dict[str, Any]:
     """Batch-1 p50 latency of every serving path side by side, interleaved (each puzzle goes through
@@ -310,6 +331,7 @@ def batch1_paths(bundle_dir: str, out: Path, cfg: LoadConfig, count: int,
                 except ServerError:
                     floor[p].append(1e3 * (time.perf_counter() - t))
         load_avg["at_end"] = os.getloadavg()[0]
+        server_side = {name: server_statistics(server.http_port) for name, server in servers.items()}
     finally:
         for remote in remotes.values():
             remote.close()
@@ -334,6 +356,7 @@ def batch1_paths(bundle_dir: str, out: Path, cfg: LoadConfig, count: int,
         # shared machine's load swings that move both
         entry["paired_overhead_p50_ms"] = float(np.median(np.subtract(ms[p], ms[base])))
         entry["within_target"] = entry["paired_overhead_p50_ms"] <= BATCH1_TARGET_MS
+    report["tritonserver_statistics_mean_ms"] = server_side
     report["ms"] = ms
     (out / "batch1-paths.json").write_text(json.dumps(report, indent=2))
     return report
