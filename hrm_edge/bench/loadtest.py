@@ -36,6 +36,7 @@ from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes.solver import GraphSolver, default_graph
 from hrm_edge.serving.client import RemoteSolver, ServerError
 from hrm_edge.serving.protocol import SOLVER_MODEL, request_inputs
+from hrm_edge.serving.tritonserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH1_TARGET_MS = 2.0  # issue 18: p50 through `serve` within 2 ms of a local solve at batch 1
@@ -66,14 +67,6 @@ def malformed_requests(seq_len: int) -> list[tuple[str, dict[str, np.ndarray]]]:
             ("max_steps 0", {"max_steps": np.array([0], np.int64)}),
             ("2 puzzle ids for 1 puzzle", {"puzzle_ids": np.zeros(2, np.int64)}),
             ("float32 tokens", {"tokens": np.zeros((1, seq_len), np.float32)})]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.serving.pytriton_server import SERVE_EXTRA_HINT, serve_until_stopped
 
-SERVE_EXTRA_HINT = "install the serving extra: pip install 'hrm-edge[serve]'"
 READY_TIMEOUT_S = 120.0  # the server and every model must be ready within this
 SHM_BYTES = 64 << 20  # the Python backend's initial shared memory per model instance (grows as needed)
 
@@ -196,8 +196,6 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m hrm_edge.serving.tritonserver REPOSITORY`: serve a repository on this machine with the
     wheel's tritonserver until SIGINT/SIGTERM or --max-seconds (one `error:` line if it cannot start)."""
     import argparse
-
-    from hrm_edge.serving.pytriton_server import serve_until_stopped
 
     p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
     p.add_argument("repository")
