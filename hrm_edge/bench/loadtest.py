@@ -36,6 +36,7 @@ from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes.solver import GraphSolver, default_graph
 from hrm_edge.serving.client import RemoteSolver, ServerError
 from hrm_edge.serving.protocol import SOLVER_MODEL, request_inputs
+from hrm_edge.serving.tritonserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH1_TARGET_MS = 2.0  # issue 18: p50 through `serve` within 2 ms of a local solve at batch 1
@@ -66,14 +67,6 @@ def malformed_requests(seq_len: int) -> list[tuple[str, dict[str, np.ndarray]]]:
             ("max_steps 0", {"max_steps": np.array([0], np.int64)}),
             ("2 puzzle ids for 1 puzzle", {"puzzle_ids": np.zeros(2, np.int64)}),
             ("float32 tokens", {"tokens": np.zeros((1, seq_len), np.float32)})]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -253,6 +246,115 @@ def batch1_latency(remote: RemoteSolver, local: GraphSolver, tokens: np.ndarray,
             "local_ms": [1e3 * s for s in here]}
 
 
+def server_statistics(http_port: int) -> dict[str, dict[str, float]]:
+    """Triton's own per-model statistics (mean ms per successful request of queueing, compute_input,
+    compute_infer, compute_output, and the whole request in the server): what a request spent inside
+    the server, against what its client saw."""
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(f"127.0.0.1:{http_port}")
+    try:
+        stats = client.get_inference_statistics()["model_stats"]
+    finally:
+        client.close()
+    out = {}
+    for model in stats:
+        inference = model["inference_stats"]
+        n = max(1, int(inference["success"]["count"]))
+        out[model["name"]] = {"requests": int(inference["success"]["count"]),
+                              **{k: v["ns"] / n / 1e6 for k, v in inference.items()
+                                 if k in ("success", "queue", "compute_input", "compute_infer", "compute_output")}}
+    return out
+
+
+def batch1_paths(bundle_dir: str, out: Path, cfg: LoadConfig, count: int,
+                 data: str = str(ROOT / "calib_data" / "sudoku6")) -> dict[str, Any]:
+    """Batch-1 p50 latency of every serving path side by side, interleaved (each puzzle goes through
+    every path in turn, the order rotating), on one bundle with `cfg.threads` ONNX Runtime threads:
+
+    - local solve of the default graph, and of segment.fp32 (the graph a BLS segment model serves);
+    - `pytriton`: the PyTriton `hrm-edge serve` process (default graph in process);
+    - `triton_bls`: tritonserver + repository, solver model -> BLS -> Python-backend segment model
+      (segment.fp32, ORT in the segment model's stub);
+    - `triton_in_solver`: tritonserver + repository whose solver model runs the default graph itself.
+
+    Each server's rejected-request round trip (an unknown halt_mode) is its transport floor."""
+    from hrm_edge.serving.triton_repo import write_repository
+    from hrm_edge.serving.tritonserver import TritonServer
+
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = open_bundle(bundle_dir)
+    graph = default_graph(bundle, "ort")
+    steps = bundle.manifest.need_halting().max_steps
+    pset = load_puzzle_set(data, "val")
+    tokens, ids = pset.inputs, pset.puzzle_ids
+    policy = parse_policy("q")
+    mode, threshold = halt_rule(policy)
+    locals_ = {f"local {graph}": GraphSolver(bundle, graph, threads=cfg.threads),
+               "local segment.fp32": GraphSolver(bundle, "segment.fp32", threads=cfg.threads)}
+    repos = {"triton_bls": ("python", "segment.fp32"), "triton_in_solver": ("in-solver", graph)}
+    servers: dict[str, Any] = {}
+    remotes: dict[str, RemoteSolver] = {}
+    load_avg = {"at_start": os.getloadavg()[0]}
+    pytriton = Server(str(bundle.path), graph, cfg, out / "paths-pytriton.log")
+    try:
+        for name, (backend, g) in repos.items():
+            repo = write_repository(bundle.path, out / f"repo-{name}", graph=g, slots=cfg.slots, force=True,
+                                    segment_backend=backend, threads=cfg.threads)
+            servers[name] = TritonServer(repo, exit_timeout_s=2, log_path=out / f"paths-{name}.log").start()
+            remotes[name] = RemoteSolver(servers[name].http_url, timeout=30.0)
+        remotes["pytriton"] = pytriton.wait_ready()
+        paths = [*locals_, *remotes]
+        ms: dict[str, list[float]] = {p: [] for p in paths}
+        floor: dict[str, list[float]] = {p: [] for p in remotes}
+        for n in range(count):
+            i = n % len(tokens)
+            one = request_inputs(tokens[i:i + 1], ids[i:i + 1], mode, threshold, steps)
+            for p in paths[n % len(paths):] + paths[:n % len(paths)]:
+                t = time.perf_counter()
+                if p in locals_:
+                    locals_[p].solve(tokens[i:i + 1], ids[i:i + 1], policy, steps, 1)
+                else:
+                    remotes[p].infer(one)
+                ms[p].append(1e3 * (time.perf_counter() - t))
+            for p, remote in remotes.items():
+                t = time.perf_counter()
+                try:
+                    remote.infer({**one, "halt_mode": np.array([-1], np.int64)})
+                except ServerError:
+                    floor[p].append(1e3 * (time.perf_counter() - t))
+        load_avg["at_end"] = os.getloadavg()[0]
+        server_side = {name: server_statistics(server.http_port) for name, server in servers.items()}
+    finally:
+        for remote in remotes.values():
+            remote.close()
+        for server in servers.values():
+            server.stop()
+        pytriton.stop()
+    local_p50 = float(np.median(ms[f"local {graph}"]))
+    fp32_p50 = float(np.median(ms["local segment.fp32"]))
+    report = {"bundle": str(bundle.path), "default_graph": graph, "threads": cfg.threads, "slots": cfg.slots,
+              "requests": count, "policy": "q", "max_steps": steps, "cpu_count": os.cpu_count(),
+              "load_average_1min": load_avg, "target_ms": BATCH1_TARGET_MS,
+              "paths": {p: {"p50_ms": float(np.median(v)), "p99_ms": float(np.percentile(v, 99)),
+                            "rejected_request_p50_ms": float(np.median(floor[p])) if floor.get(p) else None}
+                        for p, v in ms.items()}}
+    for p, entry in report["paths"].items():
+        if p in locals_:
+            continue
+        base = "local segment.fp32" if p == "triton_bls" else f"local {graph}"  # the same graph, solved here
+        entry["compared_with"] = base
+        entry["overhead_p50_ms"] = entry["p50_ms"] - (fp32_p50 if p == "triton_bls" else local_p50)
+        # the same puzzle through both, moments apart: the median of the differences is robust to a
+        # shared machine's load swings that move both
+        entry["paired_overhead_p50_ms"] = float(np.median(np.subtract(ms[p], ms[base])))
+        entry["within_target"] = entry["paired_overhead_p50_ms"] <= BATCH1_TARGET_MS
+    report["tritonserver_statistics_mean_ms"] = server_side
+    report["ms"] = ms
+    (out / "batch1-paths.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 def run(bundle_dir: str, out: Path, cfg: LoadConfig, data: str = str(ROOT / "calib_data" / "sudoku6")) -> dict:
     """Run the load test; writes OUT/loadtest.json, OUT/loadtest.png and OUT/loadtest-server.log."""
     out.mkdir(parents=True, exist_ok=True)
@@ -341,9 +443,20 @@ def main() -> None:
     p.add_argument("--out", default="bench/results")
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--paths", type=int, default=0, metavar="N",
+                   help="Instead of the load test: N batch-1 requests through every serving path, interleaved "
+                        "(batch1-paths.json).")
     args = p.parse_args()
     out = Path(args.out)
     cfg = LoadConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    if args.paths:
+        paths = batch1_paths(args.bundle or demo_bundle(out), out, cfg, args.paths)["paths"]
+        for name, e in paths.items():
+            extra = (f", overhead {e['overhead_p50_ms']:+.2f} ms (paired {e['paired_overhead_p50_ms']:+.2f} ms) vs "
+                     f"{e['compared_with']}, rejected request {e['rejected_request_p50_ms']:.2f} ms"
+                     if "compared_with" in e else "")
+            print(f"{name}: p50 {e['p50_ms']:.2f} ms{extra}")
+        return
     report = run(args.bundle or demo_bundle(out), out, cfg)
     load, b1 = report["load"], report["batch1"]
     print(f"load: {load['answered']} answers in {load['wall_s']:.1f} s = {load['puzzles_per_s']:.0f} puzzles/s, "

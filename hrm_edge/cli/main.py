@@ -92,7 +92,9 @@ def _server_solver(path: str, url: str):
 
     b = open_bundle(path)
     remote = RemoteSolver(url)
-    remote.check_seq_len(int(b.config["seq_len"]), path)
+    note = remote.check_bundle(b.manifest.digest, int(b.config["seq_len"]), path)
+    if note:
+        click.echo(f"note: {note}", err=True)
 
     def run(tokens: np.ndarray, policy, steps: int, batch: int, tick):
         return remote.solve(tokens, np.zeros(len(tokens), np.int64), policy, steps, batch)

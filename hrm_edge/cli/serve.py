@@ -7,6 +7,7 @@ import click
 
 from hrm_edge.bundle import Bundle
 from hrm_edge.serving.client import RemoteSolver
+from hrm_edge.serving.protocol import SEGMENT_BACKENDS
 
 DEFAULT_SLOTS = 16
 
@@ -60,19 +61,29 @@ def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, in
               help="A TensorRT engine built on the target (`hrm-edge build`): the segment model uses the "
                    "tensorrt backend instead of onnxruntime.")
 @click.option("--slots", type=click.IntRange(1, 4096), default=DEFAULT_SLOTS, show_default=True)
+@click.option("--segment-backend", type=click.Choice(SEGMENT_BACKENDS), default="onnxruntime", show_default=True,
+              help="Where the segment runs: Triton's onnxruntime backend; its Python backend with ONNX Runtime in "
+                   "the stub (a server without the onnxruntime backend, e.g. the nvidia-pytriton wheel's); or "
+                   "in-solver: inside the solver model, on a copy of the bundle (no BLS hop).")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (python and in-solver).")
 @click.option("--force", is_flag=True, help="Replace an existing directory.")
-def triton_repo(bundle: str, output: str, graph: str | None, plan: str | None, slots: int, force: bool) -> None:
+def triton_repo(bundle: str, output: str, graph: str | None, plan: str | None, slots: int, segment_backend: str,
+                threads: int | None, force: bool) -> None:
     """Write a Triton Inference Server model repository for BUNDLE: a segment model and the solver model."""
     from hrm_edge.serving.triton_repo import write_repository
 
-    out = write_repository(bundle, output, graph=graph, plan=plan, slots=slots, force=force)
+    out = write_repository(bundle, output, graph=graph, plan=plan, slots=slots, force=force,
+                           segment_backend=segment_backend, threads=threads, runtime="trt" if plan else "ort")
     click.echo(f"wrote {out}: run it with tritonserver --model-repository {out}")
 
 
 def connect_candidate(url: str, bundle: Bundle) -> RemoteSolver:
     """`parity --server`'s candidate: a client of the solver model at `url`, checked to serve
-    `bundle`'s sequence length (before any reference work). Its `solve` returns predictions, steps
-    and the halting segment's q values, no per-step logits: parity gates it closed-loop only."""
+    `bundle` (its digest where the server says, else its sequence length: a note line), before any
+    reference work. Its `solve` returns predictions, steps and the halting segment's q values, no
+    per-step logits: parity gates it closed-loop only."""
     remote = RemoteSolver(url)
-    remote.check_seq_len(int(bundle.config["seq_len"]), str(bundle.path))
+    note = remote.check_bundle(bundle.manifest.digest, int(bundle.config["seq_len"]), str(bundle.path))
+    if note:
+        click.echo(f"note: {note}", err=True)
     return remote

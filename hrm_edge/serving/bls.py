@@ -49,7 +49,8 @@ class BlsSegmentRunner:
         out = self.infer(dict(zip(SEGMENT_INPUTS, (self._tokens, self._ids, *self._z), strict=True)))
         self._z = [out[SEGMENT_OUTPUTS[0]], out[SEGMENT_OUTPUTS[1]]]
         self._logits = out["logits"]
-        return out["q_halt"].astype(np.float32), out["q_continue"].astype(np.float32)
+        # per-row scalars come back as [n, 1] (the segment config's dims [1] before its reshape)
+        return (out["q_halt"].astype(np.float32).reshape(-1), out["q_continue"].astype(np.float32).reshape(-1))
 
     def predictions(self, rows: np.ndarray) -> np.ndarray:
         return self._logits[np.asarray(rows, np.int64)].argmax(-1).astype(np.int64)

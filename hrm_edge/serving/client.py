@@ -13,7 +13,7 @@ import numpy as np
 
 from hrm_edge.act import HaltingPolicy, SolveResult, concat_results, halt_rule
 from hrm_edge.errors import HrmEdgeError
-from hrm_edge.serving.protocol import SOLVER_MODEL, SOLVER_OUTPUTS, request_inputs
+from hrm_edge.serving.protocol import BUNDLE_DIGEST, SOLVER_MODEL, SOLVER_OUTPUTS, request_inputs
 
 TRITON_DTYPES = {"int64": "INT64", "float32": "FP32"}
 
@@ -67,6 +67,30 @@ class RemoteSolver:
         if int(shape[-1]) != seq_len:
             raise ServerError(f"{self.url} serves {self.model} for {int(shape[-1])}-token puzzles; {bundle} has "
                               f"seq_len {seq_len}: the server serves another model")
+
+    def served_digest(self) -> str | None:
+        """The digest of the bundle the served model says it serves (its config's `BUNDLE_DIGEST`
+        parameter, from get_model_config); None where the server does not say (PyTriton's `serve`)."""
+        try:
+            config = self._client.get_model_config(self.model, **({"as_json": True} if self.scheme == "grpc" else {}))
+        except Exception as exc:
+            raise ServerError(f"{self.url}: no configuration for model {self.model!r}: {_first_line(exc)}") from None
+        param = config.get("config", config).get("parameters", {}).get(BUNDLE_DIGEST, {})
+        return param.get("string_value") or param.get("stringValue") or None
+
+    def check_bundle(self, digest: str | None, seq_len: int, bundle: str) -> str | None:
+        """ServerError unless the served model serves the bundle with `digest` (and `seq_len`): a server
+        serving another bundle fails here, before any puzzle is sent. Returns a note where the server
+        does not say which bundle it serves (then only the sequence length was checked)."""
+        self.check_seq_len(seq_len, bundle)
+        served = self.served_digest()
+        if served is None:
+            return (f"{self.url} does not say which bundle it serves (no {BUNDLE_DIGEST} in {self.model}'s "
+                    "config); checked its sequence length only")
+        if digest is not None and served != digest:
+            raise ServerError(f"{self.url} serves bundle {served}; {bundle} is {digest}: the server serves another "
+                              "bundle")
+        return None
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One raw request (tensors by name; any dtype, for tests of malformed requests)."""

@@ -1,15 +1,19 @@
 """One continuous ACT loop shared by concurrent requests: the solver behind `hrm-edge serve` (PyTriton)
 and the Triton repository's Python-backend solver model.
 
-`SolverService` owns a `SegmentRunner` and a `ContinuousACT` driven by one worker thread. `solve`
-(called from any number of request threads) checks a request, queues its puzzles and blocks until
-all of them halted; puzzles of concurrent requests share the slots, each with its own halting rule.
+`SolverService` owns a `SegmentRunner` and a `ContinuousACT`. `solve` (called from any number of
+request threads) checks a request, queues its puzzles and blocks until all of them halted; puzzles of
+concurrent requests share the slots, each with its own halting rule. There is no worker thread: one
+waiting request thread at a time drives the loop (segment by segment, releasing the lock between
+segments so others can queue puzzles) until its own puzzles are done, then hands the loop to another
+waiting thread. A request alone on an idle server thus runs on its own thread, like a local solve.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -48,8 +52,7 @@ class SolverService:
         self._ids = itertools.count()
         self._pending: dict[int, _Pending] = {}  # request id -> its outputs
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="hrm-edge-act-loop", daemon=True)
-        self._worker.start()
+        self._driving = False  # a request thread is running segments
 
     def solve(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Solve one request; RequestError for a malformed one (nothing is queued then)."""
@@ -67,33 +70,46 @@ class SolverService:
             self._pending[rid] = pending
             self.loop.submit([(rid, i) for i in range(n)], req.tokens, model_ids, req.halt_mode, req.threshold,
                              req.max_steps)
-            self._lock.notify()
-        pending.done.wait()
+            while not pending.done.is_set():
+                if self._driving:
+                    self._lock.wait()
+                    continue
+                self._driving = True
+                try:
+                    self._drive(pending)
+                finally:
+                    self._driving = False
+                    self._lock.notify_all()  # another waiting request takes the loop over
         if pending.error is not None:
             raise pending.error
         return {"preds": pending.preds, "steps": pending.steps, "q_halt": pending.q_halt,
                 "q_continue": pending.q_continue}
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while self.loop.idle and not self._closed:
-                    self._lock.wait()
-                if self._closed and self.loop.idle:
-                    return
-                try:
-                    finished = self.loop.step()  # admissions read the queue: under the lock
-                except BaseException as exc:  # a runtime failure fails every request in flight
-                    self._fail_all(exc)
-                    continue
-                for f in finished:
-                    rid, i = f.key
-                    p = self._pending[rid]
-                    p.preds[i], p.steps[i], p.q_halt[i], p.q_continue[i] = f.prediction, f.steps, f.q_halt, f.q_continue
-                    p.left -= 1
-                    if p.left == 0:
-                        del self._pending[rid]
-                        p.done.set()
+    def _drive(self, mine: _Pending) -> None:
+        """Run segments until `mine` is done (called holding the lock, returns holding it; the lock is
+        released between segments so other requests can queue puzzles)."""
+        while not mine.done.is_set():
+            try:
+                finished = self.loop.step()  # admissions read the queue: under the lock
+            except BaseException as exc:  # a runtime failure fails every request in flight
+                self._fail_all(exc)
+                return
+            woke = False
+            for f in finished:
+                rid, i = f.key
+                p = self._pending[rid]
+                p.preds[i], p.steps[i], p.q_halt[i], p.q_continue[i] = f.prediction, f.steps, f.q_halt, f.q_continue
+                p.left -= 1
+                if p.left == 0:
+                    del self._pending[rid]
+                    p.done.set()
+                    woke = True
+            if woke:
+                self._lock.notify_all()
+            if not mine.done.is_set():
+                self._lock.release()  # let requests queue puzzles for the next segment
+                time.sleep(0)  # (yields the GIL to a thread waiting for the lock)
+                self._lock.acquire()
 
     def _fail_all(self, exc: BaseException) -> None:
         for p in self._pending.values():
@@ -103,8 +119,8 @@ class SolverService:
         self.loop = ContinuousACT(self.loop.runner, self.loop.slots)
 
     def close(self) -> None:
-        """Finish the puzzles in flight, then stop the worker."""
+        """Refuse new requests; return once the puzzles in flight are done."""
         with self._lock:
             self._closed = True
-            self._lock.notify()
-        self._worker.join()
+            while self._driving or self._pending:
+                self._lock.wait()

@@ -1,6 +1,7 @@
 """The Triton Python-backend solver model of the repository (`hrm_edge.serving.triton_repo`): one
 `SolverService` (the continuous ACT loop shared with `hrm-edge serve`) whose segments are BLS calls
-to the segment model. `execute` is a coroutine, so requests of one instance run concurrently and
+to the segment model, or, in the in-solver variant, run in this model's process on its copy of the
+bundle (`hrm_edge.serving.local`). `execute` is a coroutine, so requests of one instance run concurrently and
 share the loop's slots. Runs inside Triton only (`triton_python_backend_utils`).
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from hrm_edge.bundle import remap_ids
 from hrm_edge.contract import SEGMENT_OUTPUTS
 from hrm_edge.serving.bls import BlsSegmentRunner
+from hrm_edge.serving.local import local_solver
 from hrm_edge.serving.protocol import SOLVER_INPUTS, SOLVER_OUTPUTS
 from hrm_edge.serving.service import SolverService
 from hrm_edge.serving.triton_repo import SOLVER_FILE
@@ -23,8 +25,10 @@ from hrm_edge.serving.triton_repo import SOLVER_FILE
 
 def _bls_call(pb: Any, model: str) -> Any:
     def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # a per-row scalar (puzzle_ids [n]) travels as [n, 1]: the segment config's dims before its reshape
         request = pb.InferenceRequest(model_name=model, requested_output_names=list(SEGMENT_OUTPUTS),
-                                      inputs=[pb.Tensor(n, np.ascontiguousarray(a)) for n, a in feeds.items()])
+                                      inputs=[pb.Tensor(n, np.ascontiguousarray(a if a.ndim > 1 else a[:, None]))
+                                              for n, a in feeds.items()])
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"segment model {model}: {response.error().message()}")
@@ -42,6 +46,11 @@ class TritonPythonModel:
         self.pb = pb
         here = Path(args["model_repository"]) / args["model_version"]
         info = json.loads((here / SOLVER_FILE).read_text())
+        if info.get("segment") == "in-solver":
+            engine = info.get("engine")
+            self.service = local_solver(here / info["bundle"], info["slots"], info["graph"], info["runtime"],
+                                        info.get("threads"), str(here / engine) if engine else None).service
+            return
         carry = np.load(here / "carry_init.npz")
         runner = BlsSegmentRunner(_bls_call(pb, info["segment_model"]), carry["H_init"], carry["L_init"],
                                   info["total_len"], info["carry_dtype"])

@@ -1,10 +1,19 @@
 """A Triton Inference Server model repository from a bundle (`hrm-edge triton-repo`).
 
-    DIR/hrm_segment/config.pbtxt, 1/model.onnx (onnxruntime backend) or 1/model.plan (tensorrt,
-        an engine built on the target): one ACT segment, the graph contract's names and dtypes;
+    DIR/hrm_segment/config.pbtxt, 1/model.onnx: one ACT segment, the graph contract's names and dtypes,
+        on the onnxruntime backend; or 1/model.plan on tensorrt (an engine built on the target, --plan);
+        or 1/model.onnx + 1/model.py on the Python backend, ONNX Runtime in the backend's stub
+        (`hrm_edge.serving.triton_segment`; for a server without the onnxruntime backend, such as the
+        one the nvidia-pytriton wheel ships);
     DIR/hrm_solver/config.pbtxt, 1/model.py, 1/solver.json, 1/carry_init.npz: the solver model
         (Python backend). Its model.py runs `hrm_edge.serving.triton_model`: the same continuous ACT
         loop as `hrm-edge serve` (`SolverService`), each segment a BLS call to hrm_segment.
+
+Segment backend `in-solver` writes no hrm_segment: the solver model runs the segment itself (ONNX
+Runtime, or TensorRT with an engine) on a copy of the bundle in DIR/hrm_solver/1/bundle (no BLS hop).
+
+The solver's config carries the bundle's identity as parameters (`IDENTITY_PARAMETERS`): a client
+reads them with get_model_config and refuses a server that serves another bundle.
 
 Inputs and outputs of hrm_solver: `hrm_edge.serving.protocol`. The repository runs unchanged on a
 Jetson or a GPU host (README: Serving); the Python backend's environment needs `pip install hrm-edge`.
@@ -16,14 +25,19 @@ import json
 import shutil
 from pathlib import Path
 
-from hrm_edge.bundle import BundleError, open_bundle
+from hrm_edge.bundle import Bundle, BundleError, open_bundle
 from hrm_edge.files import check_output_dir
 from hrm_edge.manifest import TensorSpec
-from hrm_edge.serving.protocol import SEGMENT_MODEL, SOLVER_INPUTS, SOLVER_MODEL, SOLVER_OUTPUTS, dims
+from hrm_edge.runtimes.solver import default_graph
+from hrm_edge.serving import protocol as wire
+from hrm_edge.serving.protocol import SEGMENT_BACKENDS, SEGMENT_MODEL, SOLVER_INPUTS, SOLVER_MODEL, SOLVER_OUTPUTS, dims
 
 TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL"}
 SOLVER_FILE = "solver.json"
+BUNDLE_COPY = "bundle"  # the in-solver variant's copy of the bundle, in the solver's version directory
+ENGINE_COPY = "engine.plan"
 MODEL_PY = "from hrm_edge.serving.triton_model import TritonPythonModel  # noqa: F401\n"
+SEGMENT_MODEL_PY = "from hrm_edge.serving.triton_segment import TritonPythonModel  # noqa: F401\n"
 
 
 def _tensor(kind: str, name: str, dtype: str, shape: tuple[int, ...]) -> str:
@@ -34,18 +48,34 @@ def _tensor(kind: str, name: str, dtype: str, shape: tuple[int, ...]) -> str:
             f"    dims: [ {body} ]{reshape}\n  }}\n]\n")
 
 
-def segment_config(inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], slots: int, backend: str) -> str:
+def _parameters(params: dict[str, str]) -> str:
+    """A config's string parameters (Triton passes them to the model; clients read them)."""
+    return "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
+                   for k, v in params.items())
+
+
+def segment_config(inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], slots: int, backend: str,
+                   threads: int | None = None) -> str:
     """config.pbtxt of the segment model: the graph's tensors without the batch axis (Triton's
-    max_batch_size = slots), no dynamic batcher (the solver sends whole batches)."""
+    max_batch_size = slots), no dynamic batcher (the solver sends whole batches). threads: ONNX
+    Runtime intra-op threads of the Python-backend variant (None: physical cores)."""
     lines = [f'name: "{SEGMENT_MODEL}"', f'backend: "{backend}"', f"max_batch_size: {slots}", ""]
     for kind, specs in (("input", inputs), ("output", outputs)):
         for name, spec in specs.items():
             lines.append(_tensor(kind, name, spec.dtype, tuple(int(d) for d in spec.shape[1:])))
-    lines.append("instance_group [ { count: 1 } ]\n")
+    lines.append("instance_group [ { count: 1, kind: KIND_CPU } ]\n" if backend == "python"
+                 else "instance_group [ { count: 1 } ]\n")
+    if backend == "python" and threads is not None:
+        lines.append(_parameters({"threads": str(threads)}))
     return "\n".join(lines)
 
 
-def solver_config(seq_len: int) -> str:
+def identity(bundle: Bundle) -> dict[str, str]:
+    """The bundle's identity as the solver config's parameters."""
+    return {wire.BUNDLE_DIGEST: bundle.manifest.digest or "", wire.BUNDLE_TASK: bundle.task}
+
+
+def solver_config(seq_len: int, parameters: dict[str, str] | None = None) -> str:
     """config.pbtxt of the solver model: Python backend, no batch axis (a request holds n puzzles),
     one instance whose async execute lets requests share the continuous loop."""
     lines = [f'name: "{SOLVER_MODEL}"', 'backend: "python"', "max_batch_size: 0", ""]
@@ -53,44 +83,74 @@ def solver_config(seq_len: int) -> str:
         for name, (dtype, shape) in specs.items():
             lines.append(_tensor(kind, name, dtype, dims(shape, seq_len)))
     lines.append("instance_group [ { count: 1, kind: KIND_CPU } ]\n")
+    if parameters:
+        lines.append(_parameters(parameters))
     return "\n".join(lines)
 
 
 def write_repository(bundle_path: str | Path, output: str | Path, graph: str | None = None, plan: str | None = None,
-                     slots: int = 16, force: bool = False) -> Path:
-    """Write the repository (see the module docstring); returns its directory."""
+                     slots: int = 16, force: bool = False, segment_backend: str = "onnxruntime",
+                     threads: int | None = None, runtime: str = "ort") -> Path:
+    """Write the repository (see the module docstring); returns its directory. threads: ONNX Runtime
+    intra-op threads where the segment runs in a Python model; runtime ("ort" | "trt", with `plan`
+    as its engine): the in-solver variant's."""
+    if segment_backend not in SEGMENT_BACKENDS:
+        raise BundleError(f"segment backend {segment_backend!r} is not one of {', '.join(SEGMENT_BACKENDS)}")
     bundle = open_bundle(bundle_path)
-    graph = graph or "segment.fp32"
-    entry = bundle.graph(graph)
-    if entry.kind != "segment" or entry.embed_graph is not None or entry.only_on is not None:
-        raise BundleError(f"graph {graph!r} cannot be the Triton segment model: it needs a portable segment graph "
-                          "taking tokens (segment.fp32 or segment.fp16)")
+    in_solver = segment_backend == "in-solver"
+    if in_solver:
+        graph = graph or default_graph(bundle, runtime)
+        entry = bundle.graph(graph)
+        if entry.kind != "segment":
+            raise BundleError(f"graph {graph!r} is a {entry.kind} graph: the solver model runs the continuous ACT "
+                              "loop over a segment graph; choose one with --graph")
+    else:
+        graph = graph or "segment.fp32"
+        entry = bundle.graph(graph)
+        if entry.kind != "segment" or entry.embed_graph is not None or entry.only_on is not None:
+            raise BundleError(f"graph {graph!r} cannot be the Triton segment model: it needs a portable segment "
+                              "graph taking tokens (segment.fp32 or segment.fp16)")
     out = Path(output)
     if out.exists():
         if not force:
             raise BundleError(f"{out} exists: pass --force to replace it")
         shutil.rmtree(out)
     check_output_dir(out, "--output directory")
-    seg_dir, solver_dir = out / SEGMENT_MODEL / "1", out / SOLVER_MODEL / "1"
-    seg_dir.mkdir(parents=True)
+    solver_dir = out / SOLVER_MODEL / "1"
     solver_dir.mkdir(parents=True)
+    info: dict[str, object] = {"task": bundle.task, "graph": graph, "slots": slots}
+    if in_solver:
+        shutil.copytree(bundle.path, solver_dir / BUNDLE_COPY, ignore=shutil.ignore_patterns("engines"))
+        if plan is not None:
+            shutil.copyfile(plan, solver_dir / ENGINE_COPY)
+        info.update({"segment": "in-solver", "bundle": BUNDLE_COPY, "runtime": runtime, "threads": threads,
+                     "engine": ENGINE_COPY if plan is not None else None})
+    else:
+        _write_segment_model(bundle, out / SEGMENT_MODEL, graph, plan, slots, segment_backend, threads)
+        rows = bundle.manifest.puzzle_rows
+        shutil.copyfile(bundle.path / (bundle.manifest.carry_init or "carry_init.npz"), solver_dir / "carry_init.npz")
+        info.update({"segment": "bls", "segment_model": SEGMENT_MODEL, "seq_len": int(bundle.config["seq_len"]),
+                     "vocab_size": int(bundle.config["vocab_size"]), "total_len": int(bundle.manifest.model.total_len),
+                     "carry_dtype": entry.inputs["z_H"].dtype,
+                     "kept_puzzle_ids": rows.kept_original_ids if rows else None})
+    info["halting"] = {"default_policy": bundle.manifest.need_halting().default_policy,
+                       "max_steps": bundle.manifest.need_halting().max_steps}
+    (out / SOLVER_MODEL / "config.pbtxt").write_text(solver_config(int(bundle.config["seq_len"]), identity(bundle)))
+    (solver_dir / "model.py").write_text(MODEL_PY)
+    (solver_dir / SOLVER_FILE).write_text(json.dumps(info, indent=2))
+    return out
+
+
+def _write_segment_model(bundle: Bundle, model_dir: Path, graph: str, plan: str | None, slots: int, backend: str,
+                         threads: int | None) -> None:
+    version = model_dir / "1"
+    version.mkdir(parents=True)
     if plan is not None:
-        shutil.copyfile(plan, seg_dir / "model.plan")
+        shutil.copyfile(plan, version / "model.plan")
         backend = "tensorrt"
     else:
-        shutil.copyfile(bundle.graph_path(graph), seg_dir / "model.onnx")
-        backend = "onnxruntime"
-    (out / SEGMENT_MODEL / "config.pbtxt").write_text(segment_config(entry.inputs, entry.outputs, slots, backend))
-    seq_len = int(bundle.config["seq_len"])
-    (out / SOLVER_MODEL / "config.pbtxt").write_text(solver_config(seq_len))
-    (solver_dir / "model.py").write_text(MODEL_PY)
-    shutil.copyfile(bundle.path / (bundle.manifest.carry_init or "carry_init.npz"), solver_dir / "carry_init.npz")
-    rows = bundle.manifest.puzzle_rows
-    carry = entry.inputs["z_H"]
-    (solver_dir / SOLVER_FILE).write_text(json.dumps({
-        "task": bundle.task, "seq_len": seq_len, "vocab_size": int(bundle.config["vocab_size"]),
-        "total_len": int(bundle.manifest.model.total_len), "carry_dtype": carry.dtype, "slots": slots,
-        "segment_model": SEGMENT_MODEL, "graph": graph, "kept_puzzle_ids": rows.kept_original_ids if rows else None,
-        "halting": {"default_policy": bundle.manifest.need_halting().default_policy,
-                    "max_steps": bundle.manifest.need_halting().max_steps}}, indent=2))
-    return out
+        shutil.copyfile(bundle.graph_path(graph), version / "model.onnx")
+        if backend == "python":
+            (version / "model.py").write_text(SEGMENT_MODEL_PY)
+    entry = bundle.graph(graph)
+    (model_dir / "config.pbtxt").write_text(segment_config(entry.inputs, entry.outputs, slots, backend, threads))

@@ -82,3 +82,10 @@ def test_unreachable_server_is_one_line_error(tmp_path_factory, capsys):
     error = one_line_error(capsys, "solve", str(bundle), "--puzzle", "." * 36, "--server",
                            f"http://127.0.0.1:{free_port()}")
     assert "cannot reach" in error
+
+
+def test_solve_with_server_notes_that_pytriton_does_not_say_which_bundle_it_serves(server, capsys):
+    code, _, err = run_cli(capsys, "solve", str(server["bundle"]), "--puzzle", "." * 36, "--server", server["http"])
+    assert code == 0, err
+    assert (f"note: {server['http']} does not say which bundle it serves (no bundle_digest in hrm_solver's config); "
+            "checked its sequence length only") in err.splitlines()

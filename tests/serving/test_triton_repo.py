@@ -92,3 +92,41 @@ def test_bls_runner_over_the_segment_graph_solves_like_the_ort_runner(repo):
                    parse_policy("q"), 8)
     np.testing.assert_array_equal(got.steps, want.steps)
     np.testing.assert_array_equal(got.predictions, want.predictions)
+
+
+def test_python_segment_backend_holds_the_onnx_graph_and_a_model_py(repo, tmp_path):
+    from hrm_edge.serving.triton_repo import write_repository
+
+    bundle, _ = repo
+    out = write_repository(bundle, tmp_path / "models", slots=8, segment_backend="python", threads=2)
+    config = parse(out / "hrm_segment" / "config.pbtxt")
+    assert (config.name, config.backend, config.max_batch_size) == ("hrm_segment", "python", 8)
+    assert [t.name for t in config.input] == list(SEGMENT_INPUTS)
+    assert [t.name for t in config.output] == list(SEGMENT_OUTPUTS)
+    assert config.parameters["threads"].string_value == "2"
+    assert (out / "hrm_segment" / "1" / "model.onnx").read_bytes() == (bundle / "segment.fp32.onnx").read_bytes()
+    assert "hrm_edge.serving.triton_segment" in (out / "hrm_segment" / "1" / "model.py").read_text()
+
+
+def test_solver_config_carries_the_bundle_identity(repo):
+    from hrm_edge.bundle import open_bundle
+
+    bundle, out = repo
+    config = parse(out / "hrm_solver" / "config.pbtxt")
+    assert config.parameters["bundle_digest"].string_value == open_bundle(bundle).manifest.digest
+    assert config.parameters["bundle_task"].string_value == "sudoku6"
+
+
+def test_in_solver_variant_has_no_segment_model_and_a_copy_of_the_bundle(repo, tmp_path):
+    from hrm_edge.bundle import open_bundle
+    from hrm_edge.serving.triton_repo import write_repository
+
+    bundle, _ = repo
+    out = write_repository(bundle, tmp_path / "models", slots=8, segment_backend="in-solver", threads=1)
+    assert sorted(p.name for p in out.iterdir()) == ["hrm_solver"]
+    info = json.loads((out / "hrm_solver" / "1" / "solver.json").read_text())
+    assert (info["segment"], info["graph"], info["runtime"], info["threads"]) == ("in-solver",
+                                                                                  "segment.fp32-cpufused", "ort", 1)
+    copy = open_bundle(out / "hrm_solver" / "1" / info["bundle"])  # every file's sha256 checked
+    assert copy.manifest.digest == open_bundle(bundle).manifest.digest
+    assert parse(out / "hrm_solver" / "config.pbtxt").parameters["bundle_digest"].string_value == copy.manifest.digest
