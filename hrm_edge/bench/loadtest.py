@@ -211,7 +211,7 @@ def batch1_latency(remote: RemoteSolver, local: GraphSolver, tokens: np.ndarray,
     """Sequential single-puzzle requests through the (otherwise idle) server, each beside a local
     solve of the same puzzle on the same bundle and graph (alternating which goes first), and a
     request the server rejects at once (an unknown halt_mode): its round trip is the transport's
-    floor (client, Triton, PyTriton's Python-backend stub and the serve process; no segment runs)."""
+    floor (client, Triton and the solver model's Python-backend stub; no segment runs)."""
     policy = parse_policy("q")
     mode, threshold = halt_rule(policy)
     served, here, rejected = [], [], []
@@ -273,10 +273,10 @@ def batch1_paths(bundle_dir: str, out: Path, cfg: LoadConfig, count: int,
     every path in turn, the order rotating), on one bundle with `cfg.threads` ONNX Runtime threads:
 
     - local solve of the default graph, and of segment.fp32 (the graph a BLS segment model serves);
-    - `pytriton`: the PyTriton `hrm-edge serve` process (default graph in process);
+    - `serve`: the `hrm-edge serve` process (tritonserver + the in-solver repository: the solver
+      model runs the default graph itself, no BLS hop);
     - `triton_bls`: tritonserver + repository, solver model -> BLS -> Python-backend segment model
       (segment.fp32, ORT in the segment model's stub);
-    - `triton_in_solver`: tritonserver + repository whose solver model runs the default graph itself.
 
     Each server's rejected-request round trip (an unknown halt_mode) is its transport floor."""
     from hrm_edge.serving.triton_repo import write_repository
@@ -292,18 +292,18 @@ def batch1_paths(bundle_dir: str, out: Path, cfg: LoadConfig, count: int,
     mode, threshold = halt_rule(policy)
     locals_ = {f"local {graph}": GraphSolver(bundle, graph, threads=cfg.threads),
                "local segment.fp32": GraphSolver(bundle, "segment.fp32", threads=cfg.threads)}
-    repos = {"triton_bls": ("python", "segment.fp32"), "triton_in_solver": ("in-solver", graph)}
+    repos = {"triton_bls": ("python", "segment.fp32")}
     servers: dict[str, Any] = {}
     remotes: dict[str, RemoteSolver] = {}
     load_avg = {"at_start": os.getloadavg()[0]}
-    pytriton = Server(str(bundle.path), graph, cfg, out / "paths-pytriton.log")
+    serve = Server(str(bundle.path), graph, cfg, out / "paths-serve.log")
     try:
         for name, (backend, g) in repos.items():
             repo = write_repository(bundle.path, out / f"repo-{name}", graph=g, slots=cfg.slots, force=True,
                                     segment_backend=backend, threads=cfg.threads)
             servers[name] = TritonServer(repo, exit_timeout_s=2, log_path=out / f"paths-{name}.log").start()
             remotes[name] = RemoteSolver(servers[name].http_url, timeout=30.0)
-        remotes["pytriton"] = pytriton.wait_ready()
+        remotes["serve"] = serve.wait_ready()
         paths = [*locals_, *remotes]
         ms: dict[str, list[float]] = {p: [] for p in paths}
         floor: dict[str, list[float]] = {p: [] for p in remotes}
@@ -330,7 +330,7 @@ def batch1_paths(bundle_dir: str, out: Path, cfg: LoadConfig, count: int,
             remote.close()
         for server in servers.values():
             server.stop()
-        pytriton.stop()
+        serve.stop()
     local_p50 = float(np.median(ms[f"local {graph}"]))
     fp32_p50 = float(np.median(ms["local segment.fp32"]))
     report = {"bundle": str(bundle.path), "default_graph": graph, "threads": cfg.threads, "slots": cfg.slots,

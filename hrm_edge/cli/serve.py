@@ -1,5 +1,6 @@
-"""`hrm-edge serve` (the solver on this machine through PyTriton) and `hrm-edge triton-repo` (a Triton
-Inference Server model repository from a bundle)."""
+"""`hrm-edge serve` (the solver on this machine: the bundle's Triton repository on the Triton server
+that the nvidia-pytriton wheel ships) and `hrm-edge triton-repo` (a Triton Inference Server model
+repository from a bundle)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 from hrm_edge.bundle import Bundle
 from hrm_edge.serving.client import RemoteSolver
 from hrm_edge.serving.protocol import SEGMENT_BACKENDS
+from hrm_edge.serving.triton_repo import REQUEST_THREADS
 
 DEFAULT_SLOTS = 16
 
@@ -20,7 +22,7 @@ DEFAULT_SLOTS = 16
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--slots", type=click.IntRange(1, 4096), default=DEFAULT_SLOTS, show_default=True,
               help="Puzzles in flight in the continuous ACT loop (the segment batch).")
-@click.option("--instances", type=click.IntRange(1, 256), default=8, show_default=True,
+@click.option("--instances", type=click.IntRange(1, 256), default=REQUEST_THREADS, show_default=True,
               help="Requests handled concurrently (they share the loop's slots).")
 @click.option("--graph", help="Segment graph to serve (default: the runtime's default).")
 @click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
@@ -29,27 +31,29 @@ DEFAULT_SLOTS = 16
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
               help="Stop by itself after this many seconds (tests, load tests).")
 @click.option("--exit-timeout", type=click.IntRange(0), default=10, show_default=True,
-              help="Seconds requests in flight get to finish at shutdown (the server waits this long).")
+              help="Seconds requests in flight get to finish at shutdown.")
 def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, instances: int, graph: str | None,
           runtime: str, engine: str | None, threads: int | None, max_seconds: float | None,
           exit_timeout: int) -> None:
-    """Serve BUNDLE's solver model (HTTP and gRPC, KServe v2) until SIGINT/SIGTERM or --max-seconds."""
-    from hrm_edge.serving.local import local_solver
+    """Serve BUNDLE's solver model (HTTP and gRPC, KServe v2) until SIGINT/SIGTERM or --max-seconds.
+
+    The server is the Triton Inference Server of the nvidia-pytriton wheel, run on the bundle's
+    in-solver repository (`triton-repo --segment-backend in-solver`) written into a private temporary
+    directory: the solver model runs the continuous ACT loop and the segment in the server's Python
+    backend, on the bundle where it is."""
     from hrm_edge.serving.protocol import SOLVER_MODEL
-    from hrm_edge.serving.pytriton_server import serve_until_stopped, start_server
+    from hrm_edge.serving.tritonserver import serve_bundle, serve_until_stopped, served_graph
 
-    local = local_solver(bundle, slots, graph, runtime, threads, engine)
-    try:
-        triton = start_server(local.service, host, http_port, grpc_port, instances, exit_timeout_s=exit_timeout)
+    server = serve_bundle(bundle, host, http_port, grpc_port, slots=slots, graph=graph, runtime=runtime,
+                          engine=engine, threads=threads, request_threads=instances, exit_timeout_s=exit_timeout)
+    info = served_graph(server)
 
-        def ready() -> None:
-            click.echo(f"serving {SOLVER_MODEL} ({local.bundle.task}, {runtime} {local.graph}, {slots} slots) on "
-                       f"http://{host}:{http_port} and grpc://{host}:{grpc_port}", err=True)
-            click.echo("ready", err=True)
+    def ready() -> None:
+        click.echo(f"serving {SOLVER_MODEL} ({info['task']}, {runtime} {info['graph']}, {slots} slots) on "
+                   f"http://{host}:{server.http_port} and grpc://{host}:{server.grpc_port}", err=True)
+        click.echo("ready", err=True)
 
-        reason = serve_until_stopped(triton, max_seconds, ready)
-    finally:
-        local.service.close()
+    reason = serve_until_stopped(server, max_seconds, ready)
     click.echo(f"stopped ({reason})", err=True)
 
 

@@ -1,2 +1,2 @@
-"""Serving: the solver model that Triton Inference Server (repository) and PyTriton (`hrm-edge serve`)
-expose, one continuous ACT loop behind both (`hrm_edge.serving.service`)."""
+"""Serving: the solver model that Triton Inference Server runs from a repository (`hrm-edge serve` runs
+one on the nvidia-pytriton wheel's server), one continuous ACT loop behind it (`hrm_edge.serving.service`)."""

@@ -70,7 +70,7 @@ class RemoteSolver:
 
     def served_digest(self) -> str | None:
         """The digest of the bundle the served model says it serves (its config's `BUNDLE_DIGEST`
-        parameter, from get_model_config); None where the server does not say (PyTriton's `serve`)."""
+        parameter, from get_model_config); None where the server does not say (a repository without it)."""
         try:
             config = self._client.get_model_config(self.model, **({"as_json": True} if self.scheme == "grpc" else {}))
         except Exception as exc:

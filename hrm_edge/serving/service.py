@@ -1,4 +1,4 @@
-"""One continuous ACT loop shared by concurrent requests: the solver behind `hrm-edge serve` (PyTriton)
+"""One continuous ACT loop shared by concurrent requests: the solver behind `hrm-edge serve`
 and the Triton repository's Python-backend solver model.
 
 `SolverService` owns a `SegmentRunner` and a `ContinuousACT`. `solve` (called from any number of

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from hrm_edge.serving.bls import BlsSegmentRunner
 from hrm_edge.serving.local import local_solver
 from hrm_edge.serving.protocol import SOLVER_INPUTS, SOLVER_OUTPUTS
 from hrm_edge.serving.service import SolverService
-from hrm_edge.serving.triton_repo import SOLVER_FILE
+from hrm_edge.serving.triton_repo import REQUEST_THREADS, SOLVER_FILE
 
 
 def _bls_call(pb: Any, model: str) -> Any:
@@ -46,8 +47,10 @@ class TritonPythonModel:
         self.pb = pb
         here = Path(args["model_repository"]) / args["model_version"]
         info = json.loads((here / SOLVER_FILE).read_text())
+        # request threads wait in SolverService.solve (one of them drives the loop)
+        self.pool = ThreadPoolExecutor(int(info.get("request_threads", REQUEST_THREADS)), "hrm-edge-request")
         if info.get("segment") == "in-solver":
-            engine = info.get("engine")
+            engine = info.get("engine")  # relative to the version directory, or absolute
             self.service = local_solver(here / info["bundle"], info["slots"], info["graph"], info["runtime"],
                                         info.get("threads"), str(here / engine) if engine else None).service
             return
@@ -60,7 +63,7 @@ class TritonPythonModel:
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(loop.run_in_executor(None, self._one, r) for r in requests)))
+        return list(await asyncio.gather(*(loop.run_in_executor(self.pool, self._one, r) for r in requests)))
 
     def _one(self, request: Any) -> Any:
         pb = self.pb
@@ -77,3 +80,4 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.service.close()
+        self.pool.shutdown()

@@ -10,7 +10,9 @@
         loop as `hrm-edge serve` (`SolverService`), each segment a BLS call to hrm_segment.
 
 Segment backend `in-solver` writes no hrm_segment: the solver model runs the segment itself (ONNX
-Runtime, or TensorRT with an engine) on a copy of the bundle in DIR/hrm_solver/1/bundle (no BLS hop).
+Runtime, or TensorRT with an engine) on a copy of the bundle in DIR/hrm_solver/1/bundle (no BLS hop),
+or, with `copy_bundle=False` (what `hrm-edge serve` writes into its private directory), on the bundle
+where it is.
 
 The solver's config carries the bundle's identity as parameters (`IDENTITY_PARAMETERS`): a client
 reads them with get_model_config and refuses a server that serves another bundle.
@@ -34,6 +36,7 @@ from hrm_edge.serving.protocol import SEGMENT_BACKENDS, SEGMENT_MODEL, SOLVER_IN
 
 TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL"}
 SOLVER_FILE = "solver.json"
+REQUEST_THREADS = 8  # requests the solver model handles at once (they share the loop's slots)
 BUNDLE_COPY = "bundle"  # the in-solver variant's copy of the bundle, in the solver's version directory
 ENGINE_COPY = "engine.plan"
 MODEL_PY = "from hrm_edge.serving.triton_model import TritonPythonModel  # noqa: F401\n"
@@ -90,10 +93,12 @@ def solver_config(seq_len: int, parameters: dict[str, str] | None = None) -> str
 
 def write_repository(bundle_path: str | Path, output: str | Path, graph: str | None = None, plan: str | None = None,
                      slots: int = 16, force: bool = False, segment_backend: str = "onnxruntime",
-                     threads: int | None = None, runtime: str = "ort") -> Path:
+                     threads: int | None = None, runtime: str = "ort", request_threads: int = REQUEST_THREADS,
+                     copy_bundle: bool = True) -> Path:
     """Write the repository (see the module docstring); returns its directory. threads: ONNX Runtime
     intra-op threads where the segment runs in a Python model; runtime ("ort" | "trt", with `plan`
-    as its engine): the in-solver variant's."""
+    as its engine) and copy_bundle (False: refer to the bundle and engine by absolute path): the
+    in-solver variant's; request_threads: requests the solver model handles concurrently."""
     if segment_backend not in SEGMENT_BACKENDS:
         raise BundleError(f"segment backend {segment_backend!r} is not one of {', '.join(SEGMENT_BACKENDS)}")
     bundle = open_bundle(bundle_path)
@@ -118,13 +123,18 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
     check_output_dir(out, "--output directory")
     solver_dir = out / SOLVER_MODEL / "1"
     solver_dir.mkdir(parents=True)
-    info: dict[str, object] = {"task": bundle.task, "graph": graph, "slots": slots}
+    info: dict[str, object] = {"task": bundle.task, "graph": graph, "slots": slots,
+                               "request_threads": request_threads}
     if in_solver:
-        shutil.copytree(bundle.path, solver_dir / BUNDLE_COPY, ignore=shutil.ignore_patterns("engines"))
-        if plan is not None:
-            shutil.copyfile(plan, solver_dir / ENGINE_COPY)
-        info.update({"segment": "in-solver", "bundle": BUNDLE_COPY, "runtime": runtime, "threads": threads,
-                     "engine": ENGINE_COPY if plan is not None else None})
+        where, engine = str(Path(bundle.path).resolve()), str(Path(plan).resolve()) if plan is not None else None
+        if copy_bundle:
+            shutil.copytree(bundle.path, solver_dir / BUNDLE_COPY, ignore=shutil.ignore_patterns("engines"))
+            where = BUNDLE_COPY
+            if plan is not None:
+                shutil.copyfile(plan, solver_dir / ENGINE_COPY)
+                engine = ENGINE_COPY
+        info.update({"segment": "in-solver", "bundle": where, "runtime": runtime, "threads": threads,
+                     "engine": engine})
     else:
         _write_segment_model(bundle, out / SEGMENT_MODEL, graph, plan, slots, segment_backend, threads)
         rows = bundle.manifest.puzzle_rows

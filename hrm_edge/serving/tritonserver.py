@@ -1,6 +1,6 @@
 """The Triton Inference Server binary that the nvidia-pytriton wheel ships, run on a model repository
-(`hrm_edge.serving.triton_repo`) on this machine: what `hrm-edge serve`, the serving tests and the
-load test start.
+(`hrm_edge.serving.triton_repo`) on this machine: what `hrm-edge serve` (the in-solver repository of
+its bundle), the serving tests and the load test start.
 
 The wheel ships `tritonserver`, its Python backend and one backend stub per Python version, no
 onnxruntime or tensorrt backend: so the repository's segment model runs on the Python backend here
@@ -16,6 +16,7 @@ onnxruntime or tensorrt backend: so the repository's segment model runs on the P
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,14 +25,20 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hrm_edge.errors import HrmEdgeError
-from hrm_edge.serving.pytriton_server import SERVE_EXTRA_HINT, serve_until_stopped
+from hrm_edge.serving.protocol import SOLVER_MODEL
+from hrm_edge.serving.triton_repo import REQUEST_THREADS, SOLVER_FILE, write_repository
+
+SERVE_EXTRA_HINT = "install the serving extra: pip install 'hrm-edge[serve]'"
 
 READY_TIMEOUT_S = 120.0  # the server and every model must be ready within this
 SHM_BYTES = 64 << 20  # the Python backend's initial shared memory per model instance (grows as needed)
@@ -104,7 +111,10 @@ class TritonServer:
     process group; `stop()` always ends it. `start()` returns once every model is ready."""
 
     def __init__(self, repository: str | Path, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
-                 exit_timeout_s: int = 10, log_verbose: int = 0, log_path: str | Path | None = None) -> None:
+                 exit_timeout_s: int = 10, log_verbose: int = 0, log_path: str | Path | None = None,
+                 owned: Path | None = None) -> None:
+        """owned: a directory `stop()` removes too (the repository `serve_bundle` wrote)."""
+        self.owned = owned
         self.dist = find_dist()
         self.repository, self.host = Path(repository), host
         self.http_port, self.grpc_port = http_port or free_port(host), grpc_port or free_port(host)
@@ -143,14 +153,16 @@ class TritonServer:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=server_env(self.dist), start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = (f"exited with code {self.proc.returncode}" if self.proc.poll() is not None
-                       else f"was not ready in {timeout_s:.0f} s")
-                tail = self.log_tail()
-                self.stop()
-                raise TritonServerError(f"tritonserver {why}: {tail}")
-            time.sleep(0.1)
+        try:
+            while not self._ready():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    why = (f"exited with code {self.proc.returncode}" if self.proc.poll() is not None
+                           else f"was not ready in {timeout_s:.0f} s")
+                    raise TritonServerError(f"tritonserver {why}: {self.log_tail()}")
+                time.sleep(0.1)
+        except BaseException:  # not ready, or interrupted while waiting: never leave the server behind
+            self.stop()
+            raise
         return self
 
     def _ready(self) -> bool:
@@ -183,6 +195,8 @@ class TritonServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         shutil.rmtree(self._work, ignore_errors=True)
+        if self.owned is not None:
+            shutil.rmtree(self.owned, ignore_errors=True)
         return None if self.proc is None else self.proc.returncode
 
     def __enter__(self) -> TritonServer:
@@ -190,6 +204,62 @@ class TritonServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def serve_bundle(bundle: str | Path, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0, *,
+                 slots: int = 16, graph: str | None = None, runtime: str = "ort", engine: str | None = None,
+                 threads: int | None = None, request_threads: int = REQUEST_THREADS,
+                 exit_timeout_s: int = 10) -> TritonServer:
+    """`hrm-edge serve`: the server on BUNDLE's in-solver repository (the solver model runs the continuous
+    loop and the segment, on the bundle where it is), written into a private directory that `stop()`
+    removes; returns the started server. Bundle errors (BundleError) come before anything starts."""
+    work = Path(tempfile.mkdtemp(prefix="hrm-edge-serve-"))
+    try:
+        repo = write_repository(bundle, work / "models", graph=graph, plan=engine, slots=slots,
+                                segment_backend="in-solver", threads=threads, runtime=runtime,
+                                request_threads=request_threads, copy_bundle=False)
+        server = TritonServer(repo, host, http_port, grpc_port, exit_timeout_s=exit_timeout_s, owned=work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return server.start()  # stops (and removes `work`) when it fails
+
+
+def served_graph(server: TritonServer) -> dict[str, Any]:
+    """The solver model's solver.json in the server's repository: task, graph, slots, segment."""
+    return json.loads((server.repository / SOLVER_MODEL / "1" / SOLVER_FILE).read_text())
+
+
+def serve_until_stopped(server: TritonServer, max_seconds: float | None = None,
+                        ready: Callable[[], None] | None = None) -> str:
+    """Block until SIGINT/SIGTERM, `max_seconds` or the server's death, then stop the server; returns why
+    it stopped ("SIGINT", "SIGTERM", "max-seconds" or "server died")."""
+    stop = threading.Event()
+    reason = ["max-seconds"]
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        reason[0] = signal.Signals(signum).name
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if ready is not None:
+            ready()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        while not stop.is_set():
+            if not server.is_alive():
+                reason[0] = "server died"
+                break
+            left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if left <= 0:
+                break
+            stop.wait(left)
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sys.stdout.flush()
+    return reason[0]
 
 
 def main(argv: list[str] | None = None) -> None:

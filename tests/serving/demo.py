@@ -3,7 +3,6 @@ embed graph; no fp16) and its mixed-difficulty validation puzzles, shared by the
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,6 @@ def demo_puzzles(limit: int = 24):
 
 def free_port() -> int:
     """A TCP port free on loopback now (the OS's choice)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from hrm_edge.serving.tritonserver import free_port as os_free_port
+
+    return os_free_port()

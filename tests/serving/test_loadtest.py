@@ -9,7 +9,7 @@ import pytest
 
 from tests.serving.demo import demo_bundle
 
-pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not installed")
+pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton, which ships tritonserver) is not installed")
 pytest.importorskip("tritonclient.http", reason="the serve extra (tritonclient) is not installed")
 
 

@@ -1,6 +1,7 @@
-"""`hrm-edge serve` for real: a PyTriton server on loopback (ephemeral ports; the session's, from conftest)
-serving the HRM 6x6 demo bundle; `solve --server` prints what a local `solve` prints; malformed
-requests get one error each and the server keeps serving."""
+"""`hrm-edge serve` for real: the bundle's in-solver repository on the wheel's tritonserver, on
+loopback (ephemeral ports; the session's, from conftest) serving the HRM 6x6 demo bundle; `solve
+--server` prints what a local `solve` prints; malformed requests get one error each and the server
+keeps serving."""
 
 from __future__ import annotations
 
@@ -84,8 +85,29 @@ def test_unreachable_server_is_one_line_error(tmp_path_factory, capsys):
     assert "cannot reach" in error
 
 
-def test_solve_with_server_notes_that_pytriton_does_not_say_which_bundle_it_serves(server, capsys):
+def test_solve_with_server_checks_the_served_bundle_without_a_note(server, capsys):
     code, _, err = run_cli(capsys, "solve", str(server["bundle"]), "--puzzle", "." * 36, "--server", server["http"])
     assert code == 0, err
-    assert (f"note: {server['http']} does not say which bundle it serves (no bundle_digest in hrm_solver's config); "
-            "checked its sequence length only") in err.splitlines()
+    assert not [line for line in err.splitlines() if line.startswith("note:")]
+
+
+def test_a_server_that_does_not_say_its_bundle_gets_a_note_line(tmp_path_factory, capsys):
+    """A repository whose solver config carries no identity (hand-written, or an older hrm-edge): the
+    client checks the sequence length only and says so."""
+    import re
+
+    from hrm_edge.serving.protocol import SOLVER_MODEL
+    from hrm_edge.serving.triton_repo import write_repository
+    from hrm_edge.serving.tritonserver import TritonServer
+
+    bundle = demo_bundle(tmp_path_factory)
+    repo = write_repository(bundle, tmp_path_factory.mktemp("anonymous") / "models", slots=2, threads=1,
+                            segment_backend="in-solver", copy_bundle=False)
+    config = repo / SOLVER_MODEL / "config.pbtxt"
+    config.write_text(re.sub(r"parameters \{.*?\n\}\n", "", config.read_text(), flags=re.S))
+    assert "bundle_digest" not in config.read_text()
+    with TritonServer(repo, exit_timeout_s=1) as triton:
+        code, _, err = run_cli(capsys, "solve", str(bundle), "--puzzle", "." * 36, "--server", triton.http_url)
+    assert code == 0, err
+    assert (f"note: {triton.http_url} does not say which bundle it serves (no bundle_digest in hrm_solver's "
+            "config); checked its sequence length only") in err.splitlines()
