@@ -53,6 +53,8 @@ class SolverService:
         self._pending: dict[int, _Pending] = {}  # request id -> its outputs
         self._closed = False
         self._driving = False  # a request thread is running segments
+        self._arriving = 0  # request threads about to take the lock (to queue puzzles)
+        self._arrivals = threading.Lock()  # guards _arriving
 
     def solve(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Solve one request; RequestError for a malformed one (nothing is queued then)."""
@@ -63,7 +65,11 @@ class SolverService:
             raise RequestError(str(exc)) from None
         n = len(req.tokens)
         pending = _Pending(n, self.seq_len)
+        with self._arrivals:
+            self._arriving += 1
         with self._lock:
+            with self._arrivals:
+                self._arriving -= 1
             if self._closed:
                 raise RequestError("the server is shutting down")
             rid = next(self._ids)
@@ -106,9 +112,12 @@ class SolverService:
                     woke = True
             if woke:
                 self._lock.notify_all()
-            if not mine.done.is_set():
-                self._lock.release()  # let requests queue puzzles for the next segment
-                time.sleep(0)  # (yields the GIL to a thread waiting for the lock)
+            if not mine.done.is_set() and (woke or self._arriving):
+                # let finished requests return and arriving ones queue puzzles for the next segment; only
+                # then: on a loaded machine a yield can cost a scheduler time slice, milliseconds of a
+                # lone request's latency
+                self._lock.release()
+                time.sleep(0)  # (yields the GIL to the thread waiting for the lock)
                 self._lock.acquire()
 
     def _fail_all(self, exc: BaseException) -> None:
