@@ -53,7 +53,7 @@ class LoadConfig:
     puzzles: int = 32
     max_seconds: float = 120.0
     malformed_every: int = 8
-    batch1: int = 64
+    batch1: int = 200
     slots: int = 16
     instances: int = 8
     threads: int = 1
@@ -237,12 +237,15 @@ def batch1_latency(remote: RemoteSolver, local: GraphSolver, tokens: np.ndarray,
         except ServerError:
             rejected.append(time.perf_counter() - t)
     serve_p50, local_p50 = 1e3 * float(np.median(served)), 1e3 * float(np.median(here))
+    paired = 1e3 * float(np.median(np.subtract(served, here)))
     return {"requests": count, "serve_p50_ms": serve_p50, "local_p50_ms": local_p50,
             "serve_p99_ms": 1e3 * float(np.percentile(served, 99)),
             "local_p99_ms": 1e3 * float(np.percentile(here, 99)),
             "overhead_p50_ms": serve_p50 - local_p50, "target_ms": BATCH1_TARGET_MS,
+            # the same puzzle through both, moments apart: robust to a shared machine's load swings
+            "paired_overhead_p50_ms": paired,
             "rejected_request_p50_ms": 1e3 * float(np.median(rejected)) if rejected else None,
-            "met": serve_p50 - local_p50 <= BATCH1_TARGET_MS, "serve_ms": [1e3 * s for s in served],
+            "met": max(paired, serve_p50 - local_p50) <= BATCH1_TARGET_MS, "serve_ms": [1e3 * s for s in served],
             "local_ms": [1e3 * s for s in here]}
 
 
@@ -465,7 +468,8 @@ def main() -> None:
           f"{load['malformed_one_error']}/{load['malformed_sent']} got one error; server restarts "
           f"{report['server']['restarts']}")
     print(f"batch 1: serve p50 {b1['serve_p50_ms']:.2f} ms vs local {b1['local_p50_ms']:.2f} ms "
-          f"(overhead {b1['overhead_p50_ms']:+.2f} ms, target {BATCH1_TARGET_MS} ms); a rejected request's round "
+          f"(overhead {b1['overhead_p50_ms']:+.2f} ms, paired {b1['paired_overhead_p50_ms']:+.2f} ms, target "
+          f"{BATCH1_TARGET_MS} ms); a rejected request's round "
           f"trip p50 {b1['rejected_request_p50_ms']:.2f} ms")
     print(f"targets: {report['targets']}")
     if not all(report["targets"].values()):
