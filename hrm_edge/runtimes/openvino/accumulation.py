@@ -17,7 +17,9 @@ an INT8 graph's int8 MatMuls are untouched.
 
 Block length: with 256 (the block of ORT's MLAS) the maze demo's step-1 ratio was 2.02 (ORT 1.68:
 PyTorch fp32 is more exact still); with 128 it is 0.88 at step 1 and 1.58 at most over the gated steps,
-for 2-6% more time per segment (measured side by side, maze demo, batch 8, 1 thread).
+for more time per segment, measured side by side at 1 thread: +2-6% on the maze demo (batch 8), +12% on
+the 27M config (batch 1 and 16; blocks of 256 there: +0-2%). f32 is OpenVINO's gated reference path;
+its fast paths (bf16, int8) are not split.
 """
 
 from __future__ import annotations
