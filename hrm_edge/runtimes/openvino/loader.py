@@ -3,7 +3,9 @@ openvino only, imported lazily: the package is the optional extra `[openvino]`).
 
 - `compile_graph(model, precision, device, threads)`: a latency-tuned `CompiledModel` with an explicit
   inference precision. OpenVINO's CPU default on a bf16-capable CPU is bf16 even for an fp32 graph
-  (it changed 1 of 16 golden puzzles of the HRM 6x6 demo), so the precision is always set.
+  (it changed 1 of 16 golden puzzles of the HRM 6x6 demo), so the precision is always set. In f32,
+  long fp32 reductions are summed in blocks (`accumulation.split_long_matmuls`): OpenVINO's own
+  single-chain accumulation failed the fp64 gate on the TRM maze demo.
 - `inference_precision(graph_precision, device, fast_float)`: what a bundle graph computes in
   (`INFERENCE_HINTS`): fp32 graphs in f32 (gated like every fp32 graph), fp16 graphs in the device's
   fast float (bf16 on the CPU, f16 on Intel GPU/NPU; gated like fp16), INT8 graphs keep int8 where
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hrm_edge.errors import HrmEdgeError
+from hrm_edge.runtimes.openvino.accumulation import split_long_matmuls
 
 DEVICE_ENV = "HRM_EDGE_OPENVINO_DEVICE"
 DEFAULT_DEVICE = "CPU"
@@ -93,7 +96,8 @@ def compile_graph(model: str | Path | bytes, precision: str = "f32", device: str
     model: an .onnx path, or its bytes (a bundle graph: `verified_graph_bytes`). precision: one of
     `HINTS`, set explicitly (never OpenVINO's device default). device: an OpenVINO device name
     (default `default_device()`). threads: CPU inference threads (default: OpenVINO's, the physical
-    cores). profile: collect per-layer performance counters (`InferRequest.profiling_info`)."""
+    cores). profile: collect per-layer performance counters (`InferRequest.profiling_info`).
+    With precision f32 the fp32 MatMuls reduce in blocks of `accumulation.BLOCK_K` (module docstring)."""
     ov = import_openvino()
     if precision not in HINTS:
         raise OpenVinoModelError(f"unknown inference precision {precision!r}; use one of {', '.join(HINTS)}")
@@ -112,6 +116,8 @@ def compile_graph(model: str | Path | bytes, precision: str = "f32", device: str
         graph = core.read_model(source) if weights is None else core.read_model(source, weights)
     except Exception as exc:  # openvino raises RuntimeError subclasses with multi-line text
         raise OpenVinoModelError(f"{where}: OpenVINO cannot read this graph ({_first_line(exc)})") from None
+    if precision == "f32":
+        split_long_matmuls(graph)
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     if device.upper().startswith("CPU"):
         config["NUM_STREAMS"] = 1
