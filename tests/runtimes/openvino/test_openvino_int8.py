@@ -1,5 +1,5 @@
-"""INT8 graphs on OpenVINO: hrm-edge's own INT8 graph compiles to int8 kernels, and its float sites run in
-bf16 only where the bundle's golden puzzles still pass the INT8 gate (fp32 otherwise)."""
+"""INT8 graphs on OpenVINO: hrm-edge's own INT8 graph compiles to int8 kernels; its float sites run in f32,
+or, with the fast-float opt-in, in bf16 only where the bundle's golden puzzles still pass the INT8 gate."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def bundle(tiny_ckpt, tmp_path_factory):
     return out
 
 
-def test_the_int8_graph_runs_on_openvino_with_its_float_sites_in_bf16(bundle):
+def test_with_the_opt_in_the_int8_graph_runs_on_openvino_with_its_float_sites_in_bf16(bundle, monkeypatch):
+    monkeypatch.setenv(FAST_FLOAT_ENV, "1")
     b = open_bundle(bundle)
     assert INT8 in runnable_graphs(b, "openvino")
     solver = GraphSolver(b, INT8, "openvino", threads=1)
@@ -40,13 +41,15 @@ def test_the_int8_graph_runs_on_openvino_with_its_float_sites_in_bf16(bundle):
     assert (res.steps == ref["steps"]).mean() >= 0.95  # the INT8 gate's halting bound
 
 
-def test_fast_float_can_be_turned_off(bundle, monkeypatch):
-    monkeypatch.setenv(FAST_FLOAT_ENV, "0")
+def test_float_sites_stay_f32_by_default(bundle, monkeypatch):
+    monkeypatch.delenv(FAST_FLOAT_ENV, raising=False)
     _, hint = open_segment_runner(open_bundle(bundle), INT8, threads=1)
     assert hint == "f32"
 
 
-def test_golden_halting_steps_that_bf16_does_not_reproduce_keep_the_float_sites_in_fp32(bundle, tmp_path):
+def test_golden_halting_steps_that_bf16_does_not_reproduce_keep_the_float_sites_in_fp32(bundle, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.setenv(FAST_FLOAT_ENV, "1")
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)
     ref = dict(np.load(copy / "reference.npz"))
