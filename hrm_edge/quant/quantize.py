@@ -28,7 +28,14 @@ Pipeline (shared by the targets; every statistic is cached, see `hrm_edge.quant.
    puzzles, closed loop (1024 by default: with 256, the HRM demo's search saw 0 puzzles solved
    differently and the validation gate then saw 3 of 256). Sites are ranked by how much keeping
    each alone in float lowers the open-loop error of the carry, the logits and the halting margin
-   q_halt - q_continue. When no trial passes, the one closest to passing is kept.
+   q_halt - q_continue. When no trial passes, the one closest to passing is kept. With
+   `search_engine="torch"` (the default on CUDA) sensitivity and search run on the PyTorch fake-quant
+   model and the chosen graph is confirmed once through ONNX Runtime (`hrm_edge.quant.torch_search`).
+
+Cost (issue 21: at 27M parameters every pass over the calibration puzzles is expensive): the PyTorch
+calibration rollout is also the closed-loop fp32 reference and SmoothQuant's statistics; the all-int8
+graph's ORT closed-loop run is also the final check when it passes; `estimate:` is printed first,
+from one segment timed here (`hrm_edge.quant.estimate`); `phase_seconds` in the report.
 
 Targets ("cpu" | "tensorrt"; optimum preset names map: avx512_vnni, avx2, arm64 -> cpu, tensorrt):
 - cpu: `mode="dynamic"` (default) -- `quantize_dynamic`: weights int8 per channel (symmetric,
@@ -488,11 +495,12 @@ class Int8Config:
     the leave-one-out sensitivity pass; threads: ONNX Runtime intra-op threads (None: physical cores);
     gates: the search's gates (default `search_gates()`); float_paths: keep the halting head's input
     path in float; gptq / gptq_per_step: GPTQ weight rounding and its Hessian samples per step;
-    search_engine: "torch" (default: sensitivity and closed-loop search on the PyTorch fake-quant model,
+    search_engine: "torch" (sensitivity and closed-loop search on the PyTorch fake-quant model,
     `hrm_edge.quant.torch_search`, the chosen graph confirmed once through ONNX Runtime) | "ort" (every
-    candidate graph rewritten and run through its own ONNX Runtime session); device: the fake-quant
-    model's device (None: CUDA when present); ort_continuation_evals: closed-loop ONNX Runtime runs the
-    search may add when the confirmation fails where the fake quant passed."""
+    candidate graph rewritten and run through its own ONNX Runtime session) | "auto" (default: torch
+    when CUDA is present, else ort; see `resolve_engine`); device: the fake-quant model's device (None:
+    CUDA when present); ort_continuation_evals: closed-loop ONNX Runtime runs the search may add when
+    the confirmation fails where the fake quant passed."""
 
     method: str = "minmax"
     calib_size: int = 1024
@@ -509,12 +517,29 @@ class Int8Config:
     float_paths: bool = True
     gptq: bool = True
     gptq_per_step: int = 16
-    search_engine: str = "torch"
+    search_engine: str = "auto"
     device: str | None = None
     ort_continuation_evals: int = 4
 
 
-SEARCH_ENGINES = ("torch", "ort")
+SEARCH_ENGINES = ("auto", "torch", "ort")
+
+
+def resolve_engine(engine: str, device: str | None = None) -> str:
+    """"torch" or "ort" for a search engine setting. "auto" is torch when the fake-quant model runs on
+    CUDA, else ort: on a CPU the fake quant costs more per candidate than the rewritten INT8 graph's
+    ONNX Runtime session (measured on these 2 shared cores, 1 thread: HRM 6x6 demo, 64 puzzles,
+    leave-one-out over 50 sites 115 s vs 51 s, one closed-loop run 11.8 s vs 3.1 s; 27M, one
+    puzzle-segment 2.25 s vs 0.63 s, and a session build 1.5 s), because ORT runs integer kernels
+    while the simulation adds quantize steps to fp32 matmuls; a session per candidate is not the cost."""
+    if engine not in SEARCH_ENGINES:
+        raise ValueError(f"unknown search engine {engine!r}; use one of {', '.join(SEARCH_ENGINES)}")
+    if engine != "auto":
+        return engine
+    import torch
+
+    on_cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+    return "torch" if on_cuda else "ort"
 
 
 class Int8Pipeline:
@@ -534,8 +559,7 @@ class Int8Pipeline:
 
         config = config or Int8Config()
         calibration_method(config.method)
-        if config.search_engine not in SEARCH_ENGINES:
-            raise ValueError(f"unknown search engine {config.search_engine!r}; use one of {', '.join(SEARCH_ENGINES)}")
+        self.search_engine = resolve_engine(config.search_engine, config.device)
         self.phase_seconds: dict[str, float] = {}
         self.config = config
         self.ck, self.work_dir = ck, Path(work_dir)
@@ -719,7 +743,7 @@ class Int8Pipeline:
                 "policy": str(self.policy), "max_steps": self.max_steps, "batch_size": self.batch_size,
                 "gates": asdict(self.gates), "float_paths": self.float_paths,
                 "gptq": self.gptq, "gptq_per_step": self.gptq_per_step,
-                "per_step": self.sensitivity_per_step, "engine": self.config.search_engine, **search_opts}
+                "per_step": self.sensitivity_per_step, "engine": self.search_engine, **search_opts}
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
@@ -792,7 +816,7 @@ class Int8Pipeline:
             with self._phase("gate"):  # the all-int8 graph through ORT: it is also the final check when it passes
                 first = evaluate([])
             max_excluded = int(max_excluded_share * len(sites))
-            engine = self.config.search_engine
+            engine = self.search_engine
             if engine == "torch" and any(s.kind != "weight" for s in sites):
                 engine = "ort"  # attention matmuls quantized: the fake quant simulates weight sites only
             if first["passed"]:
@@ -892,7 +916,7 @@ class Int8Pipeline:
             "closed_loop_per_step": m.get("per_step", []),
             "open_loop": {"full": base_err, "final": final_err},
             "qat_advice": advice,
-            "search": {"trials": trials, "passed": evaluation["passed"], "engine": self.config.search_engine,
+            "search": {"trials": trials, "passed": evaluation["passed"], "engine": self.search_engine,
                        "max_excluded": int(max_excluded_share * len(sites)), "max_evals": max_evals},
             "phase_seconds": dict(self.phase_seconds), "estimate": self.estimate.to_dict(),
             "sites": [{**s.to_dict(), "excluded": s.node in excluded,
@@ -938,7 +962,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                     smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA, max_evals: int = 16,
                     max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
                     log: Callable[[str], None] | None = None, gate_puzzles: int | None = None,
-                    search_engine: str = "torch") -> None:
+                    search_engine: str = "auto") -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 
     Reads the manifest's `segment.fp32` graph file from `bundle_tmp_dir`, writes the INT8 graph
@@ -953,7 +977,8 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     `max_excluded_share`: at most this share of the sites in float (beyond about a quarter the CPU
     speed-up is mostly gone: 27M, 1 thread, 25% of sites float: 60 ms vs 37 ms all-int8 vs 145 ms fp32);
     `gate_puzzles`: puzzles of the validation gate that follows (for the printed estimate only);
-    `search_engine`: "torch" (fake-quant sensitivity and search, one ORT confirmation) | "ort"."""
+    `search_engine`: "auto" | "torch" (fake-quant sensitivity and search, one ORT confirmation) | "ort"
+    (`resolve_engine`)."""
     from hrm_edge.quant.report import write_report
 
     bundle_tmp_dir = Path(bundle_tmp_dir)
@@ -1008,6 +1033,7 @@ __all__ = [
     "qdq_summary",
     "quantize_graph",
     "quantized_sites",
+    "resolve_engine",
     "settings_for",
     "smooth_swiglu",
     "swiglu_pairs",

@@ -19,6 +19,11 @@ The fake quant equals the INT8 graph site by site to float rounding (<= 2.3e-7 r
 whole trajectory drifts (a rounding difference upstream moves an activation across a quantization
 boundary now and then), so the chosen graph is always confirmed once through ONNX Runtime.
 Measured agreement with the ORT evaluators on the HRM 6x6 demo: tests/quant/test_torch_search.py.
+
+When it pays: on CUDA. On a CPU the simulation costs more per candidate than ORT running the
+rewritten INT8 graph (integer kernels against fp32 matmuls plus quantize steps; a session build is
+1.5 s even at 27M parameters), so `Int8Config(search_engine="auto")` uses it only on CUDA
+(`hrm_edge.quant.quantize.resolve_engine` has the numbers).
 """
 
 from __future__ import annotations
