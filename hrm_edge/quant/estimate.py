@@ -14,7 +14,8 @@ The closed-loop runs count every puzzle for all T segments at the fp32 PyTorch c
 are upper bounds (halting puzzles stop early; ONNX Runtime's int8 segments cost less). Measured on the
 HRM 6x6 demo (bench/latest/session9-scale, 1024 puzzles, 100 ms per puzzle-segment under load):
 calibration estimated 13.9 min, ran 14.3 min; gate bound 20 min, ran 1.5 min; search bound 218 min,
-ran 8.4 min (16 closed-loop runs).
+ran 8.4 min (16 closed-loop runs). Seeded 27M, quiet: 89 ms per puzzle-segment, calibration 13 min
+estimated, 12.5 ran; gate bound 37 min, 21.6 ran; whole export 39.8 min.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ import torch
 
 
 @torch.inference_mode()
-def time_segment(model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, batch: int = 16) -> float:
+def time_segment(model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, batch: int = 32) -> float:
     """Seconds of one fp32 PyTorch puzzle-segment: one segment of the first `batch` calibration
-    puzzles (after a one-puzzle warm-up), divided by the batch."""
+    puzzles (after a warm-up segment of the same shape), divided by the batch. Measured on the seeded
+    27M (quiet machine): 211 ms per puzzle timed at batch 16 after a one-puzzle warm-up, against 88 ms
+    in the export's rollout (batch 64); the first call of a shape pays for its allocations."""
     b = max(1, min(batch, len(tokens)))
     t = torch.from_numpy(np.ascontiguousarray(tokens[:b], np.int64))
     p = torch.from_numpy(np.ascontiguousarray(puzzle_ids[:b], np.int64))
     device = next(model.parameters()).device
     t, p = t.to(device), p.to(device)
-    z_H, z_L = model.initial_carry(1, device)
-    model.segment(z_H, z_L, t[:1], p[:1])
     z_H, z_L = model.initial_carry(b, device)
+    model.segment(z_H, z_L, t, p)
     t0 = time.perf_counter()
     model.segment(z_H, z_L, t, p)
     if device.type == "cuda":
