@@ -166,7 +166,8 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
             calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows.kept_original_ids)
             add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
                             calib_size=calib_size, search=search, max_excluded_share=max_float_share,
-                            log=lambda m: click.echo(m, err=True))
+                            log=lambda m: click.echo(m, err=True),
+                            gate_puzzles=len(_puzzle_set(None, task, "val", None)))  # for the estimate line
 
         hooks.append(add_int8)
     if target == "jetson":

@@ -23,6 +23,13 @@ Cache (`calibrate`): the computed tensor ranges (ORT `TensorsData`, written with
 `$HRM_EDGE_CACHE/calib`) keyed by the sha256 of the graph file, the calibration tokens and puzzle
 ids, the method and every setting that changes the ranges. `calibration_runs()` counts the real
 (uncached) calibrations of this process.
+
+One PyTorch pass serves three consumers (issue 21: at 27M parameters every pass over the calibration
+set costs the model's own price): the rollout records the carries (the samples), every segment's
+logits and q values (the closed-loop fp32 reference, `Rollout.solve_result`) and, through forward
+pre-hooks, the per-sample channel |max| of the inputs of chosen Linear modules (SmoothQuant's
+statistics, `channel_absmax(..., modules=...)`), instead of a second and third pass through ONNX
+Runtime.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, TensorsData
 from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data, save_tensors_data
 
-from hrm_edge.act import HaltingPolicy, parse_policy
+from hrm_edge.act import HaltingPolicy, SolveResult, parse_policy
 from hrm_edge.contract import SEGMENT_INPUTS
 from hrm_edge.quant.search import with_outputs
 from hrm_edge.runtimes.ort.loader import make_session
@@ -95,17 +102,43 @@ class Rollout:
     q_continue: np.ndarray
     halt_steps: np.ndarray
     x: np.ndarray | None = None  # the input embedding [N, P, D], for graphs that take x
+    logits: np.ndarray | None = None  # fp32 [T, N, S, V] after segment s+1 (record_logits)
+    # per module: fp32 [T, N, C], |max| of its input over positions and calls within segment s+1
+    channel_absmax: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def max_steps(self) -> int:
         return int(self.z_H.shape[0])
 
+    def solve_result(self) -> SolveResult:
+        """What `run_act(..., record_steps=True, record_logits=True)` returns for the fp32 model under
+        the rollout's policy and max_steps: puzzle i ran segments 1..halt_steps[i] (0 / NaN after)."""
+        if self.logits is None:
+            raise ValueError("this rollout did not record logits (record_logits=False)")
+        T, n = self.q_halt.shape
+        rows = np.arange(n)
+        after = np.arange(1, T + 1)[:, None] > self.halt_steps[None, :]  # [T, N]: segment s+1 not run
+        step_predictions = self.logits.argmax(-1).astype(np.int64)
+        step_predictions[after] = 0
+        last = self.halt_steps - 1
+        logits = self.logits.copy()
+        logits[after] = np.nan
+        return SolveResult(predictions=step_predictions[last, rows], steps=self.halt_steps.astype(np.int32),
+                           q_halt=self.q_halt[last, rows], q_continue=self.q_continue[last, rows],
+                           step_predictions=step_predictions,
+                           step_q_halt=np.where(after, np.nan, self.q_halt).astype(np.float32),
+                           step_q_continue=np.where(after, np.nan, self.q_continue).astype(np.float32),
+                           step_logits=logits)
+
 
 @torch.inference_mode()
 def reference_rollout(model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, max_steps: int,
                       policy: HaltingPolicy | str = "q", batch_size: int = 64, keep_x: bool = False,
-                      progress: bool = False) -> Rollout:
-    """Run the fp32 PyTorch reference `max_steps` segments on every puzzle, recording each step's input carry."""
+                      progress: bool = False, record_logits: bool = False,
+                      channel_modules: Sequence[str] = ()) -> Rollout:
+    """Run the fp32 PyTorch reference `max_steps` segments on every puzzle, recording each step's input
+    carry; with `record_logits` every segment's logits, and for each of `channel_modules` (module names
+    of `model`) the per-sample, per-channel |max| of its input (see `Rollout`)."""
     policy = parse_policy(policy) if isinstance(policy, str) else policy
     model = model.eval()
     tokens = np.ascontiguousarray(tokens, np.int64)
@@ -116,30 +149,55 @@ def reference_rollout(model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, ma
     z_H_all, z_L_all = np.empty(shape, np.float32), np.empty(shape, np.float32)
     q_halt, q_cont = np.empty((T, n), np.float32), np.empty((T, n), np.float32)
     x_all = np.empty((n, cfg.total_len, cfg.hidden_size), np.float32) if keep_x else None
+    logits_all: np.ndarray | None = None
+    modules = dict(model.named_modules())
+    channels: dict[str, np.ndarray] = {}
+    segment_max: dict[str, torch.Tensor] = {}  # this segment's |max| per module, [B, C]
+
+    def hook(name: str) -> Any:
+        def record(_module: Any, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach()
+            m = x.abs().reshape(x.shape[0], -1, x.shape[-1]).amax(dim=1).float()
+            segment_max[name] = torch.maximum(segment_max[name], m) if name in segment_max else m
+        return record
+
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in channel_modules]
     bar = _bar(progress, total=n * T, desc="calibration rollout", unit="seg")
     try:
         for i in range(0, n, batch_size):
             t = torch.from_numpy(tokens[i:i + batch_size])
             p = torch.from_numpy(puzzle_ids[i:i + batch_size])
+            rows = slice(i, i + len(t))
             x = model.embed(t, p)
             if x_all is not None:
-                x_all[i:i + len(t)] = x.float().numpy()
+                x_all[rows] = x.float().numpy()
             z_H, z_L = model.initial_carry(len(t))
             for s in range(T):
-                z_H_all[s, i:i + len(t)] = z_H.float().numpy()
-                z_L_all[s, i:i + len(t)] = z_L.float().numpy()
+                z_H_all[s, rows] = z_H.float().numpy()
+                z_L_all[s, rows] = z_L.float().numpy()
+                segment_max.clear()
                 z_H, z_L = model.reason(z_H, z_L, x)
-                _, qh, qc = model.heads(z_H)
-                q_halt[s, i:i + len(t)], q_cont[s, i:i + len(t)] = qh.float().numpy(), qc.float().numpy()
+                logits, qh, qc = model.heads(z_H)
+                q_halt[s, rows], q_cont[s, rows] = qh.float().numpy(), qc.float().numpy()
+                if record_logits:
+                    if logits_all is None:
+                        logits_all = np.empty((T, n, *logits.shape[1:]), np.float32)
+                    logits_all[s, rows] = logits.float().numpy()
+                for name, m in segment_max.items():
+                    if name not in channels:
+                        channels[name] = np.zeros((T, n, m.shape[-1]), np.float32)
+                    channels[name][s, rows] = m.numpy()
                 if bar is not None:
                     bar.update(len(t))
     finally:
+        for h in handles:
+            h.remove()
         if bar is not None:
             bar.close()
     halt_steps = np.full(n, T, np.int64)
     for s in range(T - 1, -1, -1):  # first step at which the policy halts
         halt_steps[policy.halts(q_halt[s], q_cont[s])] = s + 1
-    return Rollout(tokens, puzzle_ids, z_H_all, z_L_all, q_halt, q_cont, halt_steps, x_all)
+    return Rollout(tokens, puzzle_ids, z_H_all, z_L_all, q_halt, q_cont, halt_steps, x_all, logits_all, channels)
 
 
 def select_samples(halt_steps: np.ndarray, max_steps: int, min_step_share: float = 0.125
@@ -177,7 +235,8 @@ class ActCalibrationReader(CalibrationDataReader):
 
     def __init__(self, model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, max_steps: int | None = None,
                  policy: str = "q", min_step_share: float = 0.125, batch_size: int = 32,
-                 input_names: Sequence[str] = SEGMENT_INPUTS, progress: bool = False) -> None:
+                 input_names: Sequence[str] = SEGMENT_INPUTS, progress: bool = False,
+                 record_logits: bool = False) -> None:
         self.model = model
         self.tokens = np.ascontiguousarray(tokens, np.int64)
         self.puzzle_ids = np.ascontiguousarray(puzzle_ids, np.int64)
@@ -191,13 +250,18 @@ class ActCalibrationReader(CalibrationDataReader):
         self._chosen: list[np.ndarray] | None = None
         self._iter: Iterator[dict[str, np.ndarray]] | None = None
         self.fed_steps: list[int] = []  # the step of every batch handed out (since the last rewind)
+        # what the rollout also records, if asked before it runs (see `reference_rollout`)
+        self.record_logits = record_logits
+        self.channel_modules: tuple[str, ...] = ()
 
     # -- the plan
     @property
     def rollout(self) -> Rollout:
         if self._rollout is None:
             self._rollout = reference_rollout(self.model, self.tokens, self.puzzle_ids, self.max_steps, self.policy,
-                                              keep_x="x" in self.input_names, progress=self.progress)
+                                              keep_x="x" in self.input_names, progress=self.progress,
+                                              record_logits=self.record_logits,
+                                              channel_modules=self.channel_modules)
             self._chosen = select_samples(self._rollout.halt_steps, self.max_steps, self.min_step_share)
         return self._rollout
 
@@ -387,10 +451,14 @@ def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "mi
 
 
 def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Sequence[str],
-                   cache_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True
-                   ) -> dict[str, np.ndarray]:
+                   cache_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True,
+                   modules: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """Per-channel (last axis) |max| of these graph tensors over every calibration sample, cached
-    like `calibrate` (the statistics SmoothQuant needs)."""
+    like `calibrate` (the statistics SmoothQuant needs).
+
+    modules: graph tensor -> the name of the model's Linear module that reads it: the statistics are
+    then taken from the reader's PyTorch rollout (forward pre-hooks, no ONNX Runtime pass; the reader
+    must not have run its rollout yet), the maximum over the samples the reader feeds."""
     tensors = sorted(set(tensors))
     key = calibration_key(graph, reader, "channel_absmax", {"tensors": tensors})
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -399,6 +467,16 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
             return {name: f[f"t{i}"] for i, name in enumerate(tensors)}
     _RUNS["calibrations"] += 1
+    if modules is not None and reader._rollout is None and set(tensors) <= set(modules):
+        reader.channel_modules = tuple(sorted(set(reader.channel_modules) | {modules[t] for t in tensors}))
+        per_sample = reader.rollout.channel_absmax
+        out = {}
+        for name in tensors:
+            stats = per_sample[modules[name]]  # [T, N, C]
+            out[name] = np.max([stats[s, rows].max(axis=0) for s, rows in enumerate(reader.chosen) if len(rows)],
+                               axis=0)
+        _save_npz(path, {f"t{i}": out[name] for i, name in enumerate(tensors)})
+        return out
     session = make_session(with_outputs(onnx.load(str(graph)), tensors).SerializeToString())
     out: dict[str, np.ndarray] = {}
     reader.rewind()

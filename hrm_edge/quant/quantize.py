@@ -28,7 +28,14 @@ Pipeline (shared by the targets; every statistic is cached, see `hrm_edge.quant.
    puzzles, closed loop (1024 by default: with 256, the HRM demo's search saw 0 puzzles solved
    differently and the validation gate then saw 3 of 256). Sites are ranked by how much keeping
    each alone in float lowers the open-loop error of the carry, the logits and the halting margin
-   q_halt - q_continue. When no trial passes, the one closest to passing is kept.
+   q_halt - q_continue. When no trial passes, the one closest to passing is kept. With
+   `search_engine="torch"` (the default on CUDA) sensitivity and search run on the PyTorch fake-quant
+   model and the chosen graph is confirmed once through ONNX Runtime (`hrm_edge.quant.torch_search`).
+
+Cost (issue 21: at 27M parameters every pass over the calibration puzzles is expensive): the PyTorch
+calibration rollout is also the closed-loop fp32 reference and SmoothQuant's statistics; the all-int8
+graph's ORT closed-loop run is also the final check when it passes; `estimate:` is printed first,
+from one segment timed here (`hrm_edge.quant.estimate`); `phase_seconds` in the report.
 
 Targets ("cpu" | "tensorrt"; optimum preset names map: avx512_vnni, avx2, arm64 -> cpu, tensorrt):
 - cpu: `mode="dynamic"` (default) -- `quantize_dynamic`: weights int8 per channel (symmetric,
@@ -59,6 +66,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -87,7 +95,7 @@ DEFAULT_SMOOTH_ALPHA = 0.85
 # puzzles each): a search that just passed on calibration (99.2% exact agreement, 96.1% halting) gave
 # 98.0% / 95.3% on validation.
 SEARCH_MARGIN = {"min_solved_agreement": 0.005, "min_halting_agreement": 0.02}
-SEARCH_CACHE_VERSION = 2  # 2: halting margin in the sensitivity score
+SEARCH_CACHE_VERSION = 3  # 2: halting margin in the sensitivity score; 3: the search engine
 
 
 # `export --int8` names the QAT command when the search keeps more than this share of the sites in float:
@@ -486,7 +494,13 @@ class Int8Config:
     batch_size: puzzles per closed-loop evaluation batch; sensitivity_per_step: puzzles per step in
     the leave-one-out sensitivity pass; threads: ONNX Runtime intra-op threads (None: physical cores);
     gates: the search's gates (default `search_gates()`); float_paths: keep the halting head's input
-    path in float; gptq / gptq_per_step: GPTQ weight rounding and its Hessian samples per step."""
+    path in float; gptq / gptq_per_step: GPTQ weight rounding and its Hessian samples per step;
+    search_engine: "torch" (sensitivity and closed-loop search on the PyTorch fake-quant model,
+    `hrm_edge.quant.torch_search`, the chosen graph confirmed once through ONNX Runtime) | "ort" (every
+    candidate graph rewritten and run through its own ONNX Runtime session) | "auto" (default: torch
+    when CUDA is present, else ort; see `resolve_engine`); device: the fake-quant model's device (None:
+    CUDA when present); ort_continuation_evals: closed-loop ONNX Runtime runs the search may add when
+    the confirmation fails where the fake quant passed."""
 
     method: str = "minmax"
     calib_size: int = 1024
@@ -503,6 +517,29 @@ class Int8Config:
     float_paths: bool = True
     gptq: bool = True
     gptq_per_step: int = 16
+    search_engine: str = "auto"
+    device: str | None = None
+    ort_continuation_evals: int = 4
+
+
+SEARCH_ENGINES = ("auto", "torch", "ort")
+
+
+def resolve_engine(engine: str, device: str | None = None) -> str:
+    """"torch" or "ort" for a search engine setting. "auto" is torch when the fake-quant model runs on
+    CUDA, else ort: on a CPU the fake quant costs more per candidate than the rewritten INT8 graph's
+    ONNX Runtime session (measured on these 2 shared cores, 1 thread: HRM 6x6 demo, 64 puzzles,
+    leave-one-out over 50 sites 115 s vs 51 s, one closed-loop run 11.8 s vs 3.1 s; 27M, one
+    puzzle-segment 2.25 s vs 0.63 s, and a session build 1.5 s), because ORT runs integer kernels
+    while the simulation adds quantize steps to fp32 matmuls; a session per candidate is not the cost."""
+    if engine not in SEARCH_ENGINES:
+        raise ValueError(f"unknown search engine {engine!r}; use one of {', '.join(SEARCH_ENGINES)}")
+    if engine != "auto":
+        return engine
+    import torch
+
+    on_cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+    return "torch" if on_cuda else "ort"
 
 
 class Int8Pipeline:
@@ -515,12 +552,15 @@ class Int8Pipeline:
 
     def __init__(self, fp32_graph: str | Path, ck: Any, calib: Any, work_dir: str | Path,
                  config: Int8Config | None = None, *, progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, targets: Sequence[str] = ("cpu",),
+                 gate_puzzles: int | None = None) -> None:
         from hrm_edge.act import parse_policy
         from hrm_edge.quant.calibration import ActCalibrationReader, calibration_method, default_cache_dir
 
         config = config or Int8Config()
         calibration_method(config.method)
+        self.search_engine = resolve_engine(config.search_engine, config.device)
+        self.phase_seconds: dict[str, float] = {}
         self.config = config
         self.ck, self.work_dir = ck, Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -546,25 +586,51 @@ class Int8Pipeline:
         self.src_graph = Path(fp32_graph)
         src = onnx.load(str(fp32_graph))
         self.input_names = tuple(i.name for i in src.graph.input)
+        # the rollout also records every segment's logits: it is the closed loop's fp32 reference
         self.reader = ActCalibrationReader(self.model, self.tokens, self.puzzle_ids, self.max_steps, str(self.policy),
                                            config.min_step_share, batch_size=32, input_names=self.input_names,
-                                           progress=progress)
+                                           progress=progress, record_logits=True)
         # 1. prepare
         folded = fold_weight_transposes(src)
         self.prepared_path = self.work_dir / "segment.fp32.prepared.onnx"
         onnx.save(src, str(self.prepared_path))
         self.prep_info: dict[str, Any] = {"weight_transposes_folded": folded}
+        from hrm_edge.quant.search import find_sites
+
+        self.sites = find_sites(src)
+        self.estimate = self._estimate(targets, gate_puzzles)
+        self.log(self.estimate.line())
         # 2. smooth
         self.fp32_path = self.prepared_path
         if config.smooth_alpha:
-            self._smooth(src)
+            with self._phase("calibration"):
+                self._smooth(src)
         self.fp32 = onnx.load(str(self.fp32_path))
-        from hrm_edge.quant.search import find_sites
-
-        self.sites = find_sites(self.fp32)
         self._calibration: Any = None
         self._closed: Any = None
         self._open: Any = None
+
+    # -- timing
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Any:
+        """Add the block's wall time to `phase_seconds[name]`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] = round(self.phase_seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
+
+    def _estimate(self, targets: Sequence[str], gate_puzzles: int | None) -> Any:
+        from hrm_edge.quant.estimate import estimate_export, time_segment
+
+        static = sum(settings_for(t, "dynamic" if normalize_target(t) == "cpu" else None).mode == "static"
+                     for t in targets)
+        seconds = time_segment(self.model, self.tokens, self.puzzle_ids)
+        return estimate_export(seconds, puzzles=len(self.tokens), max_steps=self.max_steps,
+                               sites=sum(s.kind == "weight" for s in self.sites), targets=len(targets),
+                               static_targets=static, sensitivity_per_step=self.sensitivity_per_step,
+                               gptq_per_step=self.gptq_per_step if self.gptq else 0, max_evals=16,
+                               gate_puzzles=gate_puzzles)
 
     # -- stages
     def _smooth(self, prepared: onnx.ModelProto) -> None:
@@ -575,8 +641,11 @@ class Int8Pipeline:
             self.prep_info["smoothquant"] = "no SwiGLU block found"
             return
         self.log(f"SmoothQuant statistics over {len(self.tokens)} calibration puzzles ...")
-        stats = channel_absmax(self.prepared_path, self.reader, [a for p in pairs for a in p["inputs"]],
-                               self.cache_dir, self.progress)
+        tensors = [a for p in pairs for a in p["inputs"]]
+        names = {n for n, _ in self.model.named_modules()}
+        modules = {a: _module_name(p["down"]) for p in pairs for a in p["inputs"]}
+        stats = channel_absmax(self.prepared_path, self.reader, tensors, self.cache_dir, self.progress,
+                               modules=modules if set(modules.values()) <= names else None)
         amax = {p["down"]: np.max([stats[a] for a in p["inputs"]], axis=0) for p in pairs}
         info = smooth_swiglu(prepared, amax, float(self.smooth_alpha))
         self.fp32_path = self.work_dir / "segment.fp32.smoothed.onnx"
@@ -589,8 +658,9 @@ class Int8Pipeline:
         if self._calibration is None:
             from hrm_edge.quant.calibration import calibrate
 
-            self._calibration = calibrate(self.fp32_path, self.reader, self.method, op_types=list(WEIGHT_OPS),
-                                          cache_dir=self.cache_dir, progress=self.progress)
+            with self._phase("calibration"):
+                self._calibration = calibrate(self.fp32_path, self.reader, self.method, op_types=list(WEIGHT_OPS),
+                                              cache_dir=self.cache_dir, progress=self.progress)
             self.log(f"calibration ({self.method}): " + ("cache hit " + self._calibration.key[:12]
                                                           if self._calibration.cache_hit
                                                           else f"{self._calibration.seconds:.1f} s"))
@@ -603,9 +673,15 @@ class Int8Pipeline:
             from hrm_edge.model.runner import TorchSegmentRunner
             from hrm_edge.quant.search import ClosedLoop
 
-            self.log(f"PyTorch fp32 reference on {len(self.tokens)} calibration puzzles (policy {self.policy}) ...")
-            reference = solve_in_batches(TorchSegmentRunner(self.model), self.tokens, self.puzzle_ids, self.policy,
-                                         self.max_steps, self.batch_size, record_steps=True, record_logits=True)
+            rollout = self.reader.rollout
+            if rollout.logits is not None:  # the calibration rollout ran the fp32 reference already
+                reference = rollout.solve_result()
+            else:
+                self.log(f"PyTorch fp32 reference on {len(self.tokens)} calibration puzzles (policy {self.policy}) ...")
+                with self._phase("calibration"):
+                    reference = solve_in_batches(TorchSegmentRunner(self.model), self.tokens, self.puzzle_ids,
+                                                 self.policy, self.max_steps, self.batch_size, record_steps=True,
+                                                 record_logits=True)
             inner = self.model.inner
             self._closed = ClosedLoop(self.tokens, self.puzzle_ids, self.labels, reference,
                                       inner.H_init.detach().float().numpy(), inner.L_init.detach().float().numpy(),
@@ -649,9 +725,10 @@ class Int8Pipeline:
             for s in self.sites:
                 if s.kind == "weight" and s.weight is not None and nodes[s.node].op_type == "MatMul":
                     groups.setdefault(s.weight, []).append(nodes[s.node].input[0])
-            self._hessians = input_hessians(self.fp32_path, self.reader.subset(self.gptq_per_step), groups,
-                                            {"per_step": self.gptq_per_step}, self.reader, self.cache_dir,
-                                            self.progress)
+            with self._phase("gptq statistics"):
+                self._hessians = input_hessians(self.fp32_path, self.reader.subset(self.gptq_per_step), groups,
+                                                {"per_step": self.gptq_per_step}, self.reader, self.cache_dir,
+                                                self.progress)
         return self._hessians
 
     def _search_key(self, settings: QuantSettings, search_opts: dict[str, Any]) -> str:
@@ -666,15 +743,47 @@ class Int8Pipeline:
                 "policy": str(self.policy), "max_steps": self.max_steps, "batch_size": self.batch_size,
                 "gates": asdict(self.gates), "float_paths": self.float_paths,
                 "gptq": self.gptq, "gptq_per_step": self.gptq_per_step,
-                "per_step": self.sensitivity_per_step, **search_opts}
+                "per_step": self.sensitivity_per_step, "engine": self.search_engine, **search_opts}
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         return h.hexdigest()
+
+    def _search_fake_quant(self, full: onnx.ModelProto, sites: Sequence[Any], excluded_weights: str,
+                           first: dict[str, Any], max_excluded: int, max_evals: int, prune: bool
+                           ) -> tuple[Any, None, dict[str, float]]:
+        """Sensitivity and closed-loop search on the PyTorch fake-quant model of `full` (see
+        `hrm_edge.quant.torch_search`); `first`: the ORT evaluation of `full` (failed). Returns
+        (search result, None, leave-one-out benefit by node)."""
+        from hrm_edge.quant.search import search_exclusions
+        from hrm_edge.quant.torch_search import FakeQuantEvaluator
+
+        closed = self.closed_loop
+        try:
+            fq = FakeQuantEvaluator(self.model, full, self.fp32, excluded_weights,
+                                    self.reader.subset(self.sensitivity_per_step), self.tokens, self.puzzle_ids,
+                                    self.labels, closed.reference, self.policy, self.max_steps, self.gates,
+                                    self.batch_size, self.config.device)
+            self.log(f"  sensitivity and search on the fake-quant model ({fq.device}) ...")
+            with self._phase("sensitivity"):
+                _, benefit = fq.leave_one_out([s.node for s in sites], self.progress)
+            with self._phase("search"):
+                result = search_exclusions(fq.evaluator(), sorted(benefit, key=lambda n: -benefit[n]), max_excluded,
+                                           max_evals, prune, self.progress, initial=first)
+        finally:
+            self.model.to("cpu")
+        return result, None, benefit
 
     def build(self, target: str, out: str | Path, *, mode: str | None = None, search: bool = True,
               max_excluded_share: float = 1.0, max_evals: int = 16, prune: bool = True,
               excluded_weights: str = "int8", exclude: Sequence[str] | None = None) -> Int8Build:
         """Quantize for one target, search the exclusions, write `out` and describe it."""
-        from hrm_edge.quant.search import leave_one_out, restore_float, search_exclusions, site_errors
+        from hrm_edge.quant.search import (
+            continue_search,
+            leave_one_out,
+            restore_float,
+            search_exclusions,
+            site_errors,
+            trial_of,
+        )
 
         t0 = time.perf_counter()
         settings = settings_for(target, mode, self.per_channel)
@@ -698,19 +807,46 @@ class Int8Pipeline:
                 base_err = data.get("base_open_loop")
                 searched_from_cache = True
                 self.log(f"  search: cache hit {key[:12]} ({len(excluded)} site(s) in float)")
+        confirmed: dict[str, Any] | None = None  # the ONNX Runtime evaluation of the chosen graph, if made
         if search and not searched_from_cache:
 
-            def evaluate(ex: list[str]) -> dict[str, Any]:
-                return self.closed_loop.evaluate(restore_float(full, self.fp32, ex, excluded_weights))
+            def evaluate(ex: list[str]) -> dict[str, Any]:  # the graph rewritten, one ORT session
+                return self.closed_loop.evaluate(restore_float(full, self.fp32, ex, excluded_weights), record=True)
 
-            first = evaluate([])  # the sensitivity pass runs only when the all-int8 graph fails the gate
-            ranked: list[str] = []
-            if not first["passed"]:
-                base_err, benefit = leave_one_out(full, self.fp32, sites, self.open_loop, self.progress,
-                                                  excluded_weights)
-                ranked = sorted(benefit, key=lambda n: -benefit[n])
-            result = search_exclusions(evaluate, ranked, int(max_excluded_share * len(sites)), max_evals, prune,
-                                       self.progress, initial=first)
+            with self._phase("gate"):  # the all-int8 graph through ORT: it is also the final check when it passes
+                first = evaluate([])
+            max_excluded = int(max_excluded_share * len(sites))
+            engine = self.search_engine
+            if engine == "torch" and any(s.kind != "weight" for s in sites):
+                engine = "ort"  # attention matmuls quantized: the fake quant simulates weight sites only
+            if first["passed"]:
+                result = search_exclusions(evaluate, [], 0, max_evals, prune, False, initial=first)
+            elif engine == "torch":
+                result, base_err, benefit = self._search_fake_quant(full, sites, excluded_weights, first, max_excluded,
+                                                                    max_evals, prune)
+            else:
+                with self._phase("sensitivity"):
+                    base_err, benefit = leave_one_out(full, self.fp32, sites, self.open_loop, self.progress,
+                                                      excluded_weights)
+                with self._phase("search"):
+                    result = search_exclusions(evaluate, sorted(benefit, key=lambda n: -benefit[n]), max_excluded,
+                                               max_evals, prune, self.progress, initial=first)
+            if result.evaluation is not None and result.evaluation.get("engine", "ort") == "ort":
+                confirmed = result.evaluation
+            else:  # chosen on the fake-quant model: build it once in ONNX, confirm once through ORT
+                self.log(f"  confirming the chosen {len(result.excluded)} float site(s) through ONNX Runtime ...")
+                with self._phase("gate"):
+                    confirmed = evaluate(result.excluded)
+                result.trials.append(trial_of(result.excluded, confirmed, "confirm"))
+                if not confirmed["passed"] and self.config.ort_continuation_evals:
+                    self.log("  the ONNX Runtime check failed where the fake quant passed: continuing the search "
+                             f"through ONNX Runtime (at most {self.config.ort_continuation_evals} runs)")
+                    with self._phase("search"):
+                        more = continue_search(evaluate, sorted(benefit, key=lambda n: -benefit[n]), result.excluded,
+                                               max_excluded, self.config.ort_continuation_evals, self.progress,
+                                               initial=confirmed)
+                    result.trials += more.trials
+                    result.excluded, confirmed = more.excluded, more.evaluation
             excluded = result.excluded
             trials = [t.to_dict() for t in result.trials]
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -731,7 +867,11 @@ class Int8Pipeline:
         out = Path(out)
         onnx.save(final, str(out))
         check_graph(out)
-        evaluation = self.closed_loop.evaluate(out, record=True)
+        if confirmed is not None and exclude is None:
+            evaluation = confirmed  # this very graph, already run through ONNX Runtime by the search
+        else:
+            with self._phase("gate"):
+                evaluation = self.closed_loop.evaluate(out, record=True)
         final_err = self.open_loop.errors(final)
         if base_err is None:
             base_err = self.open_loop.errors(full)
@@ -776,8 +916,9 @@ class Int8Pipeline:
             "closed_loop_per_step": m.get("per_step", []),
             "open_loop": {"full": base_err, "final": final_err},
             "qat_advice": advice,
-            "search": {"trials": trials, "passed": evaluation["passed"],
+            "search": {"trials": trials, "passed": evaluation["passed"], "engine": self.search_engine,
                        "max_excluded": int(max_excluded_share * len(sites)), "max_evals": max_evals},
+            "phase_seconds": dict(self.phase_seconds), "estimate": self.estimate.to_dict(),
             "sites": [{**s.to_dict(), "excluded": s.node in excluded,
                        "loo_benefit": None if s.node not in benefit else round(float(benefit[s.node]), 6),
                        "error_full": round(float(errs_full[i].mean()), 6),
@@ -794,6 +935,12 @@ class Int8Pipeline:
                  f"{100 * m['exact_agreement']:.1f}%), halting {100 * m['halting_agreement']:.1f}%, "
                  f"{'PASS' if evaluation['passed'] else 'FAIL'}")
         return Int8Build(settings.target, out, entry, report)
+
+
+def _module_name(weight: str) -> str:
+    """The model's module name of a graph weight: "model.inner.L_level.layers.0.mlp.down_proj.weight__T" ->
+    "inner.L_level.layers.0.mlp.down_proj"."""
+    return re.sub(r"^model\.", "", re.sub(r"\.weight(__T)?$", "", weight))
 
 
 def _by_step(values: np.ndarray, steps: Sequence[int]) -> list[float]:
@@ -814,7 +961,8 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                     progress: bool = True, cpu_mode: str = "dynamic",
                     smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA, max_evals: int = 16,
                     max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
-                    log: Callable[[str], None] | None = None) -> None:
+                    log: Callable[[str], None] | None = None, gate_puzzles: int | None = None,
+                    search_engine: str = "auto") -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 
     Reads the manifest's `segment.fp32` graph file from `bundle_tmp_dir`, writes the INT8 graph
@@ -827,7 +975,10 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     optimum preset names; `cpu_mode`: "dynamic" | "static"; `excluded_weights`: "int8" (float sites keep
     int8 weights, file ~28% of fp32) | "float" (float sites fully fp32: closer to fp32, bigger file);
     `max_excluded_share`: at most this share of the sites in float (beyond about a quarter the CPU
-    speed-up is mostly gone: 27M, 1 thread, 25% of sites float: 60 ms vs 37 ms all-int8 vs 145 ms fp32)."""
+    speed-up is mostly gone: 27M, 1 thread, 25% of sites float: 60 ms vs 37 ms all-int8 vs 145 ms fp32);
+    `gate_puzzles`: puzzles of the validation gate that follows (for the printed estimate only);
+    `search_engine`: "auto" | "torch" (fake-quant sensitivity and search, one ORT confirmation) | "ort"
+    (`resolve_engine`)."""
     from hrm_edge.quant.report import write_report
 
     bundle_tmp_dir = Path(bundle_tmp_dir)
@@ -838,8 +989,10 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=bundle_tmp_dir) as work:
         config = Int8Config(method=method, calib_size=calib_size, per_channel=per_channel, smooth_alpha=smooth_alpha,
                             policy=halting.default_policy if halting else "q",
-                            max_steps=halting.max_steps if halting else None, cache_dir=cache_dir, gptq=gptq)
-        pipe = Int8Pipeline(fp32_path, ck, calib, work, config, progress=progress, log=log)
+                            max_steps=halting.max_steps if halting else None, cache_dir=cache_dir, gptq=gptq,
+                            search_engine=search_engine)
+        pipe = Int8Pipeline(fp32_path, ck, calib, work, config, progress=progress, log=log, targets=targets,
+                            gate_puzzles=gate_puzzles)
         builds = []
         for target in targets:
             name = graph_name(target)
@@ -848,6 +1001,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                                excluded_weights=excluded_weights)
             builds.append(build)
         report = {"fp32_graph": fp32_entry.file, "calibration_split": pipe.calib_source,
+                  "phase_seconds": dict(pipe.phase_seconds), "estimate": pipe.estimate.to_dict(),
                   "targets": {b.target: b.report for b in builds}}
         write_report(bundle_tmp_dir, report)
         for b in builds:
@@ -862,6 +1016,7 @@ __all__ = [
     "MODES",
     "PRESETS",
     "QAT_ADVICE_FLOAT_SHARE",
+    "SEARCH_ENGINES",
     "TARGETS",
     "Int8Build",
     "Int8Config",
@@ -878,6 +1033,7 @@ __all__ = [
     "qdq_summary",
     "quantize_graph",
     "quantized_sites",
+    "resolve_engine",
     "settings_for",
     "smooth_swiglu",
     "swiglu_pairs",

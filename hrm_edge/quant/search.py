@@ -404,9 +404,18 @@ class Trial:
     passed: bool
     seconds: float
     phase: str
+    engine: str = "ort"  # "ort": the rewritten graph through ONNX Runtime; "torch": the fake-quant model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def trial_of(excluded: Sequence[str], ev: dict[str, Any], phase: str) -> Trial:
+    """The trial record of one closed-loop evaluation (`ClosedLoop.evaluate`'s form)."""
+    m = ev["metrics"]
+    return Trial(list(excluded), m["exact_agreement"], m.get("solved_agreement"), m["halting_agreement"],
+                 m.get("accuracy_drop"), m["token_agreement"], ev["passed"], ev["seconds"], phase,
+                 ev.get("engine", "ort"))
 
 
 @dataclass
@@ -437,9 +446,7 @@ def search_exclusions(evaluate: Callable[[list[str]], dict[str, Any]], ranked: S
             return None
         ev = given if given is not None else evaluate(list(excluded))
         m = ev["metrics"]
-        trials.append(Trial(list(excluded), m["exact_agreement"], m.get("solved_agreement"), m["halting_agreement"],
-                            m.get("accuracy_drop"),
-                            m["token_agreement"], ev["passed"], ev["seconds"], phase))
+        trials.append(trial_of(excluded, ev, phase))
         cache[key] = ev
         if bar is not None:
             bar.update(1)
@@ -491,6 +498,44 @@ def search_exclusions(evaluate: Callable[[list[str]], dict[str, Any]], ranked: S
             bar.close()
 
 
+def continue_search(evaluate: Callable[[list[str]], dict[str, Any]], ranked: Sequence[str], start: Sequence[str],
+                    max_excluded: int, max_evals: int, progress: bool = True,
+                    initial: dict[str, Any] | None = None) -> SearchResult:
+    """A bounded continuation of a search whose choice `start` failed the real (ONNX Runtime) gate after
+    passing on the fake-quant model: `start` plus the next 1, 2, 4, ... sites of `ranked` (up to
+    `max_excluded` in all) until the gate passes, at most `max_evals` runs; when none passes, the
+    trial closest to passing (`initial`: the evaluation of `start`, counted as the first)."""
+    rest = [n for n in ranked if n not in set(start)]
+    trials: list[Trial] = []
+    evaluations: list[tuple[list[str], dict[str, Any]]] = []
+    if initial is not None:
+        evaluations.append((list(start), initial))
+    bar = _bar(progress, total=max_evals, desc="search (ONNX Runtime continuation)", unit="eval")
+    try:
+        k = 1
+        while len(trials) < max_evals and rest and len(start) + min(k, len(rest)) <= max(max_excluded, len(start) + 1):
+            candidate = list(start) + rest[:k]
+            ev = evaluate(candidate)
+            trials.append(trial_of(candidate, ev, "ort-continue"))
+            evaluations.append((candidate, ev))
+            if bar is not None:
+                bar.update(1)
+            if ev["passed"] or k >= len(rest):
+                break
+            k *= 2
+    finally:
+        if bar is not None:
+            bar.close()
+    passing = [(c, e) for c, e in evaluations if e["passed"]]
+    if passing:
+        chosen, ev = min(passing, key=lambda ce: len(ce[0]))
+        return SearchResult(chosen, True, trials, ev)
+    if not evaluations:
+        return SearchResult(list(start), False, trials, initial)
+    chosen, ev = min(evaluations, key=lambda ce: (*_shortfall(ce[1]["gates"]), len(ce[0])))
+    return SearchResult(chosen, False, trials, ev)
+
+
 def _shortfall(checks: list[dict[str, Any]]) -> tuple[int, float]:
     """(gates failed, summed distance to their thresholds): how far a failing trial is from passing."""
     failed = [c for c in checks if not c["passed"]]
@@ -505,5 +550,5 @@ def _bar(enabled: bool, **kw: Any) -> Any:
     return tqdm(dynamic_ncols=True, leave=False, **kw)
 
 
-__all__ = ["ClosedLoop", "OpenLoop", "SearchResult", "Site", "Trial", "find_sites", "leave_one_out",
-           "prune_dangling", "restore_float", "search_exclusions", "site_errors", "with_outputs"]
+__all__ = ["ClosedLoop", "OpenLoop", "SearchResult", "Site", "Trial", "continue_search", "find_sites", "leave_one_out",
+           "prune_dangling", "restore_float", "search_exclusions", "site_errors", "trial_of", "with_outputs"]

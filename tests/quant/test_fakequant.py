@@ -20,36 +20,17 @@ import pytest
 import torch
 
 from hrm_edge.act import parse_policy, solve_in_batches
-from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.model.runner import TorchSegmentRunner
 from hrm_edge.parity import compare
-from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 from hrm_edge.quant.fakequant import dynamic_u8, fake_quant, graph_spec, static_quant
-from hrm_edge.quant.quantize import Int8Config, Int8Pipeline
 from hrm_edge.quant.search import find_sites, with_outputs
 from hrm_edge.runtimes.ort.loader import make_session
 from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-DEMO = "checkpoints/sudoku6-demo/model.pt"
 FLAVOURS = ("cpu", "tensorrt")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo, its calibration puzzles, and its all-int8 graphs of both flavours (no search)."""
-    from hrm_edge.export.graphs import export_segment
-
-    root = tmp_path_factory.mktemp("fq")
-    ck = load_checkpoint(DEMO)
-    calib = load_puzzle_set(calib_data_dir(ck.task), split="calib")
-    model = ck.model.set_compute_dtype("float32").eval()
-    export_segment(model, root / "segment.fp32.onnx")
-    pipe = Int8Pipeline(root / "segment.fp32.onnx", ck, calib, root / "work",
-                        Int8Config(calib_size=64, cache_dir=root / "cache", gptq=True), progress=False)
-    graphs = {t: pipe.build(t, root / f"int8-{t}.onnx", search=False).path for t in FLAVOURS}
-    return {"model": model, "calib": calib, "fp32": pipe.fp32, "graphs": graphs,
-            "h_init": model.inner.H_init.numpy(), "l_init": model.inner.L_init.numpy()}
 
 
 def test_dynamic_u8_is_dynamic_quantize_linear():

@@ -281,10 +281,12 @@ def test_float_sites_of_the_tensorrt_flavour_dequantize_their_int8_weights_the_t
     assert errors["cast"] and all("Cast" in f.message for f in errors["cast"])  # what TensorRT rejects
 
 
-def test_search_keeps_exactly_the_planted_sites_in_float(built, calib, tmp_path):
+@pytest.mark.parametrize("engine", ["ort", "torch"])
+def test_search_keeps_exactly_the_planted_sites_in_float(built, calib, tmp_path, engine):
     ck = Checkpoint(built["planted_model"], built["model"].config, "sudoku6")
     pipe = Q.Int8Pipeline(built["planted"], ck, calib, tmp_path / "w", Q.Int8Config(
-        calib_size=12, smooth_alpha=None, gptq=False, cache_dir=tmp_path / "cache", gates=LOGIT_GATES), progress=False)
+        calib_size=12, smooth_alpha=None, gptq=False, cache_dir=tmp_path / "cache", gates=LOGIT_GATES,
+        search_engine=engine), progress=False)
     planted = {s.node for s in pipe.sites if s.label in ("H0.layer0.down_proj", "H1.layer0.down_proj")}
     assert len(planted) == 2
     build = pipe.build("tensorrt", tmp_path / "int8.onnx", max_evals=12)
@@ -299,6 +301,9 @@ def test_search_keeps_exactly_the_planted_sites_in_float(built, calib, tmp_path)
     # the planted sites' output error drops from the full-int8 graph to the shipped one
     errs = {s["node"]: (s["error_full"], s["error_final"]) for s in build.report["sites"]}
     assert all(errs[n][1] < 0.5 * errs[n][0] for n in planted)
+    if engine == "torch":  # chosen on the fake-quant model, confirmed once through ONNX Runtime
+        assert {t["engine"] for t in trials[1:-1]} == {"torch"}
+        assert trials[-1]["phase"] == "confirm" and trials[-1]["engine"] == "ort" and trials[-1]["passed"]
 
 
 def test_smoothquant_absorbs_the_planted_outlier(built, calib, tmp_path):

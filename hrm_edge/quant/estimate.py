@@ -1,0 +1,91 @@
+"""How long `export --int8` will take, from one segment timed on this machine, printed before the
+long phases (issue 21: at 27M parameters the export runs for most of an hour on two cores).
+
+Every long phase is a number of puzzle-segments (one puzzle through one ACT segment) times the
+measured cost of one fp32 PyTorch puzzle-segment `c` (`time_segment`):
+- calibration: the fp32 rollout, N puzzles x T segments (it also yields SmoothQuant's statistics and
+  the closed-loop reference); static flavours add one ONNX Runtime range pass over at most N x T samples;
+- sensitivity: only when the all-int8 graph fails the gate: one open-loop pass per weight site over
+  `sensitivity_per_step` samples of each step (the fake-quant model costs about one fp32 segment);
+- search: at most `max_evals` closed-loop runs of N puzzles x T segments;
+- gate: per flavour one ONNX Runtime closed loop on the calibration puzzles, and the export's
+  validation gate (the PyTorch reference and the INT8 graph on `gate_puzzles`).
+The closed-loop runs count every puzzle for all T segments at the fp32 PyTorch cost, so search and gate
+are upper bounds (halting puzzles stop early; ONNX Runtime's int8 segments cost less). Measured on the
+HRM 6x6 demo (bench/latest/session9-scale, 1024 puzzles, 100 ms per puzzle-segment under load):
+calibration estimated 13.9 min, ran 14.3 min; gate bound 20 min, ran 1.5 min; search bound 218 min,
+ran 8.4 min (16 closed-loop runs). Seeded 27M, quiet: 89 ms per puzzle-segment, calibration 13 min
+estimated, 12.5 ran; gate bound 37 min, 21.6 ran; whole export 39.8 min.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@torch.inference_mode()
+def time_segment(model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, batch: int = 32) -> float:
+    """Seconds of one fp32 PyTorch puzzle-segment: one segment of the first `batch` calibration
+    puzzles (after a warm-up segment of the same shape), divided by the batch. Measured on the seeded
+    27M (quiet machine): 211 ms per puzzle timed at batch 16 after a one-puzzle warm-up, against 88 ms
+    in the export's rollout (batch 64); the first call of a shape pays for its allocations."""
+    b = max(1, min(batch, len(tokens)))
+    t = torch.from_numpy(np.ascontiguousarray(tokens[:b], np.int64))
+    p = torch.from_numpy(np.ascontiguousarray(puzzle_ids[:b], np.int64))
+    device = next(model.parameters()).device
+    t, p = t.to(device), p.to(device)
+    z_H, z_L = model.initial_carry(b, device)
+    model.segment(z_H, z_L, t, p)
+    t0 = time.perf_counter()
+    model.segment(z_H, z_L, t, p)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / b
+
+
+@dataclass
+class Estimate:
+    """Seconds per phase (see the module docstring); `segment_seconds`: the measured unit."""
+
+    segment_seconds: float
+    calibration: float
+    sensitivity: float
+    search: float
+    gate: float
+
+    @property
+    def total(self) -> float:
+        return self.calibration + self.sensitivity + self.search + self.gate
+
+    def line(self) -> str:
+        """The one line `export --int8` prints before the long phases."""
+        def m(seconds: float) -> str:
+            return f"{seconds / 60:.1f}" if seconds < 600 else f"{seconds / 60:.0f}"
+
+        return (f"estimate: int8 export ~{m(self.calibration + self.gate)} min, at most {m(self.total)} min "
+                f"(calibration {m(self.calibration)}, sensitivity {m(self.sensitivity)}, search <= {m(self.search)}, "
+                f"gate <= {m(self.gate)} min; sensitivity and search run only if the all-int8 graph fails its gate; "
+                f"one segment measured here: {1e3 * self.segment_seconds:.1f} ms per puzzle)")
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in asdict(self).items()} | {"total": round(self.total, 3)}
+
+
+def estimate_export(segment_seconds: float, *, puzzles: int, max_steps: int, sites: int, targets: int = 1,
+                    static_targets: int = 0, sensitivity_per_step: int = 8, gptq_per_step: int = 16,
+                    max_evals: int = 16, gate_puzzles: int | None = None) -> Estimate:
+    """The phases' seconds from the cost of one puzzle-segment (see the module docstring)."""
+    c, n, T = segment_seconds, puzzles, max_steps
+    calibration = c * (n * T + (n * T if static_targets else 0) + gptq_per_step * T)
+    sensitivity = c * targets * (sites + 1) * sensitivity_per_step * T
+    search = c * targets * max_evals * n * T
+    gate = c * (targets * n * T + 2 * (gate_puzzles if gate_puzzles is not None else n) * T)
+    return Estimate(c, calibration, sensitivity, search, gate)
+
+
+__all__ = ["Estimate", "estimate_export", "time_segment"]
