@@ -55,7 +55,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_d
 
 from hrm_edge.act import HaltingPolicy, SolveResult, parse_policy
 from hrm_edge.contract import SEGMENT_INPUTS
-from hrm_edge.quant.search import with_outputs
+from hrm_edge.quant.search import progress_bar, with_outputs
 from hrm_edge.runtimes.ort.loader import make_session
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -162,7 +162,7 @@ def reference_rollout(model: Any, tokens: np.ndarray, puzzle_ids: np.ndarray, ma
         return record
 
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in channel_modules]
-    bar = _bar(progress, total=n * T, desc="calibration rollout", unit="seg")
+    bar = progress_bar(progress, total=n * T, desc="calibration rollout", unit="seg")
     try:
         for i in range(0, n, batch_size):
             t = torch.from_numpy(tokens[i:i + batch_size])
@@ -385,12 +385,6 @@ class Calibration:
         return load_tensors_data(self.ranges_path)
 
 
-def _bar(enabled: bool, **kw: Any) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(dynamic_ncols=True, leave=False, **kw)
 
 
 def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "minmax",
@@ -429,7 +423,7 @@ def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "mi
                                        calibrate_method=cal_method, extra_options=extra)
         reader.rewind()
         batches = list(reader.batches())
-        bar = _bar(progress, total=len(batches), desc=f"calibrating ({method})", unit="batch")
+        bar = progress_bar(progress, total=len(batches), desc=f"calibrating ({method})", unit="batch")
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print
                 for i in range(0, len(batches), chunk_batches):
@@ -481,7 +475,7 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
     out: dict[str, np.ndarray] = {}
     reader.rewind()
     batches = list(reader.batches())
-    bar = _bar(progress, total=len(batches), desc="channel statistics", unit="batch")
+    bar = progress_bar(progress, total=len(batches), desc="channel statistics", unit="batch")
     try:
         for _, feeds in batches:
             for name, value in zip(tensors, session.run(tensors, feeds), strict=True):
@@ -517,7 +511,7 @@ def input_hessians(graph: str | Path, samples: list[tuple[int, dict[str, np.ndar
     session = make_session(with_outputs(onnx.load(str(graph)), names).SerializeToString())
     acc: dict[str, np.ndarray] = {}
     rows: dict[str, int] = dict.fromkeys(weights, 0)
-    bar = _bar(progress, total=len(samples), desc="GPTQ statistics", unit="batch")
+    bar = progress_bar(progress, total=len(samples), desc="GPTQ statistics", unit="batch")
     try:
         for _, feeds in samples:
             values = dict(zip(names, session.run(names, feeds), strict=True))

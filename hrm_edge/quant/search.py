@@ -337,18 +337,26 @@ def leave_one_out(qmodel: onnx.ModelProto, fp32: onnx.ModelProto, sites: Sequenc
                   progress: bool = True, weights: str = "int8") -> tuple[dict[str, Any], dict[str, float]]:
     """(errors of the fully quantized graph, {node: score reduction when only this site runs in float})."""
     base = open_loop.errors(qmodel)
+    benefit = benefits(base["score"], [s.node for s in sites],
+                       lambda node: open_loop.errors(restore_float(qmodel, fp32, [node], weights))["score"],
+                       "sensitivity (leave one out)", progress)
+    return base, benefit
+
+
+def benefits(base_score: float, nodes: Sequence[str], score_with_float: Callable[[str], float], desc: str,
+             progress: bool = True) -> dict[str, float]:
+    """{node: base_score - the open-loop score with only this site in float}, one site after another."""
     benefit: dict[str, float] = {}
-    bar = _bar(progress, total=len(sites), desc="sensitivity (leave one out)", unit="site")
+    bar = progress_bar(progress, total=len(nodes), desc=desc, unit="site")
     try:
-        for s in sites:
-            variant = restore_float(qmodel, fp32, [s.node], weights)
-            benefit[s.node] = base["score"] - open_loop.errors(variant)["score"]
+        for node in nodes:
+            benefit[node] = base_score - score_with_float(node)
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return base, benefit
+    return benefit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,7 +444,7 @@ def search_exclusions(evaluate: Callable[[list[str]], dict[str, Any]], ranked: S
     max_excluded = max(0, min(max_excluded, len(ranked)))
     trials: list[Trial] = []
     cache: dict[tuple[str, ...], dict[str, Any]] = {}
-    bar = _bar(progress, total=max_evals, desc="mixed-precision search", unit="eval")
+    bar = progress_bar(progress, total=max_evals, desc="mixed-precision search", unit="eval")
 
     def run(excluded: list[str], phase: str, given: dict[str, Any] | None = None) -> dict[str, Any] | None:
         key = tuple(sorted(excluded))
@@ -510,7 +518,7 @@ def continue_search(evaluate: Callable[[list[str]], dict[str, Any]], ranked: Seq
     evaluations: list[tuple[list[str], dict[str, Any]]] = []
     if initial is not None:
         evaluations.append((list(start), initial))
-    bar = _bar(progress, total=max_evals, desc="search (ONNX Runtime continuation)", unit="eval")
+    bar = progress_bar(progress, total=max_evals, desc="search (ONNX Runtime continuation)", unit="eval")
     try:
         k = 1
         while len(trials) < max_evals and rest and len(start) + min(k, len(rest)) <= max(max_excluded, len(start) + 1):
@@ -542,7 +550,8 @@ def _shortfall(checks: list[dict[str, Any]]) -> tuple[int, float]:
     return len(failed), sum(abs(c["value"] - c["threshold"]) for c in failed)
 
 
-def _bar(enabled: bool, **kw: Any) -> Any:
+def progress_bar(enabled: bool, **kw: Any) -> Any:
+    """A tqdm bar for a long quantization phase, or None when progress is off."""
     if not enabled:
         return None
     from tqdm import tqdm

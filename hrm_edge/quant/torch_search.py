@@ -40,7 +40,7 @@ import torch
 from hrm_edge.act import HaltingPolicy, SolveResult, solve_in_batches
 from hrm_edge.parity import Gates, compare, gate
 from hrm_edge.quant.fakequant import SiteQuant, fake_quant, graph_spec
-from hrm_edge.quant.search import COMPARED, SCORED, find_sites
+from hrm_edge.quant.search import COMPARED, SCORED, benefits, find_sites
 
 
 def default_device() -> torch.device:
@@ -118,16 +118,8 @@ class FakeQuantEvaluator:
     def leave_one_out(self, nodes: Sequence[str], progress: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
         """(open-loop errors with every site int8, {node: score reduction when only this site is float})."""
         base = self.open_loop()
-        benefit: dict[str, float] = {}
-        bar = _bar(progress, total=len(nodes), desc="sensitivity (leave one out, fake quant)", unit="site")
-        try:
-            for node in nodes:
-                benefit[node] = base["score"] - self.open_loop([node])["score"]
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        benefit = benefits(base["score"], nodes, lambda node: self.open_loop([node])["score"],
+                           "sensitivity (leave one out, fake quant)", progress)
         return base, benefit
 
     def run(self, excluded: Sequence[str] = (), record: bool = False) -> SolveResult:
@@ -153,12 +145,6 @@ class FakeQuantEvaluator:
         return lambda excluded: self.closed_loop(excluded)
 
 
-def _bar(enabled: bool, **kw: Any) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(dynamic_ncols=True, leave=False, **kw)
 
 
 __all__ = ["FakeQuantEvaluator", "default_device"]
