@@ -155,6 +155,32 @@ def solved_metric(metrics: dict[str, Any]) -> str:
     return "solved_agreement" if metrics.get("solved_agreement") is not None else "exact_agreement"
 
 
+def failed_already(reference: SolveResult, predictions: np.ndarray, steps: np.ndarray, labels: np.ndarray | None,
+                   total: int, gates: Gates) -> str | None:
+    """The agreement gate a candidate run over `total` puzzles can no longer pass, or None.
+
+    predictions int64 [n, S] and steps [n]: the candidate's results on the first n of the `total`
+    puzzles (reference: all of them; labels [total, S] or None). An agreement gate with threshold t
+    passes when at most (1 - t) * total puzzles disagree, and disagreements only accumulate, so once
+    the first n puzzles hold more, the whole run fails that gate whatever the rest does. The decision
+    is exact: a run stopped here fails exactly where the complete run would have failed. Accuracy
+    drop is not decided early (later puzzles can make it up)."""
+    n = len(steps)
+    same = (reference.predictions[:n] == predictions).all(-1)
+    counts = {"exact_agreement": int((~same).sum()),
+              "halting_agreement": int((reference.steps[:n] != steps).sum())}
+    if labels is not None:
+        ref_ok = (reference.predictions[:n] == labels[:n]).all(-1)
+        counts["solved_agreement"] = int((ref_ok != (predictions == labels[:n]).all(-1)).sum())
+    # the solved gate reads identical outputs where there are no labels (`solved_metric`)
+    thresholds = [("exact_agreement", gates.min_exact_agreement), ("halting_agreement", gates.min_halting_agreement),
+                  ("solved_agreement" if labels is not None else "exact_agreement", gates.min_solved_agreement)]
+    for name, t in thresholds:
+        if t is not None and counts[name] > np.floor((1.0 - t) * total + 1e-9):
+            return name
+    return None
+
+
 def gate(metrics: dict[str, Any], gates: Gates) -> list[dict[str, Any]]:
     """One record per gate: name, value, threshold, passed."""
     checks: list[dict[str, Any]] = []

@@ -142,3 +142,63 @@ def test_verify_bounds_the_first_segment_where_parity_bounds_every_step():
     wrong_graph = {**metrics, "first_step_logit_rel": 2e-5}
     failed = {c["name"] for c in gate(wrong_graph, VERIFY_GATES["fp32"]) if not c["passed"]}
     assert failed == {"first_step_logit_rel"}
+
+
+def _changed(result, rows, labels):
+    """Predictions with `rows` made wrong (a right cell changed) and their halting steps moved by one."""
+    predictions, steps = result.predictions.copy(), result.steps.copy()
+    for r in rows:
+        j = np.flatnonzero(predictions[r] == labels[r])[0]
+        predictions[r, j] = predictions[r, j] % 6 + 1
+        steps[r] = steps[r] % 8 + 1
+    return predictions, steps
+
+
+def test_a_prefix_already_over_the_allowed_disagreements_has_failed():
+    """halting >= 0.95 over 64 puzzles allows floor(3.2) = 3 puzzles to halt elsewhere: 3 in the first
+    16 can still pass, a fourth cannot whatever the other 48 do."""
+    from hrm_edge.act import SolveResult
+    from hrm_edge.parity import failed_already
+
+    n, total = 16, 64
+    ref = SolveResult(np.ones((total, 4), np.int64), np.full(total, 2), np.zeros(total), np.zeros(total))
+    gates = dataclasses.replace(DEFAULT_GATES["int8"], min_solved_agreement=None)
+    steps = np.full(n, 2)
+    steps[:3] = 3
+    assert failed_already(ref, ref.predictions[:n], steps, None, total, gates) is None
+    steps[3] = 3
+    assert failed_already(ref, ref.predictions[:n], steps, None, total, gates) == "halting_agreement"
+
+
+def test_a_run_stopped_at_its_first_certain_failure_fails_as_the_complete_run_does(demo):
+    """On the demo's 64 puzzles with 4 solved ones broken: every prefix `failed_already` condemns
+    belongs to a complete run whose gate fails, and the complete run is condemned by its last prefix."""
+    from hrm_edge.parity import failed_already
+
+    _, puzzles, fp32, _, _ = demo
+    labels = puzzles[2]
+    solved = np.flatnonzero((fp32.predictions == labels).all(-1))
+    predictions, steps = _changed(fp32, solved[[3, 10, 20, 40]], labels)
+    for gates in (DEFAULT_GATES["int8"], dataclasses.replace(DEFAULT_GATES["int8"], min_solved_agreement=0.9,
+                                                             min_halting_agreement=0.9)):
+        complete = gate(compare(fp32, dataclasses.replace(fp32, predictions=predictions, steps=steps), labels), gates)
+        agreement_failed = any(not c["passed"] for c in complete if c["name"].endswith("_agreement"))
+        first = next((n for n in range(1, N + 1)
+                      if failed_already(fp32, predictions[:n], steps[:n], labels, N, gates)), None)
+        assert (first is not None) == agreement_failed
+    # 0.99 allows floor(0.64) = 0 disagreements: the first broken puzzle (row solved[3]) decides
+    first = next(n for n in range(1, N + 1)
+                 if failed_already(fp32, predictions[:n], steps[:n], labels, N, DEFAULT_GATES["int8"]))
+    assert first == solved[3] + 1
+
+
+def test_without_labels_an_early_failure_reads_identical_outputs(demo):
+    from hrm_edge.parity import failed_already
+
+    _, puzzles, fp32, _, _ = demo
+    unsolved = np.flatnonzero(~(fp32.predictions == puzzles[2]).all(-1))
+    wrong = fp32.predictions.copy()
+    wrong[unsolved[0], 0] = wrong[unsolved[0], 0] % 6 + 1  # a failed puzzle failed differently
+    gates = DEFAULT_GATES["int8"]
+    assert failed_already(fp32, wrong, fp32.steps, puzzles[2], N, gates) is None
+    assert failed_already(fp32, wrong, fp32.steps, None, N, gates) == "exact_agreement"

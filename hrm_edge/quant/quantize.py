@@ -34,8 +34,10 @@ Pipeline (shared by the targets; every statistic is cached, see `hrm_edge.quant.
 
 Cost (issue 21: at 27M parameters every pass over the calibration puzzles is expensive): the PyTorch
 calibration rollout is also the closed-loop fp32 reference and SmoothQuant's statistics; the all-int8
-graph's ORT closed-loop run is also the final check when it passes; `estimate:` is printed first,
-from one segment timed here (`hrm_edge.quant.estimate`); `phase_seconds` in the report.
+graph's ORT closed-loop run is also the final check when it passes; a search trial stops at the
+first batch after which an agreement gate can no longer pass (`ClosedLoop.evaluate(early_stop=True)`:
+same pass/fail decisions, so the same chosen sites, at a fraction of a failing run's cost); `estimate:`
+is printed first, from one segment timed here (`hrm_edge.quant.estimate`); `phase_seconds` in the report.
 
 Targets ("cpu" | "tensorrt"; optimum preset names map: avx512_vnni, avx2, arm64 -> cpu, tensorrt):
 - cpu: `mode="dynamic"` (default) -- `quantize_dynamic`: weights int8 per channel (symmetric,
@@ -95,7 +97,7 @@ DEFAULT_SMOOTH_ALPHA = 0.85
 # puzzles each): a search that just passed on calibration (99.2% exact agreement, 96.1% halting) gave
 # 98.0% / 95.3% on validation.
 SEARCH_MARGIN = {"min_solved_agreement": 0.005, "min_halting_agreement": 0.02}
-SEARCH_CACHE_VERSION = 3  # 2: halting margin in the sensitivity score; 3: the search engine
+SEARCH_CACHE_VERSION = 4  # 2: halting margin in the sensitivity score; 3: the search engine; 4: early stop
 
 
 # `export --int8` names the QAT command when the search keeps more than this share of the sites in float:
@@ -811,7 +813,8 @@ class Int8Pipeline:
         if search and not searched_from_cache:
 
             def evaluate(ex: list[str]) -> dict[str, Any]:  # the graph rewritten, one ORT session
-                return self.closed_loop.evaluate(restore_float(full, self.fp32, ex, excluded_weights), record=True)
+                return self.closed_loop.evaluate(restore_float(full, self.fp32, ex, excluded_weights), record=True,
+                                                 early_stop=True)
 
             with self._phase("gate"):  # the all-int8 graph through ORT: it is also the final check when it passes
                 first = evaluate([])
@@ -867,6 +870,8 @@ class Int8Pipeline:
         out = Path(out)
         onnx.save(final, str(out))
         check_graph(out)
+        if confirmed is not None and confirmed.get("stopped_early"):
+            confirmed = None  # no trial passed and the closest one stopped early: run the chosen graph in full
         if confirmed is not None and exclude is None:
             evaluation = confirmed  # this very graph, already run through ONNX Runtime by the search
         else:

@@ -52,9 +52,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from hrm_edge.act import HaltingPolicy, SolveResult, solve_in_batches
+from hrm_edge.act import HaltingPolicy, SolveResult, concat_results, run_act
 from hrm_edge.contract import SEGMENT_OUTPUTS
-from hrm_edge.parity import Gates, compare, gate, solved_metric
+from hrm_edge.parity import Gates, compare, failed_already, gate, solved_metric
 from hrm_edge.runtimes.ort.loader import make_session
 from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
 
@@ -378,23 +378,54 @@ class ClosedLoop:
         self._tmp = tempfile.TemporaryDirectory(prefix="hrm-edge-int8.") if work_dir is None else None
         self.work_dir = Path(work_dir if work_dir is not None else self._tmp.name)  # type: ignore[union-attr]
 
-    def run(self, model: onnx.ModelProto | str | Path, record: bool = False) -> SolveResult:
+    def run(self, model: onnx.ModelProto | str | Path, record: bool = False, early_stop: bool = False
+            ) -> tuple[SolveResult, str | None]:
+        """(the candidate's result, None), or with `early_stop`, once a batch leaves an agreement gate
+        impossible to pass (`hrm_edge.parity.failed_already`): (the result on the puzzles run so far,
+        that gate's name)."""
         path = Path(model) if not isinstance(model, onnx.ModelProto) else self.work_dir / "candidate.onnx"
         if isinstance(model, onnx.ModelProto):
             onnx.save(model, str(path))
         runner = OrtSegmentRunner(make_session(path, threads=self.threads), self.h_init, self.l_init, self.total_len)
-        return solve_in_batches(runner, self.tokens, self.puzzle_ids, self.policy, self.max_steps, self.batch_size,
-                                record_steps=record, record_logits=record)
+        total, parts, failed = len(self.tokens), [], None
+        for i in range(0, total, self.batch_size):
+            parts.append(run_act(runner, self.tokens[i:i + self.batch_size], self.puzzle_ids[i:i + self.batch_size],
+                                 self.policy, self.max_steps, record, record))
+            if early_stop and i + self.batch_size < total:
+                failed = failed_already(self.reference, np.concatenate([p.predictions for p in parts]),
+                                        np.concatenate([p.steps for p in parts]), self.labels, total, self.gates)
+                if failed is not None:
+                    break
+        return concat_results(parts), failed
 
-    def evaluate(self, model: onnx.ModelProto | str | Path, record: bool = False) -> dict[str, Any]:
+    def evaluate(self, model: onnx.ModelProto | str | Path, record: bool = False, early_stop: bool = False
+                 ) -> dict[str, Any]:
         """Metrics, gate checks and pass/fail; per-step logits are recorded when asked or when the gates
-        include the logit gate."""
+        include the logit gate. With `early_stop` a candidate stops at the first batch after which an
+        agreement gate can no longer pass: passed is False as for the complete run, the metrics cover
+        the puzzles run, and "stopped_early" says how many and which gate (the search's failing trials
+        cost a fraction of a run: pass/fail decisions, and so the chosen sites, are unchanged)."""
         t0 = time.perf_counter()
-        result = self.run(model, record or self.gates.max_logit_rel is not None)
-        metrics = compare(self.reference, result, self.labels)
+        result, failed = self.run(model, record or self.gates.max_logit_rel is not None, early_stop)
+        n = len(result.steps)
+        reference = self.reference if n == len(self.tokens) else head(self.reference, n)
+        metrics = compare(reference, result, None if self.labels is None else self.labels[:n])
         checks = gate(metrics, self.gates)
-        return {"metrics": metrics, "gates": checks, "passed": all(c["passed"] for c in checks),
-                "seconds": round(time.perf_counter() - t0, 2)}
+        out = {"metrics": metrics, "gates": checks, "passed": failed is None and all(c["passed"] for c in checks),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        if failed is not None:
+            out["stopped_early"] = {"puzzles": n, "of": len(self.tokens), "gate": failed}
+        return out
+
+
+def head(result: SolveResult, n: int) -> SolveResult:
+    """The first n puzzles of a result."""
+    def rows(a: np.ndarray | None, axis: int) -> np.ndarray | None:
+        return None if a is None else (a[:n] if axis == 0 else a[:, :n])
+
+    return SolveResult(rows(result.predictions, 0), rows(result.steps, 0), rows(result.q_halt, 0),
+                       rows(result.q_continue, 0), rows(result.step_predictions, 1), rows(result.step_q_halt, 1),
+                       rows(result.step_q_continue, 1), rows(result.step_logits, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,6 +444,7 @@ class Trial:
     seconds: float
     phase: str
     engine: str = "ort"  # "ort": the rewritten graph through ONNX Runtime; "torch": the fake-quant model
+    stopped_after: int | None = None  # puzzles run when the evaluation stopped early (certain failure)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -421,9 +453,10 @@ class Trial:
 def trial_of(excluded: Sequence[str], ev: dict[str, Any], phase: str) -> Trial:
     """The trial record of one closed-loop evaluation (`ClosedLoop.evaluate`'s form)."""
     m = ev["metrics"]
+    stopped = ev.get("stopped_early")
     return Trial(list(excluded), m["exact_agreement"], m.get("solved_agreement"), m["halting_agreement"],
                  m.get("accuracy_drop"), m["token_agreement"], ev["passed"], ev["seconds"], phase,
-                 ev.get("engine", "ort"))
+                 ev.get("engine", "ort"), None if stopped is None else stopped["puzzles"])
 
 
 @dataclass
@@ -499,7 +532,7 @@ def search_exclusions(evaluate: Callable[[list[str]], dict[str, Any]], ranked: S
                     if ev["passed"]:
                         chosen = trial
             return SearchResult(chosen, True, trials, cache[tuple(sorted(chosen))])
-        best = min(trials, key=lambda t: (*_shortfall(cache[tuple(sorted(t.excluded))]["gates"]), len(t.excluded)))
+        best = min(trials, key=lambda t: (*_shortfall(cache[tuple(sorted(t.excluded))]), len(t.excluded)))
         return SearchResult(best.excluded, False, trials, cache[tuple(sorted(best.excluded))])
     finally:
         if bar is not None:
@@ -540,14 +573,19 @@ def continue_search(evaluate: Callable[[list[str]], dict[str, Any]], ranked: Seq
         return SearchResult(chosen, True, trials, ev)
     if not evaluations:
         return SearchResult(list(start), False, trials, initial)
-    chosen, ev = min(evaluations, key=lambda ce: (*_shortfall(ce[1]["gates"]), len(ce[0])))
+    chosen, ev = min(evaluations, key=lambda ce: (*_shortfall(ce[1]), len(ce[0])))
     return SearchResult(chosen, False, trials, ev)
 
 
-def _shortfall(checks: list[dict[str, Any]]) -> tuple[int, float]:
-    """(gates failed, summed distance to their thresholds): how far a failing trial is from passing."""
-    failed = [c for c in checks if not c["passed"]]
-    return len(failed), sum(abs(c["value"] - c["threshold"]) for c in failed)
+def _shortfall(ev: dict[str, Any]) -> tuple[int, int, float]:
+    """How far a failing evaluation is from passing: (stopped early, gates failed, summed distance to
+    their thresholds). An evaluation stopped early ranks after every complete one (its figures cover
+    only the puzzles it ran), then by its puzzles left unrun."""
+    stopped = ev.get("stopped_early")
+    if stopped is not None:
+        return 1, stopped["of"] - stopped["puzzles"], 0.0
+    failed = [c for c in ev["gates"] if not c["passed"]]
+    return 0, len(failed), sum(abs(c["value"] - c["threshold"]) for c in failed)
 
 
 def progress_bar(enabled: bool, **kw: Any) -> Any:
