@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -169,6 +171,7 @@ def main() -> None:
     want = GraphSolver(bundle, GRAPH, threads=args.threads).solve(tokens, ids, parse_policy("q"), steps)
     machine = {"cpu_count": os.cpu_count(), "uptime_at_start": subprocess.run(["uptime"], capture_output=True,
                                                                              text=True).stdout.strip()}
+    work = Path(tempfile.mkdtemp(prefix="bench-iterative-"))  # repositories and server logs (removed at the end)
     servers: dict[str, TritonServer] = {}
     remotes: dict[str, RemoteSolver] = {}
     variants = [*BACKENDS, "iterative-direct"]
@@ -177,10 +180,10 @@ def main() -> None:
     rounds = []
     try:
         for name, backend in BACKENDS.items():
-            repo = write_repository(bundle.path, out / "work" / f"repo-{name}", graph=GRAPH, slots=args.slots,
+            repo = write_repository(bundle.path, work / f"repo-{name}", graph=GRAPH, slots=args.slots,
                                     force=True, segment_backend=backend, threads=args.threads,
                                     request_threads=args.instances)
-            servers[name] = TritonServer(repo, exit_timeout_s=2, log_path=out / "work" / f"{name}.log").start()
+            servers[name] = TritonServer(repo, exit_timeout_s=2, log_path=work / f"{name}.log").start()
         servers["iterative-direct"] = servers["iterative"]
         for v in variants:
             remotes[v] = RemoteSolver(servers[v].http_url, model=ITERATIVE_MODEL if v == "iterative-direct"
@@ -207,6 +210,7 @@ def main() -> None:
         for name in BACKENDS:
             if name in servers:
                 servers[name].stop()
+        shutil.rmtree(work, ignore_errors=True)
     machine["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     report = {
         "bundle": str(bundle.path), "bundle_digest": bundle.manifest.digest, "graph": GRAPH, "policy": "q",
