@@ -68,8 +68,11 @@ def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, in
 @click.option("--segment-backend", type=click.Choice(SEGMENT_BACKENDS), default="onnxruntime", show_default=True,
               help="Where the segment runs: Triton's onnxruntime backend; its Python backend with ONNX Runtime in "
                    "the stub (a server without the onnxruntime backend, e.g. the nvidia-pytriton wheel's); or "
-                   "in-solver: inside the solver model, on a copy of the bundle (no BLS hop).")
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (python and in-solver).")
+                   "in-solver: inside the solver model, on a copy of the bundle (no BLS hop); iterative: inside "
+                   "hrm_iterative, one puzzle per request, batched segment by segment by Triton's iterative "
+                   "sequence batcher.")
+@click.option("--threads", type=click.IntRange(1),
+              help="ONNX Runtime intra-op threads (python, in-solver and iterative).")
 @click.option("--force", is_flag=True, help="Replace an existing directory.")
 def triton_repo(bundle: str, output: str, graph: str | None, plan: str | None, slots: int, segment_backend: str,
                 threads: int | None, force: bool) -> None:

@@ -19,12 +19,14 @@ from hrm_edge.errors import HrmEdgeError
 
 SOLVER_MODEL = "hrm_solver"
 SEGMENT_MODEL = "hrm_segment"
+ITERATIVE_MODEL = "hrm_iterative"  # one puzzle per request, Triton's iterative sequence batching (`triton_iterative`)
 # The solver config's parameters that say which bundle it serves (`hrm_edge.serving.triton_repo`):
 # the bundle's digest (`Manifest.digest`, "sha256:<hex>") and its task.
 BUNDLE_DIGEST = "bundle_digest"
 BUNDLE_TASK = "bundle_task"
 # Where the repository's segment runs (`hrm-edge triton-repo --segment-backend`; --plan: tensorrt).
-SEGMENT_BACKENDS = ("onnxruntime", "python", "in-solver")
+# iterative: in hrm_iterative's process, Triton's scheduler batching the puzzles segment by segment.
+SEGMENT_BACKENDS = ("onnxruntime", "python", "in-solver", "iterative")
 MAX_REQUEST_PUZZLES = 4096  # a request holds at most this many puzzles (bounds a server's memory per request)
 MAX_SEGMENTS = 1024  # the largest max_steps a request may ask for (the CLI's cap)
 

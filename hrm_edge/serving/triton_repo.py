@@ -14,6 +14,11 @@ Runtime, or TensorRT with an engine) on a copy of the bundle in DIR/hrm_solver/1
 or, with `copy_bundle=False` (what `hrm-edge serve` writes into its private directory), on the bundle
 where it is.
 
+Segment backend `iterative` (`hrm_edge.serving.triton_iterative`) writes DIR/hrm_iterative (one puzzle
+per request, Triton's iterative sequence batching forms every segment's batch; the segment runs in
+its process on DIR/hrm_iterative/1/bundle) and an hrm_solver with the same interface that sends each
+puzzle of a request to it.
+
 The solver's config carries the bundle's identity as parameters (`IDENTITY_PARAMETERS`): a client
 reads them with get_model_config and refuses a server that serves another bundle.
 
@@ -32,7 +37,15 @@ from hrm_edge.files import check_output_dir
 from hrm_edge.manifest import TensorSpec
 from hrm_edge.runtimes.solver import default_graph
 from hrm_edge.serving import protocol as wire
-from hrm_edge.serving.protocol import SEGMENT_BACKENDS, SEGMENT_MODEL, SOLVER_INPUTS, SOLVER_MODEL, SOLVER_OUTPUTS, dims
+from hrm_edge.serving.protocol import (
+    ITERATIVE_MODEL,
+    SEGMENT_BACKENDS,
+    SEGMENT_MODEL,
+    SOLVER_INPUTS,
+    SOLVER_MODEL,
+    SOLVER_OUTPUTS,
+    dims,
+)
 
 TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL"}
 SOLVER_FILE = "solver.json"
@@ -40,6 +53,8 @@ REQUEST_THREADS = 8  # requests the solver model handles at once (they share the
 BUNDLE_COPY = "bundle"  # the in-solver variant's copy of the bundle, in the solver's version directory
 ENGINE_COPY = "engine.plan"
 MODEL_PY = "from hrm_edge.serving.triton_model import TritonPythonModel  # noqa: F401\n"
+FRONT_MODEL_PY = "from hrm_edge.serving.triton_iterative import FrontModel as TritonPythonModel  # noqa: F401\n"
+ITERATIVE_MODEL_PY = "from hrm_edge.serving.triton_iterative import TritonPythonModel  # noqa: F401\n"
 SEGMENT_MODEL_PY = "from hrm_edge.serving.triton_segment import TritonPythonModel  # noqa: F401\n"
 
 
@@ -78,16 +93,31 @@ def identity(bundle: Bundle) -> dict[str, str]:
     return {wire.BUNDLE_DIGEST: bundle.manifest.digest or "", wire.BUNDLE_TASK: bundle.task}
 
 
-def solver_config(seq_len: int, parameters: dict[str, str] | None = None) -> str:
+def solver_config(seq_len: int, parameters: dict[str, str] | None = None, instances: int = 1) -> str:
     """config.pbtxt of the solver model: Python backend, no batch axis (a request holds n puzzles),
-    one instance whose async execute lets requests share the continuous loop."""
+    `instances` instances (each a stub process running one request at a time)."""
     lines = [f'name: "{SOLVER_MODEL}"', 'backend: "python"', "max_batch_size: 0", ""]
     for kind, specs in (("input", SOLVER_INPUTS), ("output", SOLVER_OUTPUTS)):
         for name, (dtype, shape) in specs.items():
             lines.append(_tensor(kind, name, dtype, dims(shape, seq_len)))
-    lines.append("instance_group [ { count: 1, kind: KIND_CPU } ]\n")
+    lines.append(f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]\n")
     if parameters:
         lines.append(_parameters(parameters))
+    return "\n".join(lines)
+
+
+def iterative_config(seq_len: int, slots: int) -> str:
+    """config.pbtxt of hrm_iterative: the solver's tensors for one puzzle (Triton's batch axis is the
+    puzzle axis, max_batch_size = slots), the sequence batcher in iterative mode with the oldest
+    strategy (a batch holds only sequences with a request ready, at most `slots` in flight), one
+    instance."""
+    lines = [f'name: "{ITERATIVE_MODEL}"', 'backend: "python"', f"max_batch_size: {slots}", ""]
+    for kind, specs in (("input", SOLVER_INPUTS), ("output", SOLVER_OUTPUTS)):
+        for name, (dtype, shape) in specs.items():
+            lines.append(_tensor(kind, name, dtype, dims(shape, seq_len)[1:]))
+    lines.append("sequence_batching {\n  iterative_sequence: true\n"
+                 f"  oldest {{ max_candidate_sequences: {slots} }}\n}}\n")
+    lines.append("instance_group [ { count: 1, kind: KIND_CPU } ]\n")
     return "\n".join(lines)
 
 
@@ -102,7 +132,7 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
     if segment_backend not in SEGMENT_BACKENDS:
         raise BundleError(f"segment backend {segment_backend!r} is not one of {', '.join(SEGMENT_BACKENDS)}")
     bundle = open_bundle(bundle_path)
-    in_solver = segment_backend == "in-solver"
+    in_solver = segment_backend in ("in-solver", "iterative")  # the segment runs in a solver model's process
     if in_solver:
         graph = graph or default_graph(bundle, runtime)
         entry = bundle.graph(graph)
@@ -125,6 +155,16 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
     solver_dir.mkdir(parents=True)
     info: dict[str, object] = {"task": bundle.task, "graph": graph, "slots": slots,
                                "request_threads": request_threads}
+    seq_len = int(bundle.config["seq_len"])
+    front = info  # the solver model's solver.json (the iterative variant: another one)
+    if segment_backend == "iterative":
+        solver_dir = out / ITERATIVE_MODEL / "1"  # runs the segment: bundle, graph and loop go there
+        solver_dir.mkdir(parents=True)
+        (out / ITERATIVE_MODEL / "config.pbtxt").write_text(iterative_config(seq_len, slots))
+        (solver_dir / "model.py").write_text(ITERATIVE_MODEL_PY)
+        front = {"task": bundle.task, "graph": graph, "slots": slots, "request_threads": request_threads,
+                 "segment": "iterative", "iterative_model": ITERATIVE_MODEL, "seq_len": seq_len,
+                 "vocab_size": int(bundle.config["vocab_size"])}
     if in_solver:
         where, engine = str(Path(bundle.path).resolve()), str(Path(plan).resolve()) if plan is not None else None
         if copy_bundle:
@@ -133,7 +173,7 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
             if plan is not None:
                 shutil.copyfile(plan, solver_dir / ENGINE_COPY)
                 engine = ENGINE_COPY
-        info.update({"segment": "in-solver", "bundle": where, "runtime": runtime, "threads": threads,
+        info.update({"segment": segment_backend, "bundle": where, "runtime": runtime, "threads": threads,
                      "engine": engine})
     else:
         _write_segment_model(bundle, out / SEGMENT_MODEL, graph, plan, slots, segment_backend, threads)
@@ -143,11 +183,15 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
                      "vocab_size": int(bundle.config["vocab_size"]), "total_len": int(bundle.manifest.model.total_len),
                      "carry_dtype": entry.inputs["z_H"].dtype,
                      "kept_puzzle_ids": rows.kept_original_ids if rows else None})
-    info["halting"] = {"default_policy": bundle.manifest.need_halting().default_policy,
-                       "max_steps": bundle.manifest.need_halting().max_steps}
-    (out / SOLVER_MODEL / "config.pbtxt").write_text(solver_config(int(bundle.config["seq_len"]), identity(bundle)))
-    (solver_dir / "model.py").write_text(MODEL_PY)
+    info["halting"] = front["halting"] = {"default_policy": bundle.manifest.need_halting().default_policy,
+                                          "max_steps": bundle.manifest.need_halting().max_steps}
     (solver_dir / SOLVER_FILE).write_text(json.dumps(info, indent=2))
+    iterative = segment_backend == "iterative"
+    (out / SOLVER_MODEL / "config.pbtxt").write_text(
+        solver_config(seq_len, identity(bundle), instances=request_threads if iterative else 1))
+    (out / SOLVER_MODEL / "1" / "model.py").write_text(FRONT_MODEL_PY if iterative else MODEL_PY)
+    if iterative:
+        (out / SOLVER_MODEL / "1" / SOLVER_FILE).write_text(json.dumps(front, indent=2))
     return out
 
 
