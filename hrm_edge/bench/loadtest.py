@@ -35,7 +35,7 @@ from hrm_edge.bundle import open_bundle
 from hrm_edge.puzzles.datasets import load_puzzle_set
 from hrm_edge.runtimes.solver import GraphSolver, default_graph
 from hrm_edge.serving.client import RemoteSolver, ServerError
-from hrm_edge.serving.protocol import SOLVER_MODEL, request_inputs
+from hrm_edge.serving.protocol import DEFAULT_SCHEDULER, SOLVER_MODEL, request_inputs
 from hrm_edge.serving.tritonserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +57,7 @@ class LoadConfig:
     slots: int = 16
     instances: int = 8
     threads: int = 1
+    scheduler: str = DEFAULT_SCHEDULER
 
 
 def malformed_requests(seq_len: int) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -78,7 +79,8 @@ class Server:
         self._log = log.open("w")
         cmd = [sys.executable, "-m", "hrm_edge.cli", "serve", bundle, "--graph", graph,
                "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--slots", str(cfg.slots),
-               "--instances", str(cfg.instances), "--threads", str(cfg.threads), "--exit-timeout", "2",
+               "--instances", str(cfg.instances), "--threads", str(cfg.threads), "--exit-timeout", "20",
+               "--scheduler", cfg.scheduler,
                "--max-seconds", str(cfg.max_seconds + 4 * START_TIMEOUT_S)]  # stops by itself if we die
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid

@@ -8,7 +8,7 @@ import click
 
 from hrm_edge.bundle import Bundle
 from hrm_edge.serving.client import RemoteSolver
-from hrm_edge.serving.protocol import SEGMENT_BACKENDS
+from hrm_edge.serving.protocol import DEFAULT_SCHEDULER, SCHEDULERS, SEGMENT_BACKENDS
 from hrm_edge.serving.triton_repo import REQUEST_THREADS
 
 DEFAULT_SLOTS = 16
@@ -22,8 +22,12 @@ DEFAULT_SLOTS = 16
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--slots", type=click.IntRange(1, 4096), default=DEFAULT_SLOTS, show_default=True,
               help="Puzzles in flight in the continuous ACT loop (the segment batch).")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default=DEFAULT_SCHEDULER, show_default=True,
+              help="iterative: Triton's iterative sequence batcher puts the puzzles of every request in flight "
+                   "into each segment's batch; in-solver: each request's puzzles run their own continuous loop "
+                   "inside the solver model, one request at a time.")
 @click.option("--instances", type=click.IntRange(1, 256), default=REQUEST_THREADS, show_default=True,
-              help="Requests handled concurrently (they share the loop's slots).")
+              help="Requests in flight at once (scheduler iterative: their puzzles share the loop's slots).")
 @click.option("--graph", help="Segment graph to serve (default: the runtime's default).")
 @click.option("--runtime", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (runtime trt).")
@@ -32,20 +36,22 @@ DEFAULT_SLOTS = 16
               help="Stop by itself after this many seconds (tests, load tests).")
 @click.option("--exit-timeout", type=click.IntRange(0), default=10, show_default=True,
               help="Seconds requests in flight get to finish at shutdown.")
-def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, instances: int, graph: str | None,
-          runtime: str, engine: str | None, threads: int | None, max_seconds: float | None,
+def serve(bundle: str, host: str, http_port: int, grpc_port: int, slots: int, scheduler: str, instances: int,
+          graph: str | None, runtime: str, engine: str | None, threads: int | None, max_seconds: float | None,
           exit_timeout: int) -> None:
     """Serve BUNDLE's solver model (HTTP and gRPC, KServe v2) until SIGINT/SIGTERM or --max-seconds.
 
     The server is the Triton Inference Server of the nvidia-pytriton wheel, run on the bundle's
-    in-solver repository (`triton-repo --segment-backend in-solver`) written into a private temporary
-    directory: the solver model runs the continuous ACT loop and the segment in the server's Python
-    backend, on the bundle where it is."""
+    repository (`triton-repo --segment-backend SCHEDULER`) written into a private temporary directory;
+    the segment runs in the server's Python backend on the bundle where it is. in-solver (default): the
+    solver model runs each request's continuous ACT loop; iterative: Triton's iterative sequence batcher
+    batches the puzzles of all requests in flight (README: Serving, measured side by side)."""
     from hrm_edge.serving.protocol import SOLVER_MODEL
     from hrm_edge.serving.tritonserver import serve_bundle, serve_until_stopped, served_graph
 
     server = serve_bundle(bundle, host, http_port, grpc_port, slots=slots, graph=graph, runtime=runtime,
-                          engine=engine, threads=threads, request_threads=instances, exit_timeout_s=exit_timeout)
+                          engine=engine, threads=threads, request_threads=instances, exit_timeout_s=exit_timeout,
+                          scheduler=scheduler)
     info = served_graph(server)
 
     def ready() -> None:

@@ -27,6 +27,9 @@ BUNDLE_TASK = "bundle_task"
 # Where the repository's segment runs (`hrm-edge triton-repo --segment-backend`; --plan: tensorrt).
 # iterative: in hrm_iterative's process, Triton's scheduler batching the puzzles segment by segment.
 SEGMENT_BACKENDS = ("onnxruntime", "python", "in-solver", "iterative")
+# `hrm-edge serve --scheduler`: the two segment backends that run the segment on the bundle where it is.
+SCHEDULERS = ("iterative", "in-solver")
+DEFAULT_SCHEDULER = "in-solver"
 MAX_REQUEST_PUZZLES = 4096  # a request holds at most this many puzzles (bounds a server's memory per request)
 MAX_SEGMENTS = 1024  # the largest max_steps a request may ask for (the CLI's cap)
 

@@ -1,15 +1,17 @@
 """The Triton Python-backend solver model of the repository (`hrm_edge.serving.triton_repo`): one
 `SolverService` (the continuous ACT loop shared with `hrm-edge serve`) whose segments are BLS calls
 to the segment model, or, in the in-solver variant, run in this model's process on its copy of the
-bundle (`hrm_edge.serving.local`). `execute` is a coroutine, so requests of one instance run concurrently and
-share the loop's slots. Runs inside Triton only (`triton_python_backend_utils`).
+bundle (`hrm_edge.serving.local`). Each request's puzzles share the loop's slots; requests do not: Triton
+runs one `execute` at a time per instance of a Python model that is not decoupled, even a coroutine, and
+hands it one request (its statistics under 8 clients: 1 request per execution, ~110 ms mean queueing;
+bench/latest/session10-iterative/). The iterative variant (`hrm_edge.serving.triton_iterative`) is the
+one whose segments mix the puzzles of concurrent requests. Runs inside Triton only
+(`triton_python_backend_utils`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from hrm_edge.serving.bls import BlsSegmentRunner
 from hrm_edge.serving.local import local_solver
 from hrm_edge.serving.protocol import SOLVER_INPUTS, SOLVER_OUTPUTS
 from hrm_edge.serving.service import SolverService
-from hrm_edge.serving.triton_repo import REQUEST_THREADS, SOLVER_FILE
+from hrm_edge.serving.triton_repo import SOLVER_FILE
 
 
 def _bls_call(pb: Any, model: str) -> Any:
@@ -47,8 +49,6 @@ class TritonPythonModel:
         self.pb = pb
         here = Path(args["model_repository"]) / args["model_version"]
         info = json.loads((here / SOLVER_FILE).read_text())
-        # request threads wait in SolverService.solve (one of them drives the loop)
-        self.pool = ThreadPoolExecutor(int(info.get("request_threads", REQUEST_THREADS)), "hrm-edge-request")
         if info.get("segment") == "in-solver":
             engine = info.get("engine")  # relative to the version directory, or absolute
             self.service = local_solver(here / info["bundle"], info["slots"], info["graph"], info["runtime"],
@@ -61,9 +61,9 @@ class TritonPythonModel:
         self.service = SolverService(runner, info["slots"], info["seq_len"], info["vocab_size"],
                                      (lambda ids: remap_ids(ids, kept)) if kept else (lambda ids: ids))
 
-    async def execute(self, requests: list[Any]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(loop.run_in_executor(self.pool, self._one, r) for r in requests)))
+    def execute(self, requests: list[Any]) -> list[Any]:
+        # one request per call in practice (module docstring): solved in this thread, no hand-off
+        return [self._one(r) for r in requests]
 
     def _one(self, request: Any) -> Any:
         pb = self.pb
@@ -80,4 +80,3 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.service.close()
-        self.pool.shutdown()

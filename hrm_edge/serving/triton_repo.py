@@ -49,7 +49,9 @@ from hrm_edge.serving.protocol import (
 
 TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL"}
 SOLVER_FILE = "solver.json"
-REQUEST_THREADS = 8  # requests the solver model handles at once (they share the loop's slots)
+# Requests in flight at once: the iterative variant's hrm_solver instances (one request each). The other
+# solver models get one request per execute from Triton, whatever this says (`triton_model`).
+REQUEST_THREADS = 8
 BUNDLE_COPY = "bundle"  # the in-solver variant's copy of the bundle, in the solver's version directory
 ENGINE_COPY = "engine.plan"
 MODEL_PY = "from hrm_edge.serving.triton_model import TritonPythonModel  # noqa: F401\n"
@@ -128,7 +130,7 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
     """Write the repository (see the module docstring); returns its directory. threads: ONNX Runtime
     intra-op threads where the segment runs in a Python model; runtime ("ort" | "trt", with `plan`
     as its engine) and copy_bundle (False: refer to the bundle and engine by absolute path): the
-    in-solver variant's; request_threads: requests the solver model handles concurrently."""
+    in-solver variant's; request_threads: requests in flight at once (`REQUEST_THREADS`)."""
     if segment_backend not in SEGMENT_BACKENDS:
         raise BundleError(f"segment backend {segment_backend!r} is not one of {', '.join(SEGMENT_BACKENDS)}")
     bundle = open_bundle(bundle_path)

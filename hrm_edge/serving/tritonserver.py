@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm_edge.errors import HrmEdgeError
-from hrm_edge.serving.protocol import SOLVER_MODEL
+from hrm_edge.serving.protocol import DEFAULT_SCHEDULER, SCHEDULERS, SOLVER_MODEL
 from hrm_edge.serving.triton_repo import REQUEST_THREADS, SOLVER_FILE, write_repository
 
 SERVE_EXTRA_HINT = "install the serving extra: pip install 'hrm-edge[serve]'"
@@ -209,14 +209,19 @@ class TritonServer:
 def serve_bundle(bundle: str | Path, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0, *,
                  slots: int = 16, graph: str | None = None, runtime: str = "ort", engine: str | None = None,
                  threads: int | None = None, request_threads: int = REQUEST_THREADS,
-                 exit_timeout_s: int = 10) -> TritonServer:
-    """`hrm-edge serve`: the server on BUNDLE's in-solver repository (the solver model runs the continuous
-    loop and the segment, on the bundle where it is), written into a private directory that `stop()`
-    removes; returns the started server. Bundle errors (BundleError) come before anything starts."""
+                 exit_timeout_s: int = 10, scheduler: str = DEFAULT_SCHEDULER) -> TritonServer:
+    """`hrm-edge serve`: the server on BUNDLE's repository written into a private directory that `stop()`
+    removes, with the segment running on the bundle where it is; returns the started server. scheduler
+    (`SCHEDULERS`): "iterative" -- Triton's iterative sequence batcher puts the puzzles of all requests in
+    flight into each segment's batch (`hrm_edge.serving.triton_iterative`); "in-solver" -- the solver
+    model runs each request's puzzles in its own continuous loop, one request at a time. Bundle errors
+    (BundleError) come before anything starts."""
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
     work = Path(tempfile.mkdtemp(prefix="hrm-edge-serve-"))
     try:
         repo = write_repository(bundle, work / "models", graph=graph, plan=engine, slots=slots,
-                                segment_backend="in-solver", threads=threads, runtime=runtime,
+                                segment_backend=scheduler, threads=threads, runtime=runtime,
                                 request_threads=request_threads, copy_bundle=False)
         server = TritonServer(repo, host, http_port, grpc_port, exit_timeout_s=exit_timeout_s, owned=work)
     except BaseException:

@@ -151,22 +151,22 @@ def test_a_malformed_or_cancelled_request_ends_alone_and_the_others_go_on(repo):
 
 
 @pytest.fixture(scope="module")
-def triton(repo, tmp_path_factory):
-    """tritonserver on an iterative repository (4 slots, 4 request instances), for the module."""
+def triton(repo):
+    """`hrm-edge serve --scheduler iterative` (serve_bundle: the iterative repository in a private directory,
+    4 slots, 4 request instances), for the module."""
     pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton: its tritonserver) is not installed")
     pytest.importorskip("tritonclient.http", reason="the serve extra (tritonclient) is not installed")
-    from hrm_edge.serving.triton_repo import write_repository
-    from hrm_edge.serving.tritonserver import TritonServer
+    from hrm_edge.serving.tritonserver import serve_bundle
 
     bundle, _ = repo
-    models = write_repository(bundle, tmp_path_factory.mktemp("iterative-server") / "models", slots=SLOTS,
-                              segment_backend="iterative", threads=1, request_threads=4)
     # unloading takes about a second per hrm_solver instance (a stub process each): 4 instances need more than 2 s
-    server = TritonServer(models, exit_timeout_s=20).start()
+    server = serve_bundle(bundle, slots=SLOTS, threads=1, request_threads=4, exit_timeout_s=20,
+                          scheduler="iterative")
     try:
         yield {"bundle": bundle, "server": server}
     finally:
         assert server.stop() == 0
+        assert not server.repository.exists()
 
 
 def _executions(server) -> dict[str, int]:
