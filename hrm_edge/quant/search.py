@@ -32,8 +32,10 @@ to the PyTorch fp32 reference). Sites are excluded in order of leave-one-out ben
 then the top 1, 2, 4, ... until the gate passes, a bisection between the last failing and the first
 passing count, then a greedy pruning pass that puts back (quantizes again) the excluded sites the gate
 does not need, lowest benefit first. Bounded by `max_excluded` sites and `max_evals` closed-loop runs;
-when nothing passes within them the best candidate (highest exact agreement) is returned with
-passed=False.
+when nothing passes within them the candidate closest to passing (`_shortfall`) is returned with
+passed=False. The quantize pipeline's trials stop at their first certain failure
+(`ClosedLoop.evaluate(early_stop=True)`): decisions are unchanged, and a trial stopped early ranks after
+every complete one when the closest failing candidate is chosen.
 """
 
 from __future__ import annotations
