@@ -3,6 +3,7 @@ gated like every fp32 graph, and kept off the runtimes it cannot run on (trained
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -126,3 +127,13 @@ def test_verify_passes_every_graph_of_a_fresh_default_export_of_the_hrm_demo(cap
     code, out, err = run_cli(capsys, "verify", str(tmp_path / "b"))
     assert code == 0, out + err
     assert out.count("PASS ") == 2 and out.count("16 puzzles") == 2 and "first segment" in out
+
+
+@pytest.mark.parametrize(("float_sites", "chosen"), [(0, "segment.int8-tensorrt"), (26, "segment.fp32")])
+def test_openvino_defaults_to_the_static_int8_graph_when_it_pays(tmp_path, float_sites, chosen):
+    """OpenVINO accelerates the static Q/DQ graph (the tensorrt flavour), not the dynamic cpu one."""
+    b = _int8_bundle(tmp_path, float_sites)
+    static = b.manifest.graphs["segment.int8-cpu"]
+    b.manifest.graphs["segment.int8-tensorrt"] = dataclasses.replace(static, file="segment.int8-tensorrt.onnx")
+    assert default_graph(b, "openvino") == chosen
+    assert default_graph(b, "ort") == ("segment.int8-cpu" if float_sites == 0 else "segment.fp32")
