@@ -50,7 +50,7 @@ from hrm_edge.serving.protocol import (
 TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL"}
 SOLVER_FILE = "solver.json"
 # Requests in flight at once: the iterative variant's hrm_solver instances (one request each). The other
-# solver models get one request per execute from Triton, whatever this says (`triton_model`).
+# solver models have one instance, which Triton hands one request at a time (`triton_model`).
 REQUEST_THREADS = 8
 BUNDLE_COPY = "bundle"  # the in-solver variant's copy of the bundle, in the solver's version directory
 ENGINE_COPY = "engine.plan"
@@ -130,7 +130,8 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
     """Write the repository (see the module docstring); returns its directory. threads: ONNX Runtime
     intra-op threads where the segment runs in a Python model; runtime ("ort" | "trt", with `plan`
     as its engine) and copy_bundle (False: refer to the bundle and engine by absolute path): the
-    in-solver variant's; request_threads: requests in flight at once (`REQUEST_THREADS`)."""
+    in-solver and iterative variants'; request_threads: the iterative variant's hrm_solver instances, i.e.
+    requests in flight at once (`REQUEST_THREADS`)."""
     if segment_backend not in SEGMENT_BACKENDS:
         raise BundleError(f"segment backend {segment_backend!r} is not one of {', '.join(SEGMENT_BACKENDS)}")
     bundle = open_bundle(bundle_path)
@@ -153,48 +154,47 @@ def write_repository(bundle_path: str | Path, output: str | Path, graph: str | N
             raise BundleError(f"{out} exists: pass --force to replace it")
         shutil.rmtree(out)
     check_output_dir(out, "--output directory")
+    seq_len, vocab_size = int(bundle.config["seq_len"]), int(bundle.config["vocab_size"])
+    halting = bundle.manifest.need_halting()
+    common = {"task": bundle.task, "graph": graph, "slots": slots,
+              "halting": {"default_policy": halting.default_policy, "max_steps": halting.max_steps}}
+    iterative = segment_backend == "iterative"
     solver_dir = out / SOLVER_MODEL / "1"
     solver_dir.mkdir(parents=True)
-    info: dict[str, object] = {"task": bundle.task, "graph": graph, "slots": slots,
-                               "request_threads": request_threads}
-    seq_len = int(bundle.config["seq_len"])
-    front = info  # the solver model's solver.json (the iterative variant: another one)
-    if segment_backend == "iterative":
-        solver_dir = out / ITERATIVE_MODEL / "1"  # runs the segment: bundle, graph and loop go there
-        solver_dir.mkdir(parents=True)
-        (out / ITERATIVE_MODEL / "config.pbtxt").write_text(iterative_config(seq_len, slots))
-        (solver_dir / "model.py").write_text(ITERATIVE_MODEL_PY)
-        front = {"task": bundle.task, "graph": graph, "slots": slots, "request_threads": request_threads,
-                 "segment": "iterative", "iterative_model": ITERATIVE_MODEL, "seq_len": seq_len,
-                 "vocab_size": int(bundle.config["vocab_size"])}
-    if in_solver:
+    if in_solver:  # the model that runs the segment: hrm_solver itself, or hrm_iterative behind it
+        runner_dir = out / ITERATIVE_MODEL / "1" if iterative else solver_dir
+        runner_dir.mkdir(parents=True, exist_ok=True)
         where, engine = str(Path(bundle.path).resolve()), str(Path(plan).resolve()) if plan is not None else None
         if copy_bundle:
-            shutil.copytree(bundle.path, solver_dir / BUNDLE_COPY, ignore=shutil.ignore_patterns("engines"))
+            shutil.copytree(bundle.path, runner_dir / BUNDLE_COPY, ignore=shutil.ignore_patterns("engines"))
             where = BUNDLE_COPY
             if plan is not None:
-                shutil.copyfile(plan, solver_dir / ENGINE_COPY)
+                shutil.copyfile(plan, runner_dir / ENGINE_COPY)
                 engine = ENGINE_COPY
-        info.update({"segment": segment_backend, "bundle": where, "runtime": runtime, "threads": threads,
-                     "engine": engine})
+        _write_info(runner_dir, {**common, "segment": segment_backend, "bundle": where, "runtime": runtime,
+                                 "threads": threads, "engine": engine})
+        if iterative:
+            (out / ITERATIVE_MODEL / "config.pbtxt").write_text(iterative_config(seq_len, slots))
+            (runner_dir / "model.py").write_text(ITERATIVE_MODEL_PY)
+            _write_info(solver_dir, {**common, "segment": "iterative", "iterative_model": ITERATIVE_MODEL,
+                                     "seq_len": seq_len, "vocab_size": vocab_size})
     else:
         _write_segment_model(bundle, out / SEGMENT_MODEL, graph, plan, slots, segment_backend, threads)
         rows = bundle.manifest.puzzle_rows
         shutil.copyfile(bundle.path / (bundle.manifest.carry_init or "carry_init.npz"), solver_dir / "carry_init.npz")
-        info.update({"segment": "bls", "segment_model": SEGMENT_MODEL, "seq_len": int(bundle.config["seq_len"]),
-                     "vocab_size": int(bundle.config["vocab_size"]), "total_len": int(bundle.manifest.model.total_len),
-                     "carry_dtype": entry.inputs["z_H"].dtype,
-                     "kept_puzzle_ids": rows.kept_original_ids if rows else None})
-    info["halting"] = front["halting"] = {"default_policy": bundle.manifest.need_halting().default_policy,
-                                          "max_steps": bundle.manifest.need_halting().max_steps}
-    (solver_dir / SOLVER_FILE).write_text(json.dumps(info, indent=2))
-    iterative = segment_backend == "iterative"
+        _write_info(solver_dir, {**common, "segment": "bls", "segment_model": SEGMENT_MODEL, "seq_len": seq_len,
+                                 "vocab_size": vocab_size, "total_len": int(bundle.manifest.model.total_len),
+                                 "carry_dtype": entry.inputs["z_H"].dtype,
+                                 "kept_puzzle_ids": rows.kept_original_ids if rows else None})
     (out / SOLVER_MODEL / "config.pbtxt").write_text(
         solver_config(seq_len, identity(bundle), instances=request_threads if iterative else 1))
-    (out / SOLVER_MODEL / "1" / "model.py").write_text(FRONT_MODEL_PY if iterative else MODEL_PY)
-    if iterative:
-        (out / SOLVER_MODEL / "1" / SOLVER_FILE).write_text(json.dumps(front, indent=2))
+    (solver_dir / "model.py").write_text(FRONT_MODEL_PY if iterative else MODEL_PY)
     return out
+
+
+def _write_info(version_dir: Path, info: dict[str, object]) -> None:
+    """A Python model's solver.json (what its model.py reads at initialize)."""
+    (version_dir / SOLVER_FILE).write_text(json.dumps(info, indent=2))
 
 
 def _write_segment_model(bundle: Bundle, model_dir: Path, graph: str, plan: str | None, slots: int, backend: str,
