@@ -761,9 +761,7 @@ class Int8Pipeline:
         closed = self.closed_loop
         try:
             fq = FakeQuantEvaluator(self.model, full, self.fp32, excluded_weights,
-                                    self.reader.subset(self.sensitivity_per_step), self.tokens, self.puzzle_ids,
-                                    self.labels, closed.reference, self.policy, self.max_steps, self.gates,
-                                    self.batch_size, self.config.device)
+                                    self.reader.subset(self.sensitivity_per_step), closed, self.config.device)
             self.log(f"  sensitivity and search on the fake-quant model ({fq.device}) ...")
             with self._phase("sensitivity"):
                 _, benefit = fq.leave_one_out([s.node for s in sites], self.progress)

@@ -54,7 +54,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from hrm_edge.act import HaltingPolicy, SolveResult, concat_results, run_act
+from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult, concat_results, run_act
 from hrm_edge.contract import SEGMENT_OUTPUTS
 from hrm_edge.parity import Gates, compare, failed_already, gate, solved_metric
 from hrm_edge.runtimes.ort.loader import make_session
@@ -367,7 +367,8 @@ def benefits(base_score: float, nodes: Sequence[str], score_with_float: Callable
 
 class ClosedLoop:
     """Runs a candidate segment graph through the ACT loop (OrtSegmentRunner + run_act) on fixed
-    puzzles and gates it against the reference result."""
+    puzzles and gates it against the reference result; `evaluate_runner` does the same for any
+    SegmentRunner (the fake-quant model: `hrm_edge.quant.torch_search`)."""
 
     def __init__(self, tokens: np.ndarray, puzzle_ids: np.ndarray, labels: np.ndarray | None,
                  reference: SolveResult, h_init: np.ndarray, l_init: np.ndarray, total_len: int,
@@ -380,15 +381,28 @@ class ClosedLoop:
         self._tmp = tempfile.TemporaryDirectory(prefix="hrm-edge-int8.") if work_dir is None else None
         self.work_dir = Path(work_dir if work_dir is not None else self._tmp.name)  # type: ignore[union-attr]
 
-    def run(self, model: onnx.ModelProto | str | Path, record: bool = False, early_stop: bool = False
-            ) -> tuple[SolveResult, str | None]:
-        """(the candidate's result, None), or with `early_stop`, once a batch leaves an agreement gate
-        impossible to pass (`hrm_edge.parity.failed_already`): (the result on the puzzles run so far,
-        that gate's name)."""
+    def runner(self, model: onnx.ModelProto | str | Path) -> OrtSegmentRunner:
+        """A candidate graph (a file, or a model saved to the work directory) in its own ORT session."""
         path = Path(model) if not isinstance(model, onnx.ModelProto) else self.work_dir / "candidate.onnx"
         if isinstance(model, onnx.ModelProto):
             onnx.save(model, str(path))
-        runner = OrtSegmentRunner(make_session(path, threads=self.threads), self.h_init, self.l_init, self.total_len)
+        return OrtSegmentRunner(make_session(path, threads=self.threads), self.h_init, self.l_init, self.total_len)
+
+    def evaluate(self, model: onnx.ModelProto | str | Path, record: bool = False, early_stop: bool = False
+                 ) -> dict[str, Any]:
+        """`evaluate_runner` of the candidate graph through ONNX Runtime."""
+        return self.evaluate_runner(self.runner(model), record, early_stop)
+
+    def evaluate_runner(self, runner: SegmentRunner, record: bool = False, early_stop: bool = False
+                        ) -> dict[str, Any]:
+        """Metrics, gate checks and pass/fail of `runner` on the puzzles, in batches of `batch_size`;
+        per-step logits are recorded when asked or when the gates include the logit gate. With
+        `early_stop` a candidate stops at the first batch after which an agreement gate can no longer
+        pass (`hrm_edge.parity.failed_already`): passed is False as for the complete run, the metrics
+        cover the puzzles run, and "stopped_early" says how many and which gate (the search's failing
+        trials cost a fraction of a run: pass/fail decisions, and so the chosen sites, are unchanged)."""
+        t0 = time.perf_counter()
+        record = record or self.gates.max_logit_rel is not None
         total, parts, failed = len(self.tokens), [], None
         for i in range(0, total, self.batch_size):
             parts.append(run_act(runner, self.tokens[i:i + self.batch_size], self.puzzle_ids[i:i + self.batch_size],
@@ -398,25 +412,15 @@ class ClosedLoop:
                                         np.concatenate([p.steps for p in parts]), self.labels, total, self.gates)
                 if failed is not None:
                     break
-        return concat_results(parts), failed
-
-    def evaluate(self, model: onnx.ModelProto | str | Path, record: bool = False, early_stop: bool = False
-                 ) -> dict[str, Any]:
-        """Metrics, gate checks and pass/fail; per-step logits are recorded when asked or when the gates
-        include the logit gate. With `early_stop` a candidate stops at the first batch after which an
-        agreement gate can no longer pass: passed is False as for the complete run, the metrics cover
-        the puzzles run, and "stopped_early" says how many and which gate (the search's failing trials
-        cost a fraction of a run: pass/fail decisions, and so the chosen sites, are unchanged)."""
-        t0 = time.perf_counter()
-        result, failed = self.run(model, record or self.gates.max_logit_rel is not None, early_stop)
+        result = concat_results(parts)
         n = len(result.steps)
-        reference = self.reference if n == len(self.tokens) else head(self.reference, n)
+        reference = self.reference if n == total else head(self.reference, n)
         metrics = compare(reference, result, None if self.labels is None else self.labels[:n])
         checks = gate(metrics, self.gates)
         out = {"metrics": metrics, "gates": checks, "passed": failed is None and all(c["passed"] for c in checks),
                "seconds": round(time.perf_counter() - t0, 2)}
         if failed is not None:
-            out["stopped_early"] = {"puzzles": n, "of": len(self.tokens), "gate": failed}
+            out["stopped_early"] = {"puzzles": n, "of": total, "gate": failed}
         return out
 
 

@@ -12,8 +12,8 @@ No ONNX rewrite, no session build, no file per candidate; batches run on CUDA wh
   (mean relative error of z_H_out, z_L_out, logits and the halting margin, one segment, calibration
   inputs of every ACT step, the same per-step batches, so the dynamic flavour's per-call ranges
   span the same rows as in the ORT graph), against the PyTorch fp32 model on the same inputs;
-- `closed_loop(excluded)`: the ACT loop (`TorchSegmentRunner` + `solve_in_batches`, same batch
-  size) on the calibration puzzles, compared and gated exactly like `ClosedLoop.evaluate`.
+- `closed_loop(excluded)`: `ClosedLoop.evaluate_runner` with a `TorchSegmentRunner` on the fake-quant
+  model: the same puzzles, batches, comparison and gates as the ONNX Runtime search.
 
 The fake quant equals the INT8 graph site by site to float rounding (<= 2.3e-7 relative), but a
 whole trajectory drifts (a rounding difference upstream moves an activation across a quantization
@@ -29,7 +29,6 @@ rewritten INT8 graph (integer kernels against fp32 matmuls plus quantize steps; 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,10 +36,8 @@ import numpy as np
 import onnx
 import torch
 
-from hrm_edge.act import HaltingPolicy, SolveResult, solve_in_batches
-from hrm_edge.parity import Gates, compare, gate
 from hrm_edge.quant.fakequant import SiteQuant, fake_quant, graph_spec
-from hrm_edge.quant.search import COMPARED, SCORED, benefits, find_sites
+from hrm_edge.quant.search import COMPARED, SCORED, ClosedLoop, benefits, find_sites
 
 
 def default_device() -> torch.device:
@@ -58,23 +55,20 @@ class FakeQuantEvaluator:
 
     model: the fp32 model the graphs were exported from; full: the fully quantized graph (no exclusions);
     fp32: the prepared (smoothed) fp32 graph it was quantized from; weights: "float" | "int8" |
-    "int8-dq", as `restore_float` takes it; samples: open-loop (step, feeds) pairs; closed-loop puzzles:
-    tokens int64 [N, S], puzzle_ids int64 [N], labels or None, and the fp32 `reference` on them."""
+    "int8-dq", as `restore_float` takes it; samples: open-loop (step, feeds) pairs; closed: the ORT
+    search's `ClosedLoop` (its puzzles, reference, halting rule, gates and batch size; the fake-quant
+    model runs in place of its ONNX Runtime session)."""
 
     def __init__(self, model: torch.nn.Module, full: onnx.ModelProto, fp32: onnx.ModelProto, weights: str,
-                 samples: list[tuple[int, dict[str, np.ndarray]]], tokens: np.ndarray, puzzle_ids: np.ndarray,
-                 labels: np.ndarray | None, reference: SolveResult, policy: HaltingPolicy, max_steps: int,
-                 gates: Gates, batch_size: int = 64, device: str | torch.device | None = None) -> None:
+                 samples: list[tuple[int, dict[str, np.ndarray]]], closed: ClosedLoop,
+                 device: str | torch.device | None = None) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         nodes = [s.node for s in find_sites(fp32) if s.kind == "weight"]
         quantized = graph_spec(full, fp32, self.model)
         floated = graph_spec(fp32, fp32, self.model) if weights == "float" else quantized
         self._sites = {n: (self._moved(q), self._moved(f)) for n, q, f in zip(nodes, quantized, floated, strict=True)}
-        self.samples = samples
-        self.tokens, self.puzzle_ids, self.labels = tokens, puzzle_ids, labels
-        self.reference, self.policy, self.max_steps, self.gates = reference, policy, max_steps, gates
-        self.batch_size = batch_size
+        self.samples, self.closed = samples, closed
         self._reference_outputs = [self._segment(feeds) for _, feeds in samples]
 
     def _moved(self, s: SiteQuant) -> SiteQuant:
@@ -122,29 +116,16 @@ class FakeQuantEvaluator:
                            "sensitivity (leave one out, fake quant)", progress)
         return base, benefit
 
-    def run(self, excluded: Sequence[str] = (), record: bool = False) -> SolveResult:
-        """The ACT loop on the calibration puzzles with these sites in float."""
+    def closed_loop(self, excluded: Sequence[str] = ()) -> dict[str, Any]:
+        """`ClosedLoop.evaluate` of the graph with these sites in float, on the fake-quant model."""
         from hrm_edge.model.runner import TorchSegmentRunner
 
         with fake_quant(self.model, self.spec(excluded)):
-            return solve_in_batches(TorchSegmentRunner(self.model, self.device), self.tokens, self.puzzle_ids,
-                                    self.policy, self.max_steps, self.batch_size, record_steps=record,
-                                    record_logits=record)
-
-    def closed_loop(self, excluded: Sequence[str] = ()) -> dict[str, Any]:
-        """`ClosedLoop.evaluate` of the graph with these sites in float, on the fake-quant model."""
-        t0 = time.perf_counter()
-        result = self.run(excluded, self.gates.max_logit_rel is not None)
-        metrics = compare(self.reference, result, self.labels)
-        checks = gate(metrics, self.gates)
-        return {"metrics": metrics, "gates": checks, "passed": all(c["passed"] for c in checks),
-                "seconds": round(time.perf_counter() - t0, 2), "engine": "torch"}
+            return {**self.closed.evaluate_runner(TorchSegmentRunner(self.model, self.device)), "engine": "torch"}
 
     def evaluator(self) -> Callable[[list[str]], dict[str, Any]]:
         """`closed_loop` in the form `search_exclusions` takes."""
         return lambda excluded: self.closed_loop(excluded)
-
-
 
 
 __all__ = ["FakeQuantEvaluator", "default_device"]

@@ -35,8 +35,7 @@ def cpu(demo):
     full = onnx.load(str(demo["graphs"]["cpu"]))
     closed = pipe.closed_loop
     fq = FakeQuantEvaluator(pipe.model, full, pipe.fp32, "int8", pipe.reader.subset(pipe.sensitivity_per_step),
-                            pipe.tokens, pipe.puzzle_ids, pipe.labels, closed.reference, pipe.policy, pipe.max_steps,
-                            pipe.gates, pipe.batch_size, "cpu")
+                            closed, "cpu")
     sites = [s for s in pipe.sites if s.kind == "weight"]
     return {"pipe": pipe, "full": full, "fq": fq, "sites": sites}
 
