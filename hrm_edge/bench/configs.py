@@ -43,8 +43,8 @@ def runtimes(unroll: int) -> dict[str, Runtime]:
         Runtime(f"ort-int8/unrolled{unroll}", "ort", "int8", "cpufused", "unrolled"),
         Runtime("ort-int8/loop", "ort", "int8", "cpufused", "loop"),
         # OpenVINO (`hrm_edge.runtimes.openvino`) on the portable graphs: fp32 graph with the f32 and the
-        # bf16 precision hint; INT8 from hrm-edge's quantizer (the shipped graph, else the bench's dynamic
-        # fallback on the standard graph) and from NNCF driven by hrm-edge's calibration reader.
+        # bf16 precision hint; INT8 from hrm-edge's quantizer (the shipped static graph, else the bench's
+        # static fallback) and from NNCF driven by hrm-edge's calibration reader.
         Runtime("openvino-fp32", "openvino", "fp32", "standard"),
         Runtime("openvino-bf16", "openvino", "bf16", "standard"),
         Runtime("openvino-int8", "openvino", "int8", "quantizer"),

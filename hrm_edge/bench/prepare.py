@@ -84,10 +84,19 @@ def resolve_standard_models(cache: Path) -> list[Path]:
     return out
 
 
-def resolve_model_arg(path: Path) -> tuple[Path, Path | None]:
-    """(checkpoint, shipped INT8 graph or None) for a checkpoint file or a bundle directory."""
+@dataclasses.dataclass(frozen=True)
+class ShippedInt8:
+    """A bundle's INT8 segment graphs: `cpu` (dynamic, ONNX Runtime's rows) and `static` (the tensorrt
+    flavour's static Q/DQ graph, OpenVINO's INT8 form: `hrm_edge.runtimes.solver.default_graph`)."""
+
+    cpu: Path | None = None
+    static: Path | None = None
+
+
+def resolve_model_arg(path: Path) -> tuple[Path, ShippedInt8]:
+    """(checkpoint, the INT8 graphs shipped beside it) for a checkpoint file or a bundle directory."""
     if not path.is_dir():
-        return path, None
+        return path, ShippedInt8()
     from hrm_edge.bundle import open_bundle
 
     b = open_bundle(path, verify_hashes=False)
@@ -95,8 +104,10 @@ def resolve_model_arg(path: Path) -> tuple[Path, Path | None]:
     if not src or not Path(src).is_file():
         raise HrmEdgeError(f"{path}: the bundle's source checkpoint {src!r} is not on this machine; pass the "
                            "checkpoint and --int8-graph <bundle>/segment.int8-cpu.onnx instead")
-    int8 = b.graph_path("segment.int8-cpu") if "segment.int8-cpu" in b.graphs else None
-    return Path(src).resolve(), int8
+    def shipped(name: str) -> Path | None:
+        return b.graph_path(name) if name in b.graphs else None
+
+    return Path(src).resolve(), ShippedInt8(shipped("segment.int8-cpu"), shipped("segment.int8-tensorrt"))
 
 
 def _parity(a: str, b: str, x_feeds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -110,9 +121,10 @@ def _parity(a: str, b: str, x_feeds: dict[str, np.ndarray]) -> dict[str, float]:
                                                                                                    strict=True)}
 
 
-def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None, need: set[str],
+def prepare_model(path: Path, cache: Path, unroll: int, shipped: ShippedInt8, need: set[str],
                   log: Callable[[str], None] = log) -> Model:
-    """Export (once per checkpoint sha256) the graphs the runtimes in `need` use."""
+    """Export (once per checkpoint sha256) the graphs the runtimes in `need` use; `shipped`: the INT8
+    graphs of the bundle given (else the bench quantizes the graphs itself, for speed rows)."""
     from hrm_edge.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
@@ -134,7 +146,9 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
         "int8": "segment-x.int8-cpufused.onnx", "int8_qf": "segment-x.int8-quantized-then-fused.onnx",
         "int8_std": "segment-x.int8-standard.onnx",
         "unrolled_int8": f"unrolled{unroll}-x.int8-cpufused.onnx", "loop_int8": "act_loop.int8-cpufused.onnx",
+        "int8_static": "segment.int8-static.onnx",
     }.items()}
+    int8_graph = shipped.cpu
 
     def step(key: str, fn: Callable[[], Any]) -> None:
         if Path(g[key]).is_file():
@@ -161,8 +175,7 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
     openvino = {w for w in wants if w.startswith("openvino-")}
     if "ort-fp32" in wants or openvino:
         step("seg", lambda: graphs.export_segment(model, g["seg"]) and None)
-    ov_quantizer = "openvino-int8" in wants and int8_graph is None  # the dynamic fallback on the standard graph
-    ort_x = any(w.startswith("ort-") and w != "ort-fp32" for w in wants) or ov_quantizer
+    ort_x = any(w.startswith("ort-") and w != "ort-fp32" for w in wants)
     if ort_x:
         step("segx", lambda: graphs.export_segment(model, g["segx"], embed_inside=False) and None)
         step("embed", lambda: graphs.export_embed(model, g["embed"]) and None)
@@ -201,7 +214,7 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
         else:
             step("int8", lambda: quantize_graph(g["fused"], g["int8"], cpu_dynamic) and None)
             prep["int8_source"] = fallback
-    if "ort-int8-qf" in wants or int8_variants or ov_quantizer:
+    if "ort-int8-qf" in wants or int8_variants:
         def quantize_standard() -> None:
             folded, _ = fuse_model(onnx.load(g["segx"]), rmsnorm=False, attention=False, split_projections=False)
             onnx.save(folded, g["int8_std"])
@@ -217,8 +230,17 @@ def prepare_model(path: Path, cache: Path, unroll: int, int8_graph: Path | None,
     if "loop" in int8_variants:
         step("loop_int8", lambda: fuse_to(graphs.compose_act_loop(g["int8_std"], *carry(), embed=g["embed"]),
                                           g["loop_int8"]))
-    if "openvino-int8" in wants:
-        g["int8_openvino"] = str(int8_graph) if int8_graph is not None else g["int8_std"]
+    if "openvino-int8" in wants:  # OpenVINO's INT8 form is the static Q/DQ graph (a dynamic one runs at ~1x fp32)
+        if shipped.static is not None:
+            g["int8_openvino"] = str(shipped.static)
+            prep["int8_openvino_source"] = f"{shipped.static} (the quantizer's static graph, tensorrt flavour)"
+        else:
+            g["int8_openvino"] = g["int8_static"]
+            step("int8_static", lambda: _static_int8_graph(ck, model, g["seg"], g["int8_static"], trained, work))
+            prep["int8_openvino_source"] = (
+                "bench fallback: hrm-edge's static INT8 (tensorrt flavour: s8 activations, per-channel s8 weights) of "
+                f"the standard graph, every site int8, MinMax over {NNCF_CALIB_PUZZLES[trained]} calibration puzzles' "
+                "ACT steps (no SmoothQuant, GPTQ or search: speed rows; export --int8 gates what ships)")
     if "openvino-int8-nncf" in wants:
         g["int8_nncf"] = str(work / "segment.int8-nncf.onnx")
         step("int8_nncf", lambda: _nncf_graph(ck, model, g["seg"], g["int8_nncf"], trained))
@@ -258,6 +280,31 @@ def _nncf_graph(ck: Any, model: Any, fp32: str, out: str, trained: bool) -> dict
     pset = load_puzzle_set(puzzle_dir(ck.task), split="calib")
     n = NNCF_CALIB_PUZZLES[trained]
     return nncf_int8_graph(fp32, model, pset.inputs[:n], pset.puzzle_ids[:n], out)
+
+
+def _static_int8_graph(ck: Any, model: Any, fp32: str, out: str, trained: bool, work: Path) -> dict[str, Any]:
+    """hrm-edge's static INT8 graph (tensorrt flavour, all sites) of the portable fp32 graph, calibrated
+    on the ACT steps of the same puzzles as the NNCF row (`NNCF_CALIB_PUZZLES`)."""
+    import onnx
+
+    from hrm_edge.contract import SEGMENT_INPUTS
+    from hrm_edge.puzzles.datasets import load_puzzle_set
+    from hrm_edge.quant.calibration import ActCalibrationReader, calibrate
+    from hrm_edge.quant.quantize import WEIGHT_OPS, fold_weight_transposes, quantize_graph, settings_for
+
+    proto = onnx.load(fp32)
+    folded = fold_weight_transposes(proto)
+    prepared = work / "segment.fp32.prepared.onnx"
+    onnx.save(proto, str(prepared))
+    pset = load_puzzle_set(puzzle_dir(ck.task), split="calib")
+    n = NNCF_CALIB_PUZZLES[trained]
+    reader = ActCalibrationReader(model, pset.inputs[:n], pset.puzzle_ids[:n], input_names=SEGMENT_INPUTS,
+                                  batch_size=16)
+    cal = calibrate(prepared, reader, "minmax", op_types=list(WEIGHT_OPS), cache_dir=work / "calibration",
+                    progress=False)
+    quantize_graph(prepared, out, settings_for("tensorrt"), cal.ranges_path)
+    prepared.unlink()
+    return {"transposes_folded": folded, "calibration_puzzles": n, "calibration_seconds": round(cal.seconds, 1)}
 
 
 def takes_x(path: str) -> bool:

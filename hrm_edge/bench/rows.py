@@ -93,6 +93,41 @@ def peer_targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, A
     return out
 
 
+E2E_ACCURACY_PTS = 0.5  # "equal accuracy": exact accuracy at most this many points below eager fp32
+
+
+def e2e_peer_targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
+    """Per trained model and batch size, end to end under policy q: hrm-edge's fastest row (puzzles/s;
+    any row not in `PEERS` and not the baseline) against the fastest peer row, both at equal accuracy
+    (complete runs, exact accuracy within `E2E_ACCURACY_PTS` of eager fp32's on the same puzzles).
+    Peer rows that lose more accuracy are listed, not compared."""
+    out: dict[str, Any] = {}
+    for m in (m for m in models if m.trained):
+        sel = [r for r in rows if r["model"] == m.name and r["policy"] == "q" and r.get("puzzles_per_s")
+               and r["runtime"] != BASELINE]
+        for batch in sorted({r["batch"] for r in sel}):
+            at = [r for r in sel if r["batch"] == batch]
+            equal = [r for r in at if r.get("exact_accuracy_delta_pts") is not None
+                     and r["exact_accuracy_delta_pts"] >= -E2E_ACCURACY_PTS]
+            ours = [r for r in equal if r["runtime"] not in PEERS]
+            peers = [r for r in equal if r["runtime"] in PEERS]
+            if not ours:
+                continue
+            best = max(ours, key=lambda r: r["puzzles_per_s"])
+            peer = max(peers, key=lambda r: r["puzzles_per_s"]) if peers else None
+            out[f"e2e_q_vs_peers_{m.name}_b{batch}"] = {
+                "goal": f"{m.name}, batch {batch}, end to end under q: hrm-edge's fastest path solves more puzzles/s "
+                        f"than every peer row at equal accuracy (within {E2E_ACCURACY_PTS} pt of eager fp32)",
+                "model": m.name, "runtime": best["runtime"], "value": best["puzzles_per_s"],
+                "accuracy_delta_pts": best["exact_accuracy_delta_pts"],
+                "best_peer": None if peer is None else peer["runtime"],
+                "best_peer_value": None if peer is None else peer["puzzles_per_s"],
+                "peers_below_accuracy": {r["runtime"]: r.get("exact_accuracy_delta_pts") for r in at
+                                         if r["runtime"] in PEERS and r not in equal},
+                "met": peer is None or best["puzzles_per_s"] > peer["puzzles_per_s"]}
+    return out
+
+
 def targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
     """The issue's targets, evaluated on this run's rows (best row of each kind)."""
     out: dict[str, Any] = {}
@@ -127,4 +162,5 @@ def targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
         "value": r["peak_fraction"], "value_clean": r.get("peak_fraction_clean"), "gops": r["gops"],
         "peak_gops": r["peak_gops"], "met": r["peak_fraction"] >= 0.7}
     out.update(peer_targets(rows, models))
+    out.update(e2e_peer_targets(rows, models))
     return out

@@ -30,8 +30,9 @@ Runtime configurations (`RUNTIMES`; rows that cannot run are listed with the rea
 - *@1t: the same graph with one intra-op thread;
 - torch-compile-fp32/-bf16: the same runner with `torch.compile` (inductor) of the model's segment calls;
 - openvino-fp32/-bf16: `OvSegmentRunner` on the portable fp32 graph, precision hint f32 / bf16;
-  openvino-int8: hrm-edge's INT8 graph (the shipped one, else the dynamic fallback on the standard
-  graph) with its float sites in bf16; openvino-int8-nncf: NNCF post-training quantization of the
+  openvino-int8: hrm-edge's static INT8 graph, OpenVINO's INT8 form (the bundle's
+  `segment.int8-tensorrt`, else the bench's all-int8 static fallback on the portable graph) with its
+  float sites in bf16; openvino-int8-nncf: NNCF post-training quantization of the
   portable graph (weight transposes folded) on hrm-edge's ACT-aware calibration samples
   (`hrm_edge.quant.openvino_nncf`); only when the `[openvino]` extra imports;
 - tensorrt: only where TensorRT is installed (this CPU bench then lists it as skipped).
@@ -63,7 +64,7 @@ from hrm_edge.bench import log
 from hrm_edge.bench.configs import BASELINE, Runtime, Settings, runtimes, skip_reason
 from hrm_edge.bench.launch import Worker, run_worker
 from hrm_edge.bench.pausing import Pauser, wait_quiet
-from hrm_edge.bench.prepare import Model, prepare_model, puzzle_dir, puzzle_set, takes_x
+from hrm_edge.bench.prepare import Model, ShippedInt8, prepare_model, puzzle_dir, puzzle_set, takes_x
 from hrm_edge.bench.report import markdown_report, plot_report
 from hrm_edge.bench.rows import add_ratios, rows_from, targets
 
@@ -158,7 +159,7 @@ def measure_group(model: Model, batch: int, configs: list[Runtime], s: Settings,
 
 
 def run_suite(paths: list[Path], s: Settings, out: Path, cache: Path, pauser: Pauser,
-              int8_graphs: dict[Path, Path]) -> dict[str, Any]:
+              shipped: dict[Path, ShippedInt8]) -> dict[str, Any]:
     t_start = time.time()
     rts = runtimes(s.unroll)
     chosen = [rts[n] for n in s.runtimes]
@@ -166,7 +167,7 @@ def run_suite(paths: list[Path], s: Settings, out: Path, cache: Path, pauser: Pa
     models = []
     for p in paths:
         log(f"bench: preparing {p} ...")
-        models.append(prepare_model(p, cache, s.unroll, int8_graphs.get(p), need))
+        models.append(prepare_model(p, cache, s.unroll, shipped.get(p, ShippedInt8()), need))
     from hrm_edge.bench.worker import foreign_load
 
     busy = foreign_load(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -85,9 +86,9 @@ def bench(models: tuple[Path, ...], out: Path, cache: Path | None, quick: bool, 
         raise click.UsageError("--int8-graph needs exactly one model")
     resolved = [resolve_model_arg(Path(p)) for p in paths]
     paths = [r[0] for r in resolved]
-    int8 = {ck: g for ck, g in resolved if g is not None}
+    shipped = dict(resolved)
     if int8_graph is not None:
-        int8 = {paths[0]: int8_graph}
+        shipped = {paths[0]: dataclasses.replace(shipped[paths[0]], cpu=int8_graph)}
     settings = Settings(
         batches=batches or ((1,) if quick else (1, 16)), policies=tuple(policies), runtimes=tuple(names),
         unroll=unroll, micro_seconds=micro_seconds if micro_seconds is not None else (0.2 if quick else 3.0),
@@ -97,7 +98,7 @@ def bench(models: tuple[Path, ...], out: Path, cache: Path | None, quick: bool, 
         quiet_wait=0.0 if quick else quiet_wait, worker_timeout=900.0, e2e_seconds=e2e_seconds)
     patterns = tuple(pause_patterns) + ((PAUSE_PATTERN,) if pause_training else ())
     pauser = Pauser(patterns, pause_max)
-    report = run_suite([Path(p) for p in paths], settings, out, cache, pauser, int8)
+    report = run_suite([Path(p) for p in paths], settings, out, cache, pauser, shipped)
     click.echo(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {len(report['plots'])} PNG(s) "
                f"in {report['seconds']} s")
     for key, t in report["targets"].items():

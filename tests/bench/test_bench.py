@@ -62,10 +62,12 @@ def test_bench_writes_json_with_the_documented_fields(report):
     loop = next(r for r in rows if r["runtime"] == "ort-int8/loop" and r["policy"] == "fixed")
     seg = next(r for r in rows if r["runtime"] == "ort-int8" and r["policy"] == "fixed")
     assert loop["mean_segments"] == seg["mean_segments"]
-    # The issue targets, plus one fastest-vs-peers target per measured batch (no peer rows in this run).
+    # The issue targets, plus one fastest-vs-peers target per measured batch, per segment and (trained
+    # models) end to end (no peer rows in this run).
     batches = sorted({r["batch"] for r in rows if r["variant"] == "segment"})
+    trained = [m["name"] for m in data["models"] if m["trained"]]
     assert set(data["targets"]) == {"int8_segment_b1", "e2e_q_int8", "fp32_b16_peak"} | {
-        f"fastest_vs_peers_b{b}" for b in batches}
+        f"fastest_vs_peers_b{b}" for b in batches} | {f"e2e_q_vs_peers_{m}_b{b}" for m in trained for b in batches}
     prof = data["profiles"][model["name"]]
     assert prof["cpufused fp32"]["ops"]["MultiHeadAttention"]["ms"] > 0
     int8_ops = prof["cpufused int8"]["ops"]  # where the INT8 segment's time goes, by (ORT-fused) op type

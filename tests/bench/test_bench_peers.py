@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from hrm_edge.bench.configs import PEER_RUNTIMES, PEERS, runtimes, skip_reason
 from hrm_edge.bench.prepare import Model
-from hrm_edge.bench.rows import peer_targets
+from hrm_edge.bench.rows import e2e_peer_targets, peer_targets
 from hrm_edge.cli.bench import bench as bench_cmd
 from hrm_edge.model import create_model
 from hrm_edge.model.checkpoint import save_checkpoint
@@ -50,6 +50,28 @@ def test_rows_of_trained_models_do_not_count_for_the_speed_target():
     assert peer_targets(rows, _models())["fastest_vs_peers_b1"]["runtime"] == "ort-fp32-cpufused"
 
 
+def _e2e(runtime: str, batch: int, per_s: float, delta: float | None) -> dict:
+    return {"model": "demo", "runtime": runtime, "policy": "q", "batch": batch, "puzzles_per_s": per_s,
+            "exact_accuracy_delta_pts": delta}
+
+
+def test_end_to_end_peers_are_compared_at_equal_accuracy_only():
+    rows = [_e2e("torch-fp32", 1, 10.0, 0.0), _e2e("ort-fp32-cpufused", 1, 14.0, 0.0),
+            _e2e("openvino-int8", 1, 19.0, -0.4), _e2e("openvino-bf16", 1, 18.0, 0.0),
+            _e2e("openvino-int8-nncf", 1, 30.0, -75.0), _e2e("torch-compile-bf16", 1, 40.0, None)]
+    t = e2e_peer_targets(rows, _models())["e2e_q_vs_peers_demo_b1"]
+    assert (t["runtime"], t["value"], t["best_peer"], t["best_peer_value"], t["met"]) == (
+        "openvino-int8", 19.0, "openvino-bf16", 18.0, True)
+    assert t["peers_below_accuracy"] == {"openvino-int8-nncf": -75.0, "torch-compile-bf16": None}
+
+
+def test_an_hrm_edge_row_that_loses_accuracy_does_not_beat_a_peer():
+    rows = [_e2e("openvino-int8", 16, 50.0, -0.6), _e2e("ort-fp32-cpufused", 16, 20.0, 0.0),
+            _e2e("torch-bf16", 16, 25.0, 0.0), {**_e2e("ort-int8", 16, 99.0, 0.0), "model": "big"}]
+    t = e2e_peer_targets(rows, _models())["e2e_q_vs_peers_demo_b16"]
+    assert (t["runtime"], t["best_peer"], t["met"]) == ("ort-fp32-cpufused", "torch-bf16", False)
+
+
 def test_openvino_rows_run_where_the_extra_is_installed():
     pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
     pytest.importorskip("nncf", reason="the [openvino] extra is not installed")
@@ -64,7 +86,7 @@ def test_bench_measures_openvino_and_compiled_torch_beside_the_baseline(tmp_path
     pytest.importorskip("nncf", reason="the [openvino] extra is not installed")
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "tiny.pt", create_model(preset_config("sudoku-tiny")), "sudoku")
-    names = ("openvino-fp32", "openvino-bf16", "openvino-int8-nncf", "torch-compile-fp32")
+    names = ("openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-nncf", "torch-compile-fp32")
     args = [str(ckpt), "--quick", "--out", str(tmp_path / "out"), "--puzzles", "2", "--threads", "1"]
     for name in names:
         args += ["--runtime", name]
@@ -79,3 +101,14 @@ def test_bench_measures_openvino_and_compiled_torch_beside_the_baseline(tmp_path
     nncf = report["models"][0]["prep"]["fuse"]["int8_nncf"]
     assert nncf["transposes_folded"] > 0 and nncf["quantize_nodes"] > 0
     assert "fastest_vs_peers_b1" in report["targets"]
+    # hrm-edge's INT8 row on OpenVINO runs a static Q/DQ graph (OpenVINO's int8 form), s8 activations
+    import onnx
+    from onnx import numpy_helper
+
+    model = report["models"][0]
+    assert model["graphs"]["int8_openvino"] == "segment.int8-static.onnx" and "static" in model["prep"][
+        "int8_openvino_source"]
+    static = onnx.load(str(next((tmp_path / "out" / "cache").glob("*/segment.int8-static.onnx"))))
+    inits = {i.name: i for i in static.graph.initializer}
+    zero_points = [numpy_helper.to_array(inits[n.input[2]]) for n in static.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(zero_points) >= 8 and all(z.dtype == "int8" and not z.any() for z in zero_points)
