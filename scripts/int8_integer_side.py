@@ -128,6 +128,8 @@ class IntegerSide(nn.Module):
         inits = {t.name: t for t in full.graph.initializer}
         fp_inits = {t.name: t for t in fp32.graph.initializer}
         producer = {o: n for n in full.graph.node for o in n.output}
+        fp_nodes = {n.name: n for n in fp32.graph.node}
+        self.stored_out_in: dict[str, bool] = {}  # weight key -> the graph stores it [out, in]
         self.weight_of: dict[int, str] = {}  # spec index -> weight name
         self.scale_of: dict[int, str] = {}  # spec index -> activation scale initializer
         self.rounding = nn.ModuleDict()
@@ -138,9 +140,13 @@ class IntegerSide(nn.Module):
             if w and f"{w}_quantized" in inits and w in fp_inits:
                 key = _key(w)
                 if key not in self.rounding:
-                    q = numpy_helper.to_array(inits[f"{w}_quantized"]).astype(np.float32).T  # [out, in]
+                    fp_node = fp_nodes[site.node]  # MatMul B is [in, out]; Gemm with transB=1 is [out, in]
+                    trans = fp_node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in fp_node.attribute)
+                    self.stored_out_in[key] = trans
+                    q = numpy_helper.to_array(inits[f"{w}_quantized"]).astype(np.float32)
+                    wf = numpy_helper.to_array(fp_inits[w]).astype(np.float32)
+                    q, wf = (q, wf) if trans else (q.T, wf.T)  # [out, in]
                     sc = numpy_helper.to_array(inits[f"{w}_scale"]).astype(np.float32).reshape(-1)
-                    wf = numpy_helper.to_array(fp_inits[w]).astype(np.float32).T
                     self.rounding[key] = LearnedRounding(torch.from_numpy(wf.copy()), torch.from_numpy(q.copy()),
                                                          torch.from_numpy(np.broadcast_to(sc, (q.shape[0],)).copy()))
                     self.names[key] = w
@@ -177,7 +183,8 @@ class IntegerSide(nn.Module):
         inits = {t.name: t for t in out.graph.initializer}
         for key, r in self.rounding.items():
             name = f"{self.names[key]}_quantized"
-            q = r.integers().detach().numpy().T.astype(np.int8)
+            q = r.integers().detach().numpy()
+            q = (q if self.stored_out_in[key] else q.T).astype(np.int8)
             inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q), name))
         for key, s in self.scales.items():
             name = self.names[key]
