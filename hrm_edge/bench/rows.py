@@ -83,11 +83,17 @@ def peer_targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, A
             continue
         best = min(ours, key=lambda r: r["seg_time_vs_baseline"])
         peer = min(peers, key=lambda r: r["seg_time_vs_baseline"]) if peers else None
+        base = next((r for r in rows if r["model"] == best["model"] and r["batch"] == batch
+                     and r["runtime"] == BASELINE and r["policy"] == "fixed" and r.get("gops")), None)
+        int8_peak = next((r["peak_gops"] for r in sel if r.get("precision") == "int8" and r.get("peak_gops")), None)
         out[f"fastest_vs_peers_b{batch}"] = {
             "goal": f"batch {batch}: hrm-edge's fastest CPU path <= {PEER_TARGET}x PyTorch eager fp32 per segment "
                     "and faster than every peer row", "model": best["model"], "runtime": best["runtime"],
             "value": best["seg_time_vs_baseline"], "best_peer": None if peer is None else peer["runtime"],
             "best_peer_value": None if peer is None else peer["seg_time_vs_baseline"],
+            # the share of the machine's measured int8 GEMM peak a segment must sustain to reach the
+            # target (above 1: out of reach of int8 GEMMs here, whatever the runtime)
+            "int8_peak_share_needed": round(base["gops"] / PEER_TARGET / int8_peak, 3) if base and int8_peak else None,
             "met": best["seg_time_vs_baseline"] <= PEER_TARGET
             and (peer is None or best["seg_time_vs_baseline"] < peer["seg_time_vs_baseline"])}
     return out
@@ -98,17 +104,26 @@ E2E_ACCURACY_PTS = 0.5  # "equal accuracy": exact accuracy at most this many poi
 
 def e2e_peer_targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[str, Any]:
     """Per trained model and batch size, end to end under policy q: hrm-edge's fastest row (puzzles/s;
-    any row not in `PEERS` and not the baseline) against the fastest peer row, both at equal accuracy
-    (complete runs, exact accuracy within `E2E_ACCURACY_PTS` of eager fp32's on the same puzzles).
-    Peer rows that lose more accuracy are listed, not compared."""
+    any row not in `PEERS` and not the baseline) against the fastest peer row, both at equal accuracy:
+    complete runs whose exact accuracy is within `E2E_ACCURACY_PTS` of eager fp32's under q on the same
+    puzzles (the policy's own accuracy cost is not counted against anyone). Peer rows that lose more
+    accuracy are listed, not compared."""
     out: dict[str, Any] = {}
     for m in (m for m in models if m.trained):
-        sel = [r for r in rows if r["model"] == m.name and r["policy"] == "q" and r.get("puzzles_per_s")
-               and r["runtime"] != BASELINE]
+        sel = [r for r in rows if r["model"] == m.name and r["policy"] == "q" and r.get("puzzles_per_s")]
         for batch in sorted({r["batch"] for r in sel}):
             at = [r for r in sel if r["batch"] == batch]
-            equal = [r for r in at if r.get("exact_accuracy_delta_pts") is not None
-                     and r["exact_accuracy_delta_pts"] >= -E2E_ACCURACY_PTS]
+            ref = next((r for r in at if r["runtime"] == BASELINE), None)
+            if ref is None or ref.get("exact_accuracy") is None or not ref.get("e2e_complete"):
+                continue
+
+            def delta(r: dict[str, Any], ref: dict[str, Any] = ref) -> float | None:
+                if r.get("exact_accuracy") is None or not r.get("e2e_complete"):
+                    return None
+                return round(100 * (r["exact_accuracy"] - ref["exact_accuracy"]), 2)
+
+            others = [r for r in at if r["runtime"] != BASELINE]
+            equal = [r for r in others if delta(r) is not None and delta(r) >= -E2E_ACCURACY_PTS]
             ours = [r for r in equal if r["runtime"] not in PEERS]
             peers = [r for r in equal if r["runtime"] in PEERS]
             if not ours:
@@ -117,12 +132,12 @@ def e2e_peer_targets(rows: list[dict[str, Any]], models: list[Model]) -> dict[st
             peer = max(peers, key=lambda r: r["puzzles_per_s"]) if peers else None
             out[f"e2e_q_vs_peers_{m.name}_b{batch}"] = {
                 "goal": f"{m.name}, batch {batch}, end to end under q: hrm-edge's fastest path solves more puzzles/s "
-                        f"than every peer row at equal accuracy (within {E2E_ACCURACY_PTS} pt of eager fp32)",
+                        f"than every peer row at equal accuracy (within {E2E_ACCURACY_PTS} pt of eager fp32 under q)",
                 "model": m.name, "runtime": best["runtime"], "value": best["puzzles_per_s"],
-                "accuracy_delta_pts": best["exact_accuracy_delta_pts"],
-                "best_peer": None if peer is None else peer["runtime"],
+                "puzzles": ref.get("e2e_puzzles"), "reference_accuracy": ref["exact_accuracy"],
+                "accuracy_delta_pts": delta(best), "best_peer": None if peer is None else peer["runtime"],
                 "best_peer_value": None if peer is None else peer["puzzles_per_s"],
-                "peers_below_accuracy": {r["runtime"]: r.get("exact_accuracy_delta_pts") for r in at
+                "peers_below_accuracy": {r["runtime"]: delta(r) for r in others
                                          if r["runtime"] in PEERS and r not in equal},
                 "met": peer is None or best["puzzles_per_s"] > peer["puzzles_per_s"]}
     return out
