@@ -105,4 +105,5 @@ def test_export_names_the_qat_command_beyond_a_tenth_of_the_sites_in_float():
     assert qat_advice(5, 50) is None  # 10%: plain post-training quantization stays the default
     line = qat_advice(36, 50)  # the HRM 6x6 demo's cpu search before QAT
     assert line.startswith("note: 36 of 50 INT8 sites compute in float") and "--qat-steps" in line
+    assert "the gate still measures against CKPT" in line  # what QAT costs under the promise, said up front
     assert "\n" not in line
