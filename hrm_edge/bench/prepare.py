@@ -267,19 +267,26 @@ def _export_bundle(ck: Any, out: Path) -> dict[str, Any]:
     return {"graphs": sorted(p.name for p in out.glob("*.onnx"))}
 
 
-# Calibration puzzles of the bench's NNCF graph (the ACT rollout feeds every step): trained models,
-# and untrained ones (speed rows only: their ranges do not matter, the PyTorch rollout of 27M does).
+# Calibration puzzles of the bench's NNCF and static INT8 graphs (the ACT rollout feeds every step):
+# trained models, and untrained ones (speed rows only: their ranges do not matter, the PyTorch rollout
+# of 27M does).
 NNCF_CALIB_PUZZLES = {True: 128, False: 16}
+
+
+def _calib_puzzles(task: str, trained: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, puzzle_ids) of the first `NNCF_CALIB_PUZZLES[trained]` calibration puzzles of `task`."""
+    from hrm_edge.puzzles.datasets import load_puzzle_set
+
+    pset = load_puzzle_set(puzzle_dir(task), split="calib")
+    n = NNCF_CALIB_PUZZLES[trained]
+    return pset.inputs[:n], pset.puzzle_ids[:n]
 
 
 def _nncf_graph(ck: Any, model: Any, fp32: str, out: str, trained: bool) -> dict[str, Any]:
     """NNCF INT8 of the portable fp32 graph on hrm-edge's ACT-aware calibration samples."""
-    from hrm_edge.puzzles.datasets import load_puzzle_set
     from hrm_edge.quant.openvino_nncf import nncf_int8_graph
 
-    pset = load_puzzle_set(puzzle_dir(ck.task), split="calib")
-    n = NNCF_CALIB_PUZZLES[trained]
-    return nncf_int8_graph(fp32, model, pset.inputs[:n], pset.puzzle_ids[:n], out)
+    return nncf_int8_graph(fp32, model, *_calib_puzzles(ck.task, trained), out)
 
 
 def _static_int8_graph(ck: Any, model: Any, fp32: str, out: str, trained: bool, work: Path) -> dict[str, Any]:
@@ -288,7 +295,6 @@ def _static_int8_graph(ck: Any, model: Any, fp32: str, out: str, trained: bool, 
     import onnx
 
     from hrm_edge.contract import SEGMENT_INPUTS
-    from hrm_edge.puzzles.datasets import load_puzzle_set
     from hrm_edge.quant.calibration import ActCalibrationReader, calibrate
     from hrm_edge.quant.quantize import WEIGHT_OPS, fold_weight_transposes, quantize_graph, settings_for
 
@@ -296,15 +302,14 @@ def _static_int8_graph(ck: Any, model: Any, fp32: str, out: str, trained: bool, 
     folded = fold_weight_transposes(proto)
     prepared = work / "segment.fp32.prepared.onnx"
     onnx.save(proto, str(prepared))
-    pset = load_puzzle_set(puzzle_dir(ck.task), split="calib")
-    n = NNCF_CALIB_PUZZLES[trained]
-    reader = ActCalibrationReader(model, pset.inputs[:n], pset.puzzle_ids[:n], input_names=SEGMENT_INPUTS,
-                                  batch_size=16)
+    tokens, puzzle_ids = _calib_puzzles(ck.task, trained)
+    reader = ActCalibrationReader(model, tokens, puzzle_ids, input_names=SEGMENT_INPUTS, batch_size=16)
     cal = calibrate(prepared, reader, "minmax", op_types=list(WEIGHT_OPS), cache_dir=work / "calibration",
                     progress=False)
     quantize_graph(prepared, out, settings_for("tensorrt"), cal.ranges_path)
     prepared.unlink()
-    return {"transposes_folded": folded, "calibration_puzzles": n, "calibration_seconds": round(cal.seconds, 1)}
+    return {"transposes_folded": folded, "calibration_puzzles": len(tokens),
+            "calibration_seconds": round(cal.seconds, 1)}
 
 
 def takes_x(path: str) -> bool:
