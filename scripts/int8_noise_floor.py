@@ -26,7 +26,9 @@ eps" is the eps whose median accumulated site error equals INT8's.
 
     python scripts/int8_noise_floor.py [--out bench/latest/session12-noise-floor] [--demos a,b] [--puzzles 256]
 
-Writes OUT/noise_floor.json (every run; rewritten after each one), OUT/<demo>.png, OUT/README.md.
+Writes OUT/noise_floor.json (every run; rewritten after each one), OUT/<demo>.png and OUT/summary.md
+(the summary table and every run); `--open-loop-only` redoes just the open-loop part of demos already in
+the JSON, `--demos ''` just the plots and summary.
 """
 from __future__ import annotations
 
@@ -199,8 +201,10 @@ def error_stats(errors: np.ndarray) -> dict[str, float]:
 
 
 def int8_site_errors(bundle: Path) -> dict[str, Any]:
-    """Per flavour: median / max of `error_full` over the weight sites of an all-int8 export, and the
-    first site's (a purely local rounding error: its input is the same in both graphs)."""
+    """Per flavour: median / max of `error_full` over the weight sites of an all-int8 export, the
+    first site's (a purely local rounding error: its input is the same in both graphs), and the
+    search's closed-loop trial of the all-int8 graph on the calibration puzzles (when it ran; it may
+    have stopped early at a certain failure: `stopped_after`)."""
     report = json.loads((bundle / "quant_report.json").read_text())
     manifest = json.loads((bundle / "manifest.json").read_text())
     out: dict[str, Any] = {"report": str(bundle / "quant_report.json"),
@@ -209,8 +213,10 @@ def int8_site_errors(bundle: Path) -> dict[str, Any]:
         sites = [s for s in entry["sites"] if s["kind"] == "weight"]
         errors = np.array([s["error_full"] for s in sites])
         first = {"label": sites[0]["label"], "error": sites[0]["error_full"]}
+        trial = next((t for t in entry.get("search", {}).get("trials", []) if not t["excluded"]), None)
         out[target] = {**error_stats(errors), "first_site": first,
-                       "bmm_sites": sum(s["kind"] == "bmm" for s in entry["sites"])}
+                       "bmm_sites": sum(s["kind"] == "bmm" for s in entry["sites"]),
+                       "all_int8_calib_trial": trial, "calibration": report["calibration_split"]}
     return out
 
 
@@ -289,27 +295,9 @@ def run_demo(name: str, puzzles: int, log: Any, save: Any, into: dict[str, Any])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         add("bf16-autocast", None, None, summary(loop.evaluate_runner(runner)))
 
-    # open loop: accumulated per-site error of the noise (and bf16), as error_full measures INT8's
-    k = min(OPEN_LOOP_PUZZLES, n)
-    x, carries = reference_carries(model, torch.from_numpy(tokens[:k]), torch.from_numpy(ids[:k]), max_steps)
-    curve = []
-    for eps in EPS[1:]:
-        errs = site_errors(model, x, carries, lambda e=eps: perturbed(model, e, 0))
-        curve.append({"eps": eps, **error_stats(errs)})
-    bf16 = site_errors(model, x, carries, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    rec["open_loop"] = {"puzzles": k, "segments": max_steps, "noise": curve, "bf16-autocast": error_stats(bf16)}
-    bundle = Path(QUANT_REPORTS[name])
-    if (bundle / "quant_report.json").is_file():
-        int8 = int8_site_errors(bundle)
-        int8["same_checkpoint"] = int8["source_sha256"] == rec["sha256"]
-        for target in ("cpu", "tensorrt"):
-            if target in int8:
-                int8[target]["equivalent_eps"] = equivalent_eps([(c["eps"], c["median"]) for c in curve],
-                                                                int8[target]["median"])
-        rec["int8"] = int8
-    rec["bf16_equivalent_eps"] = equivalent_eps([(c["eps"], c["median"]) for c in curve], rec["open_loop"]
-                                                ["bf16-autocast"]["median"])
+    open_loop_part(name, rec, model, tokens, ids, max_steps)
     rec["seconds"] = round(time.perf_counter() - t0, 1)
+    curve = rec["open_loop"]["noise"]
     log(f"{name}: open-loop median site error " + ", ".join(f"{c['eps']:g}->{c['median']:.3g}" for c in curve)
         + f"; bf16 {rec['open_loop']['bf16-autocast']['median']:.3g}; int8 "
         + ", ".join(f"{t} {rec['int8'][t]['median']:.3g} (eps~{rec['int8'][t]['equivalent_eps']})"
@@ -317,6 +305,30 @@ def run_demo(name: str, puzzles: int, log: Any, save: Any, into: dict[str, Any])
         + f" ({rec['seconds']} s)")
     save()
     return rec
+
+
+def open_loop_part(name: str, rec: dict[str, Any], model: torch.nn.Module, tokens: np.ndarray, ids: np.ndarray,
+                   max_steps: int) -> None:
+    """rec["open_loop"]: the noise's (and bf16's) accumulated per-site error, as error_full measures INT8's;
+    rec["int8"]: the INT8 export's site errors and their equivalent eps."""
+    k = min(OPEN_LOOP_PUZZLES, len(tokens))
+    x, carries = reference_carries(model, torch.from_numpy(tokens[:k]), torch.from_numpy(ids[:k]), max_steps)
+    curve = []
+    for eps in EPS[1:] + EXTRA_EPS:
+        errs = site_errors(model, x, carries, lambda e=eps: perturbed(model, e, 0))
+        curve.append({"eps": eps, **error_stats(errs)})
+    bf16 = site_errors(model, x, carries, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    rec["open_loop"] = {"puzzles": k, "segments": max_steps, "noise": curve, "bf16-autocast": error_stats(bf16)}
+    points = [(c["eps"], c["median"]) for c in curve]
+    bundle = Path(QUANT_REPORTS[name])
+    if (bundle / "quant_report.json").is_file():
+        int8 = int8_site_errors(bundle)
+        int8["same_checkpoint"] = int8["source_sha256"] == rec["sha256"]
+        for target in ("cpu", "tensorrt"):
+            if target in int8:
+                int8[target]["equivalent_eps"] = equivalent_eps(points, int8[target]["median"])
+        rec["int8"] = int8
+    rec["bf16_equivalent_eps"] = equivalent_eps(points, rec["open_loop"]["bf16-autocast"]["median"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,6 +386,11 @@ def plot(rec: dict[str, Any], name: str, path: Path) -> None:
                 if info.get("equivalent_eps"):
                     ax.axvline(info["equivalent_eps"], color=color, lw=1.2, ls=":",
                                label=f"int8 {target}: equivalent eps")
+                    trial = info.get("all_int8_calib_trial")
+                    if trial is not None and trial.get(key) is not None:
+                        ran = f", first {trial['stopped_after']}" if trial.get("stopped_after") else ""
+                        ax.semilogx([info["equivalent_eps"]], [trial[key]], "X", color=color, ms=9,
+                                    label=f"all-int8 {target} graph (calib puzzles{ran}; quant report)")
         ax.set_xlabel("eps (relative noise per Linear call)")
         ax.set_ylabel(key.replace("_", " "))
         ax.grid(alpha=0.3, which="both")
@@ -384,19 +401,68 @@ def plot(rec: dict[str, Any], name: str, path: Path) -> None:
     plt.close(fig)
 
 
-def readme(results: dict[str, Any]) -> str:
+def first_failure(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The smallest eps where an output-noise run failed: {eps, gates (failed, over both seeds)}."""
+    failed = sorted((r["eps"], r["failed_gates"]) for r in rec["runs"] if r["variant"] == "output" and not r["passed"])
+    if not failed:
+        return None
+    eps = failed[0][0]
+    return {"eps": eps, "gates": sorted({g for e, gates in failed if e == eps for g in gates})}
+
+
+def verdict(rec: dict[str, Any]) -> str:
+    """One plain sentence: where the gates give way under noise, against INT8's equivalent eps."""
+    largest, _ = largest_passing(rec)
+    fail = first_failure(rec)
+    int8 = rec.get("int8", {})
+    parts = []
+    if fail is None:
+        parts.append(f"passes every eps measured (up to {max(r['eps'] for r in rec['runs'] if r['eps'] is not None)})")
+    else:
+        parts.append(f"noise passes up to {largest}, fails from {fail['eps']} ({', '.join(fail['gates'])})")
+    for target in ("cpu", "tensorrt"):
+        eq = int8.get(target, {}).get("equivalent_eps")
+        if eq is None or largest is None:
+            continue
+        ratio = eq / largest
+        parts.append(f"int8 {target} ~ eps {eq:.2g} = {ratio:.1f}x the floor"
+                     + (" (int8-sized noise PASSES: room on the integer side)" if eq <= largest else ""))
+    q = [r for r in rec["runs"] if r["variant"] == "q_head-only" and not r["passed"]]
+    parts.append("q_head-only noise fails from " + str(min(r["eps"] for r in q)) if q
+                 else "q_head-only noise passes at every eps tried")
+    return "; ".join(parts)
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The summary table (markdown)."""
+    fmt = lambda v: "/".join(f"{100 * x:.1f}" for x in v) or "-"  # noqa: E731
     rows = []
     for name, rec in results["demos"].items():
+        if not rec.get("open_loop"):
+            continue  # still running
         largest, _ = largest_passing(rec)
-        h3, h2 = halting_at(rec, 1e-3), halting_at(rec, 1e-2)
         int8 = rec.get("int8", {})
-        errs = " / ".join(f"{int8[t]['median']:.3g}" if t in int8 else "-" for t in ("cpu", "tensorrt"))
-        fmt = lambda v: "/".join(f"{100 * x:.1f}" for x in v)  # noqa: E731
-        rows.append(f"| {name} | {largest if largest is not None else '-'} | {fmt(h3)} / {fmt(h2)} | {errs} | "
-                    f"{rec.get('verdict', '')} |")
+        errs = " / ".join(f"{int8[t]['median']:.3g} (eps~{int8[t]['equivalent_eps']:.2g})"
+                          if int8.get(t, {}).get("equivalent_eps") else
+                          (f"{int8[t]['median']:.3g}" if t in int8 else "-") for t in ("cpu", "tensorrt"))
+        rows.append(f"| {name} | {largest if largest is not None else '-'} | "
+                    f"{fmt(halting_at(rec, 1e-3))} / {fmt(halting_at(rec, 1e-2))} | {errs} | {verdict(rec)} |")
     head = ("| demo | largest eps passing all gates (both seeds) | halting agreement % at 1e-3 / 1e-2 (seed 0/1) | "
-            "int8 median site error cpu / tensorrt | verdict |\n|---|---|---|---|---|")
+            "int8 median site error_full cpu / tensorrt (equivalent eps) | verdict |\n|---|---|---|---|---|")
     return "\n".join([head, *rows])
+
+
+def runs_table(rec: dict[str, Any]) -> str:
+    """Every closed-loop run of one demo (markdown)."""
+    lines = ["| variant | eps | seed | solved | halting | exact | token | acc. drop | mean steps | gates |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rec["runs"]:
+        lines.append(f"| {r['variant']} | {r['eps']} | {r['seed']} | {100 * r['solved_agreement']:.2f} | "
+                     f"{100 * r['halting_agreement']:.2f} | {100 * r['exact_agreement']:.2f} | "
+                     f"{100 * r['token_agreement']:.3f} | {100 * r['accuracy_drop']:+.2f} | "
+                     f"{r['mean_steps_candidate']:.3f} | "
+                     f"{'PASS' if r['passed'] else 'FAIL ' + ', '.join(r['failed_gates'])} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -405,22 +471,45 @@ def main() -> None:
     ap.add_argument("--demos", default=",".join(DEMOS))
     ap.add_argument("--puzzles", type=int, default=256)
     ap.add_argument("--puzzles-9x9", type=int, default=None, help="puzzles for trm-sudoku-demo (default --puzzles)")
+    ap.add_argument("--open-loop-only", action="store_true",
+                    help="recompute only the open-loop site errors and INT8 comparison of demos already in the JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "noise_floor.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    results.update({"gates": GATES.__dict__, "eps": EPS, "extra_eps": EXTRA_EPS, "seeds": SEEDS, "input_eps": INPUT_EPS,
-                    "q_head_eps": Q_HEAD_EPS, "torch": torch.__version__, "threads": 1})
+    results.update({"gates": GATES.__dict__, "eps": EPS, "extra_eps": EXTRA_EPS, "seeds": SEEDS,
+                    "input_eps": INPUT_EPS, "q_head_eps": Q_HEAD_EPS, "torch": torch.__version__, "threads": 1})
     results.setdefault("demos", {})
 
     def save() -> None:
         path.write_text(json.dumps(results, indent=1, default=str))
 
-    for name in args.demos.split(","):
-        puzzles = args.puzzles_9x9 if name == "trm-sudoku-demo" and args.puzzles_9x9 else args.puzzles
-        rec = run_demo(name, puzzles, lambda m: print(m, flush=True), save, results["demos"])
-        plot(rec, name, args.out / f"{name}.png")
+    for name in filter(None, args.demos.split(",")):  # --demos '': only the plots and summary.md
+        if args.open_loop_only:
+            rec = results["demos"].get(name)
+            if rec is None:
+                continue
+            ck = load_checkpoint(rec["checkpoint"])
+            pset = load_puzzle_set(calib_data_dir(ck.task), split="val")
+            n = rec["runs"][0]["puzzles"]
+            open_loop_part(name, rec, ck.model.set_compute_dtype("float32").eval(), pset.inputs[:n],
+                           pset.puzzle_ids[:n], rec["max_steps"])
+            print(name, "open loop:", json.dumps({k: rec["int8"][k].get("equivalent_eps") for k in ("cpu", "tensorrt")
+                                                  if k in rec.get("int8", {})}), flush=True)
+            save()
+        else:
+            puzzles = args.puzzles_9x9 if name == "trm-sudoku-demo" and args.puzzles_9x9 else args.puzzles
+            rec = run_demo(name, puzzles, lambda m: print(m, flush=True), save, results["demos"])
+    for name, rec in results["demos"].items():
+        if rec.get("open_loop"):
+            rec["verdict"] = verdict(rec)
+            plot(rec, name, args.out / f"{name}.png")
+    save()
+    (args.out / "summary.md").write_text(readme_table(results) + "\n\n" + "\n\n".join(
+        f"### {name}\n\n{rec['data']}, reference accuracy {rec['reference']['accuracy']:.4f}, mean steps "
+        f"{rec['reference']['mean_steps']:.3f}\n\n{runs_table(rec)}" for name, rec in results["demos"].items()
+        if rec.get("open_loop")) + "\n")
 
 
 if __name__ == "__main__":
