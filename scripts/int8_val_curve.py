@@ -80,7 +80,7 @@ def main() -> None:
     if not fp32_file.exists():
         export_segment(ck.model.set_compute_dtype("float32").eval(), fp32_file)
     t0 = time.perf_counter()
-    config = Int8Config(calib_size=args.calib_size, threads=1, holdout_share=0.0, search_engine="ort")
+    config = Int8Config(calib_size=args.calib_size, threads=1, search_engine="ort")
     pipe = Int8Pipeline(fp32_file, ck, calib, root / "work", config, progress=False, log=print,
                         targets=(settings.target,))
     full = pipe.quantize(settings)

@@ -31,9 +31,6 @@ Pipeline (shared by the targets; every statistic is cached, see `hrm_edge.quant.
    q_halt - q_continue. When no trial passes, the one closest to passing is kept. With
    `search_engine="torch"` (the default on CUDA) sensitivity and search run on the PyTorch fake-quant
    model and the chosen graph is confirmed once through ONNX Runtime (`hrm_edge.quant.torch_search`).
-   The search sees only the first 75% of the calibration puzzles; its choice must then pass the plain
-   INT8 gates on the other 25%, which it never saw (`HOLDOUT_SHARE`, `search.confirm_on_holdout`),
-   else it keeps more sites in float until a candidate passes on both.
 
 Cost (issue 21: at 27M parameters every pass over the calibration puzzles is expensive): the PyTorch
 calibration rollout is also the closed-loop fp32 reference and SmoothQuant's statistics; the all-int8
@@ -87,7 +84,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, q
 from hrm_edge.contract import INT8_TARGETS
 from hrm_edge.export.onnx_utils import check_graph, dedupe_initializers, graph_summary, set_metadata
 from hrm_edge.manifest import GraphEntry, Manifest
-from hrm_edge.parity import DEFAULT_GATES, solved_metric
+from hrm_edge.parity import solved_metric
 
 TARGETS = INT8_TARGETS
 PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "tensorrt": "tensorrt",
@@ -100,19 +97,7 @@ DEFAULT_SMOOTH_ALPHA = 0.85
 # puzzles each): a search that just passed on calibration (99.2% exact agreement, 96.1% halting) gave
 # 98.0% / 95.3% on validation.
 SEARCH_MARGIN = {"min_solved_agreement": 0.005, "min_halting_agreement": 0.02}
-SEARCH_CACHE_VERSION = 5  # 2: halting margin in the sensitivity score; 3: the search engine; 4: early stop;
-# 5: the held-out calibration puzzles
-# The search decides on the first (1 - HOLDOUT_SHARE) of the calibration puzzles and its choice is then
-# checked, with the plain INT8 gates, on the rest, which it never saw. A search that ends on the edge
-# of its gate (bisection and pruning stop at the fewest float sites that pass) picks, among candidates
-# whose figures differ by puzzle-level noise, the one that was lucky on these puzzles. Measured on the
-# HRM 6x6 demo, tensorrt flavour (`scripts/int8_val_curve.py`, 1024 calib / 256 val puzzles): 35
-# sites in float gave 96.3% calibration halting agreement and 40 gave 98.3%; the search's pruning
-# stopped at 36 (97.3%, just over its 97%), which then failed the validation gate (98.4% solved,
-# 1.6 pt accuracy drop); 40 and more passed it. No hold-out below HOLDOUT_MIN_PUZZLES puzzles: a gate
-# on fewer is decided by one or two puzzles.
-HOLDOUT_SHARE = 0.25
-HOLDOUT_MIN_PUZZLES = 64
+SEARCH_CACHE_VERSION = 4  # 2: halting margin in the sensitivity score; 3: the search engine; 4: early stop
 
 
 # `export --int8` names the QAT command when the search keeps more than this share of the sites in float:
@@ -134,6 +119,8 @@ def qat_advice(float_sites: int, sites: int, share: float = QAT_ADVICE_FLOAT_SHA
 
 def search_gates() -> Any:
     """The int8 parity gate tightened by `SEARCH_MARGIN`: what the search must pass on calibration puzzles."""
+    from hrm_edge.parity import DEFAULT_GATES
+
     base = DEFAULT_GATES["int8"]
     return dataclasses.replace(base, **{k: min(1.0, getattr(base, k) + m) for k, m in SEARCH_MARGIN.items()
                                         if getattr(base, k) is not None})
@@ -517,10 +504,7 @@ class Int8Config:
     candidate graph rewritten and run through its own ONNX Runtime session) | "auto" (default: torch
     when CUDA is present, else ort; see `resolve_engine`); device: the fake-quant model's device (None:
     CUDA when present); ort_continuation_evals: closed-loop ONNX Runtime runs the search may add when
-    the confirmation fails where the fake quant passed; holdout_share: the share of the calibration puzzles
-    the search never sees, on which its choice must pass the plain INT8 gates (`gates` when given),
-    none when that is under HOLDOUT_MIN_PUZZLES puzzles; holdout_evals: closed-loop runs the search may
-    add (on both sets) when its choice fails there."""
+    the confirmation fails where the fake quant passed."""
 
     method: str = "minmax"
     calib_size: int = 1024
@@ -540,8 +524,6 @@ class Int8Config:
     search_engine: str = "auto"
     device: str | None = None
     ort_continuation_evals: int = 4
-    holdout_share: float = HOLDOUT_SHARE
-    holdout_evals: int = 4
 
 
 SEARCH_ENGINES = ("auto", "torch", "ort")
@@ -605,12 +587,6 @@ class Int8Pipeline:
         self.puzzle_ids = np.ascontiguousarray(calib.puzzle_ids[:n], np.int64)
         self.labels = None if calib.labels is None else calib.labels[:n]
         self.calib_source = f"{getattr(calib, 'task', '?')} {getattr(calib, 'split', '?')}[:{n}]"
-        held = int(n * config.holdout_share)
-        self.n_search = n - held if held >= HOLDOUT_MIN_PUZZLES else n  # the search's puzzles: the first n_search
-        self.search_source = f"{getattr(calib, 'task', '?')} {getattr(calib, 'split', '?')}[:{self.n_search}]"
-        self.holdout_source = (f"{getattr(calib, 'task', '?')} {getattr(calib, 'split', '?')}[{self.n_search}:{n}]"
-                               if self.n_search < n else None)
-        self.holdout_gates = config.gates if config.gates is not None else DEFAULT_GATES["int8"]
         self.src_graph = Path(fp32_graph)
         src = onnx.load(str(fp32_graph))
         self.input_names = tuple(i.name for i in src.graph.input)
@@ -636,8 +612,6 @@ class Int8Pipeline:
         self.fp32 = onnx.load(str(self.fp32_path))
         self._calibration: Any = None
         self._closed: Any = None
-        self._reference_result: Any = None
-        self._holdout: Any = None
         self._open: Any = None
 
     # -- timing
@@ -696,46 +670,29 @@ class Int8Pipeline:
                                                           else f"{self._calibration.seconds:.1f} s"))
         return self._calibration
 
-    def _reference(self) -> Any:
-        """The PyTorch fp32 rollout of every calibration puzzle (policy, max_steps), per-step logits included."""
-        from hrm_edge.act import solve_in_batches
-        from hrm_edge.model.runner import TorchSegmentRunner
-
-        rollout = self.reader.rollout
-        if rollout.logits is not None:  # the calibration rollout ran the fp32 reference already
-            return rollout.solve_result()
-        self.log(f"PyTorch fp32 reference on {len(self.tokens)} calibration puzzles (policy {self.policy}) ...")
-        with self._phase("calibration"):
-            return solve_in_batches(TorchSegmentRunner(self.model), self.tokens, self.puzzle_ids, self.policy,
-                                    self.max_steps, self.batch_size, record_steps=True, record_logits=True)
-
-    def _loop(self, start: int, stop: int, gates: Any) -> Any:
-        """The closed loop of calibration puzzles start..stop-1 against their fp32 reference."""
-        from hrm_edge.quant.search import ClosedLoop, puzzle_rows
-
-        if self._reference_result is None:
-            self._reference_result = self._reference()
-        inner = self.model.inner
-        return ClosedLoop(self.tokens[start:stop], self.puzzle_ids[start:stop],
-                          None if self.labels is None else self.labels[start:stop],
-                          puzzle_rows(self._reference_result, start, stop),
-                          inner.H_init.detach().float().numpy(), inner.L_init.detach().float().numpy(),
-                          self.model.config.total_len, self.policy, self.max_steps, gates, self.batch_size,
-                          self.threads, self.work_dir)
-
     @property
     def closed_loop(self) -> Any:
-        """The search's closed loop: the first `n_search` calibration puzzles, the search's gates."""
         if self._closed is None:
-            self._closed = self._loop(0, self.n_search, self.gates)
-        return self._closed
+            from hrm_edge.act import solve_in_batches
+            from hrm_edge.model.runner import TorchSegmentRunner
+            from hrm_edge.quant.search import ClosedLoop
 
-    @property
-    def holdout(self) -> Any:
-        """The held-out calibration puzzles' closed loop (the plain gates), or None without a hold-out."""
-        if self._holdout is None and self.n_search < len(self.tokens):
-            self._holdout = self._loop(self.n_search, len(self.tokens), self.holdout_gates)
-        return self._holdout
+            rollout = self.reader.rollout
+            if rollout.logits is not None:  # the calibration rollout ran the fp32 reference already
+                reference = rollout.solve_result()
+            else:
+                self.log(f"PyTorch fp32 reference on {len(self.tokens)} calibration puzzles (policy {self.policy}) ...")
+                with self._phase("calibration"):
+                    reference = solve_in_batches(TorchSegmentRunner(self.model), self.tokens, self.puzzle_ids,
+                                                 self.policy, self.max_steps, self.batch_size, record_steps=True,
+                                                 record_logits=True)
+            inner = self.model.inner
+            self._closed = ClosedLoop(self.tokens, self.puzzle_ids, self.labels, reference,
+                                      inner.H_init.detach().float().numpy(), inner.L_init.detach().float().numpy(),
+                                      self.model.config.total_len, self.policy, self.max_steps,
+                                      self.gates,
+                                      self.batch_size, self.threads, self.work_dir)
+        return self._closed
 
     @property
     def open_loop(self) -> Any:
@@ -822,9 +779,7 @@ class Int8Pipeline:
               excluded_weights: str = "int8", exclude: Sequence[str] | None = None) -> Int8Build:
         """Quantize for one target, search the exclusions, write `out` and describe it."""
         from hrm_edge.quant.search import (
-            confirm_on_holdout,
             continue_search,
-            holdout_summary,
             leave_one_out,
             restore_float,
             search_exclusions,
@@ -846,13 +801,12 @@ class Int8Pipeline:
         key = self._search_key(settings, search_opts)
         cached = self.cache_dir / f"{key}.search.json"
         excluded: list[str] = []
-        holdout: dict[str, Any] | None = None  # the chosen graph on the held-out calibration puzzles, if run
         searched_from_cache = False
         if search and cached.is_file():
             with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
                 data = json.loads(cached.read_text())
                 excluded, benefit, trials = data["excluded"], data["benefit"], data["trials"]
-                base_err, holdout = data.get("base_open_loop"), data.get("holdout")
+                base_err = data.get("base_open_loop")
                 searched_from_cache = True
                 self.log(f"  search: cache hit {key[:12]} ({len(excluded)} site(s) in float)")
         confirmed: dict[str, Any] | None = None  # the ONNX Runtime evaluation of the chosen graph, if made
@@ -896,31 +850,14 @@ class Int8Pipeline:
                                                initial=confirmed)
                     result.trials += more.trials
                     result.excluded, confirmed = more.excluded, more.evaluation
-            if self.holdout is not None and confirmed is not None and confirmed["passed"]:
-                def held_out(ex: list[str]) -> dict[str, Any]:
-                    return self.holdout.evaluate(restore_float(full, self.fp32, ex, excluded_weights), early_stop=True)
-
-                def ranking() -> list[str]:  # the all-int8 graph passed the search puzzles: no ranking yet
-                    nonlocal base_err, benefit
-                    if not benefit:
-                        with self._phase("sensitivity"):
-                            base_err, benefit = leave_one_out(full, self.fp32, sites, self.open_loop, self.progress,
-                                                              excluded_weights)
-                    return sorted(benefit, key=lambda n: -benefit[n])
-
-                with self._phase("search"):
-                    result, confirmed = confirm_on_holdout(evaluate, held_out, ranking, result, confirmed, max_excluded,
-                                                           self.config.holdout_evals, self.progress, self.log)
-            if confirmed is not None and "holdout" in confirmed:
-                holdout = {**holdout_summary(confirmed["holdout"]), "data": self.holdout_source}
             excluded = result.excluded
             trials = [t.to_dict() for t in result.trials]
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps({"excluded": excluded, "benefit": benefit, "trials": trials,
-                                          "base_open_loop": base_err, "holdout": holdout}, default=float))
+                                          "base_open_loop": base_err}, default=float))
         if exclude is not None:  # an explicit list (labels or node names) instead of / after the search
             by_label = {s.label: s.node for s in sites}
-            excluded, holdout = [by_label.get(n, n) for n in exclude], None
+            excluded = [by_label.get(n, n) for n in exclude]
         advice = qat_advice(len(excluded), len(sites))
         if advice:
             self.log(advice)
@@ -952,10 +889,8 @@ class Int8Pipeline:
                                         "halting_agreement",
                                         "accuracy_reference", "accuracy_candidate", "accuracy_drop",
                                         "mean_steps_reference", "mean_steps_candidate")}
-        passed = evaluation["passed"] and (holdout is None or holdout["passed"])
-        parity.update(passed=passed, gates=[c for c in evaluation["gates"]
-                                                         if not c["name"].startswith("holdout ")],
-                      data=self.search_source, policy=str(self.policy), max_steps=self.max_steps, holdout=holdout)
+        parity.update(passed=evaluation["passed"], gates=evaluation["gates"], data=self.calib_source,
+                      policy=str(self.policy), max_steps=self.max_steps)
         excluded_info = [{"node": n, "label": by_node[n].label if n in by_node else n,
                           "benefit": round(float(benefit.get(n, float("nan"))), 6)} for n in excluded]
         summary = graph_summary(out)
@@ -986,7 +921,7 @@ class Int8Pipeline:
             "closed_loop_per_step": m.get("per_step", []),
             "open_loop": {"full": base_err, "final": final_err},
             "qat_advice": advice,
-            "search": {"trials": trials, "passed": passed, "engine": self.search_engine,
+            "search": {"trials": trials, "passed": evaluation["passed"], "engine": self.search_engine,
                        "max_excluded": int(max_excluded_share * len(sites)), "max_evals": max_evals},
             "phase_seconds": dict(self.phase_seconds), "estimate": self.estimate.to_dict(),
             "sites": [{**s.to_dict(), "excluded": s.node in excluded,
@@ -1002,11 +937,8 @@ class Int8Pipeline:
         self.log(f"  {out.name}: {out.stat().st_size / 1e6:.2f} MB ({100 * report['sizes']['ratio']:.0f}% of fp32), "
                  f"{len(excluded)}/{len(sites)} site(s) in float, calib solved agreement "
                  f"{100 * m[solved_metric(m)]:.1f}% (identical outputs "
-                 f"{100 * m['exact_agreement']:.1f}%), halting {100 * m['halting_agreement']:.1f}%"
-                 + ("" if holdout is None else
-                    f", held out ({holdout['puzzles']}): solved {100 * (holdout['solved_agreement'] or 0):.1f}%, "
-                    f"halting {100 * holdout['halting_agreement']:.1f}%")
-                 + f", {'PASS' if passed else 'FAIL'}")
+                 f"{100 * m['exact_agreement']:.1f}%), halting {100 * m['halting_agreement']:.1f}%, "
+                 f"{'PASS' if evaluation['passed'] else 'FAIL'}")
         return Int8Build(settings.target, out, entry, report)
 
 

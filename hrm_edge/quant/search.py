@@ -414,7 +414,7 @@ class ClosedLoop:
                     break
         result = concat_results(parts)
         n = len(result.steps)
-        reference = self.reference if n == total else puzzle_rows(self.reference, 0, n)
+        reference = self.reference if n == total else head(self.reference, n)
         metrics = compare(reference, result, None if self.labels is None else self.labels[:n])
         checks = gate(metrics, self.gates)
         out = {"metrics": metrics, "gates": checks, "passed": failed is None and all(c["passed"] for c in checks),
@@ -424,10 +424,10 @@ class ClosedLoop:
         return out
 
 
-def puzzle_rows(result: SolveResult, start: int, stop: int) -> SolveResult:
-    """Puzzles start..stop-1 of a result (per-puzzle arrays on axis 0, per-step arrays on axis 1)."""
+def head(result: SolveResult, n: int) -> SolveResult:
+    """The first n puzzles of a result."""
     def rows(a: np.ndarray | None, axis: int) -> np.ndarray | None:
-        return None if a is None else (a[start:stop] if axis == 0 else a[:, start:stop])
+        return None if a is None else (a[:n] if axis == 0 else a[:, :n])
 
     return SolveResult(rows(result.predictions, 0), rows(result.steps, 0), rows(result.q_halt, 0),
                        rows(result.q_continue, 0), rows(result.step_predictions, 1), rows(result.step_q_halt, 1),
@@ -451,7 +451,6 @@ class Trial:
     phase: str
     engine: str = "ort"  # "ort": the rewritten graph through ONNX Runtime; "torch": the fake-quant model
     stopped_after: int | None = None  # puzzles run when the evaluation stopped early (certain failure)
-    holdout: dict[str, Any] | None = None  # the held-out calibration puzzles' figures, where they were run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -461,30 +460,9 @@ def trial_of(excluded: Sequence[str], ev: dict[str, Any], phase: str) -> Trial:
     """The trial record of one closed-loop evaluation (`ClosedLoop.evaluate`'s form)."""
     m = ev["metrics"]
     stopped = ev.get("stopped_early")
-    held = ev.get("holdout")
     return Trial(list(excluded), m["exact_agreement"], m.get("solved_agreement"), m["halting_agreement"],
                  m.get("accuracy_drop"), m["token_agreement"], ev["passed"], ev["seconds"], phase,
-                 ev.get("engine", "ort"), None if stopped is None else stopped["puzzles"],
-                 None if held is None else holdout_summary(held))
-
-
-def holdout_summary(ev: dict[str, Any]) -> dict[str, Any]:
-    """The figures of a held-out evaluation that a trial and the report keep."""
-    m = ev["metrics"]
-    return {"puzzles": m["puzzles"], "solved_agreement": m.get("solved_agreement"),
-            "halting_agreement": m["halting_agreement"], "accuracy_drop": m.get("accuracy_drop"),
-            "passed": ev["passed"]}
-
-
-def with_holdout(ev: dict[str, Any], held: dict[str, Any]) -> dict[str, Any]:
-    """One evaluation out of the search puzzles' (`ev`) and the held-out puzzles' (`held`): it passes only
-    where both pass; the held-out gates join the list as "holdout <name>" (so `_shortfall` counts
-    them) and an early stop of the held-out run marks the whole as stopped early."""
-    out = {**ev, "gates": ev["gates"] + [{**c, "name": f"holdout {c['name']}"} for c in held["gates"]],
-           "passed": ev["passed"] and held["passed"], "holdout": held}
-    if "stopped_early" in held and "stopped_early" not in ev:
-        out["stopped_early"] = held["stopped_early"]
-    return out
+                 ev.get("engine", "ort"), None if stopped is None else stopped["puzzles"])
 
 
 @dataclass
@@ -569,12 +547,11 @@ def search_exclusions(evaluate: Callable[[list[str]], dict[str, Any]], ranked: S
 
 def continue_search(evaluate: Callable[[list[str]], dict[str, Any]], ranked: Sequence[str], start: Sequence[str],
                     max_excluded: int, max_evals: int, progress: bool = True,
-                    initial: dict[str, Any] | None = None, phase: str = "ort-continue") -> SearchResult:
-    """A bounded continuation of a search whose choice `start` failed a later check (the real ONNX Runtime
-    gate after passing on the fake-quant model; the held-out calibration puzzles): `start` plus the next
-    1, 2, 4, ... sites of `ranked` (up to `max_excluded` in all) until `evaluate` passes, at most
-    `max_evals` runs, recorded as trials of `phase`; when none passes, the trial closest to passing
-    (`initial`: the evaluation of `start`, counted as the first)."""
+                    initial: dict[str, Any] | None = None) -> SearchResult:
+    """A bounded continuation of a search whose choice `start` failed the real (ONNX Runtime) gate after
+    passing on the fake-quant model: `start` plus the next 1, 2, 4, ... sites of `ranked` (up to
+    `max_excluded` in all) until the gate passes, at most `max_evals` runs; when none passes, the
+    trial closest to passing (`initial`: the evaluation of `start`, counted as the first)."""
     rest = [n for n in ranked if n not in set(start)]
     trials: list[Trial] = []
     evaluations: list[tuple[list[str], dict[str, Any]]] = []
@@ -586,7 +563,7 @@ def continue_search(evaluate: Callable[[list[str]], dict[str, Any]], ranked: Seq
         while len(trials) < max_evals and rest and len(start) + min(k, len(rest)) <= max(max_excluded, len(start) + 1):
             candidate = list(start) + rest[:k]
             ev = evaluate(candidate)
-            trials.append(trial_of(candidate, ev, phase))
+            trials.append(trial_of(candidate, ev, "ort-continue"))
             evaluations.append((candidate, ev))
             if bar is not None:
                 bar.update(1)
@@ -604,35 +581,6 @@ def continue_search(evaluate: Callable[[list[str]], dict[str, Any]], ranked: Seq
         return SearchResult(list(start), False, trials, initial)
     chosen, ev = min(evaluations, key=lambda ce: (*_shortfall(ce[1]), len(ce[0])))
     return SearchResult(chosen, False, trials, ev)
-
-
-def confirm_on_holdout(evaluate: Callable[[list[str]], dict[str, Any]],
-                       held_out: Callable[[list[str]], dict[str, Any]], ranking: Callable[[], Sequence[str]],
-                       result: SearchResult,
-                       confirmed: dict[str, Any], max_excluded: int, max_evals: int, progress: bool = True,
-                       log: Callable[[str], None] | None = None) -> tuple[SearchResult, dict[str, Any]]:
-    """Check a search's choice on calibration puzzles it never saw. `result` passed `evaluate` (the search
-    puzzles and gates; `confirmed` is that evaluation); `held_out(excluded)` runs a candidate on the
-    held-out puzzles with the plain gates. Where the choice fails there, more sites go to float
-    (in the order `ranking()` returns, most beneficial first; `continue_search`, at most `max_evals`
-    runs) until a candidate passes both.
-    Returns the result (trials "holdout" and "holdout-continue" appended) and the evaluation of its
-    choice (`with_holdout`: the held-out run under "holdout")."""
-    first = with_holdout(confirmed, held_out(list(result.excluded)))
-    result.trials.append(trial_of(result.excluded, first, "holdout"))
-    if first["passed"]:
-        return result, first
-    if log is not None:
-        log(f"  the {len(result.excluded)} float site(s) chosen fail on the held-out calibration puzzles: keeping more "
-            f"in float (at most {max_evals} runs)")
-
-    def on_both(ex: list[str]) -> dict[str, Any]:
-        ev = evaluate(ex)
-        return with_holdout(ev, held_out(ex)) if ev["passed"] else ev
-
-    more = continue_search(on_both, ranking(), result.excluded, max_excluded, max_evals, progress, initial=first,
-                           phase="holdout-continue")
-    return SearchResult(more.excluded, more.passed, result.trials + more.trials, more.evaluation), more.evaluation
 
 
 def _shortfall(ev: dict[str, Any]) -> tuple[int, int, float]:
