@@ -25,6 +25,7 @@ on the same segment inputs), so the noise's accumulated per-site error is measur
 eps" is the eps whose median accumulated site error equals INT8's.
 
     python scripts/int8_noise_floor.py [--out bench/latest/session12-noise-floor] [--demos a,b] [--puzzles 256]
+                                       [--int8-bundles DIR]
 
 Writes OUT/noise_floor.json (every run; rewritten after each one), OUT/<demo>.png and OUT/summary.md
 (the summary table and every run); `--open-loop-only` redoes just the open-loop part of demos already in
@@ -62,14 +63,10 @@ EXTRA_EPS = (1e-1, 3e-1)  # run only while both seeds still pass at the grid's p
 GATES = DEFAULT_GATES["int8"]
 BATCH = 64  # `hrm-edge parity`'s default batch size
 OPEN_LOOP_PUZZLES = 64
-# quant_report.json of earlier all-int8 exports of the ORIGINAL checkpoints (source sha256 checked)
-QUANT_REPORTS = {
-    "sudoku6-demo": "/tmp/s11/b-hrm6",
-    "trm-sudoku6-demo": "/tmp/s11/b-trm6",
-    "trm-sudoku6-att-demo": "/tmp/s10/i8/trm-sudoku6-att-demo",
-    "trm-maze11-demo": "/tmp/s10/i8/trm-maze11-demo",
-    "trm-sudoku-demo": "/tmp/s10/i8/trm-sudoku-demo",
-}
+# The INT8 comparison reads `--int8-bundles DIR`: DIR/<demo> is an `hrm-edge export --int8 --int8-target cpu
+# --int8-target tensorrt` bundle of the ORIGINAL checkpoint (its source sha256 is checked); its
+# quant_report.json has every site's `error_full`. Session 12's figures came from the session 10-11
+# exports (their paths are in noise_floor.json, demos.<demo>.int8.report).
 METRICS = ("puzzles", "solved_agreement", "halting_agreement", "exact_agreement", "token_agreement",
            "accuracy_reference", "accuracy_candidate", "accuracy_drop", "mean_steps_reference", "mean_steps_candidate")
 
@@ -243,7 +240,8 @@ def sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def run_demo(name: str, puzzles: int, log: Any, save: Any, into: dict[str, Any]) -> dict[str, Any]:
+def run_demo(name: str, puzzles: int, log: Any, save: Any, into: dict[str, Any], int8_bundles: Path | None
+             ) -> dict[str, Any]:
     """Every run of one demo, recorded into `into[name]` as it goes (`save` after each)."""
     ckpt = Path("checkpoints") / name / "model.pt"
     ck = load_checkpoint(ckpt)
@@ -295,7 +293,7 @@ def run_demo(name: str, puzzles: int, log: Any, save: Any, into: dict[str, Any])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         add("bf16-autocast", None, None, summary(loop.evaluate_runner(runner)))
 
-    open_loop_part(name, rec, model, tokens, ids, max_steps)
+    open_loop_part(name, rec, model, tokens, ids, max_steps, int8_bundles)
     rec["seconds"] = round(time.perf_counter() - t0, 1)
     curve = rec["open_loop"]["noise"]
     log(f"{name}: open-loop median site error " + ", ".join(f"{c['eps']:g}->{c['median']:.3g}" for c in curve)
@@ -308,9 +306,9 @@ def run_demo(name: str, puzzles: int, log: Any, save: Any, into: dict[str, Any])
 
 
 def open_loop_part(name: str, rec: dict[str, Any], model: torch.nn.Module, tokens: np.ndarray, ids: np.ndarray,
-                   max_steps: int) -> None:
+                   max_steps: int, int8_bundles: Path | None) -> None:
     """rec["open_loop"]: the noise's (and bf16's) accumulated per-site error, as error_full measures INT8's;
-    rec["int8"]: the INT8 export's site errors and their equivalent eps."""
+    rec["int8"]: the site errors of the INT8 export int8_bundles/<name> (if there) and their equivalent eps."""
     k = min(OPEN_LOOP_PUZZLES, len(tokens))
     x, carries = reference_carries(model, torch.from_numpy(tokens[:k]), torch.from_numpy(ids[:k]), max_steps)
     curve = []
@@ -320,8 +318,8 @@ def open_loop_part(name: str, rec: dict[str, Any], model: torch.nn.Module, token
     bf16 = site_errors(model, x, carries, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     rec["open_loop"] = {"puzzles": k, "segments": max_steps, "noise": curve, "bf16-autocast": error_stats(bf16)}
     points = [(c["eps"], c["median"]) for c in curve]
-    bundle = Path(QUANT_REPORTS[name])
-    if (bundle / "quant_report.json").is_file():
+    bundle = None if int8_bundles is None else int8_bundles / name
+    if bundle is not None and (bundle / "quant_report.json").is_file():
         int8 = int8_site_errors(bundle)
         int8["same_checkpoint"] = int8["source_sha256"] == rec["sha256"]
         for target in ("cpu", "tensorrt"):
@@ -471,6 +469,8 @@ def main() -> None:
     ap.add_argument("--demos", default=",".join(DEMOS))
     ap.add_argument("--puzzles", type=int, default=256)
     ap.add_argument("--puzzles-9x9", type=int, default=None, help="puzzles for trm-sudoku-demo (default --puzzles)")
+    ap.add_argument("--int8-bundles", type=Path, default=None,
+                    help="DIR/<demo>: an `export --int8` bundle of each demo, for the INT8 comparison")
     ap.add_argument("--open-loop-only", action="store_true",
                     help="recompute only the open-loop site errors and INT8 comparison of demos already in the JSON")
     args = ap.parse_args()
@@ -494,13 +494,13 @@ def main() -> None:
             pset = load_puzzle_set(calib_data_dir(ck.task), split="val")
             n = rec["runs"][0]["puzzles"]
             open_loop_part(name, rec, ck.model.set_compute_dtype("float32").eval(), pset.inputs[:n],
-                           pset.puzzle_ids[:n], rec["max_steps"])
+                           pset.puzzle_ids[:n], rec["max_steps"], args.int8_bundles)
             print(name, "open loop:", json.dumps({k: rec["int8"][k].get("equivalent_eps") for k in ("cpu", "tensorrt")
                                                   if k in rec.get("int8", {})}), flush=True)
             save()
         else:
             puzzles = args.puzzles_9x9 if name == "trm-sudoku-demo" and args.puzzles_9x9 else args.puzzles
-            rec = run_demo(name, puzzles, lambda m: print(m, flush=True), save, results["demos"])
+            rec = run_demo(name, puzzles, lambda m: print(m, flush=True), save, results["demos"], args.int8_bundles)
     for name, rec in results["demos"].items():
         if rec.get("open_loop"):
             rec["verdict"] = verdict(rec)
