@@ -18,14 +18,12 @@ from pathlib import Path
 import onnx
 import torch
 
-from hrm_edge.export.graphs import export_segment
 from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.parity import DEFAULT_GATES
-from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
-from hrm_edge.quant.quantize import Int8Config, Int8Pipeline, settings_for
+from hrm_edge.quant.quantize import settings_for
 from hrm_edge.quant.search import restore_float
 from scripts.int8_per_row_activations import per_row
-from scripts.int8_val_curve import closed_loop_on, summary
+from scripts.int8_val_curve import closed_loop_on, demo_pipeline, summary
 
 
 def main() -> None:
@@ -39,14 +37,8 @@ def main() -> None:
     root = args.out / args.demo
     root.mkdir(parents=True, exist_ok=True)
     ck = load_checkpoint(f"checkpoints/{args.demo}/model.pt")
-    calib = load_puzzle_set(calib_data_dir(ck.task), split="calib")
-    val = load_puzzle_set(calib_data_dir(ck.task), split="val")
-    fp32 = root / "segment.fp32.onnx"
-    if not fp32.exists():
-        export_segment(ck.model.set_compute_dtype("float32").eval(), fp32)
     t0 = time.time()
-    pipe = Int8Pipeline(fp32, ck, calib, root / "work", Int8Config(threads=1, search_engine="ort"), progress=False,
-                        log=print, targets=("cpu",))
+    pipe, val = demo_pipeline(ck, root, "cpu")
     full = pipe.quantize(settings_for("cpu"))
     wanted = [w for w in args.float_sites.split(",") if w]
     nodes = [s.node for s in pipe.sites if any(w in s.label for w in wanted)]

@@ -52,6 +52,21 @@ def closed_loop_on(pset: Any, pipe: Int8Pipeline, limit: int | None) -> ClosedLo
                       DEFAULT_GATES["int8"], 64, 1, pipe.work_dir)
 
 
+def demo_pipeline(ck: Any, root: Path, target: str, calib_size: int = 1024) -> tuple[Int8Pipeline, Any]:
+    """The INT8 pipeline of a checkpoint (its fp32 segment exported to root once; 1 ORT thread; the ORT
+    search engine) on its calibration puzzles, and its validation set."""
+    from hrm_edge.export.graphs import export_segment
+
+    calib = load_puzzle_set(calib_data_dir(ck.task), split="calib")
+    val = load_puzzle_set(calib_data_dir(ck.task), split="val")
+    fp32_file = root / "segment.fp32.onnx"
+    if not fp32_file.exists():
+        export_segment(ck.model.set_compute_dtype("float32").eval(), fp32_file)
+    config = Int8Config(calib_size=calib_size, threads=1, search_engine="ort")
+    pipe = Int8Pipeline(fp32_file, ck, calib, root / "work", config, progress=False, log=print, targets=(target,))
+    return pipe, val
+
+
 def summary(ev: dict[str, Any], gates: Any) -> dict[str, Any]:
     m = ev["metrics"]
     return {**{k: m.get(k) for k in KEYS}, "passed": all(c["passed"] for c in gate(m, gates))}
@@ -72,17 +87,8 @@ def main() -> None:
     settings = settings_for(args.target)
     root = args.out / f"{demo}-{settings.target}"
     root.mkdir(parents=True, exist_ok=True)
-    calib = load_puzzle_set(calib_data_dir(ck.task), split="calib")
-    val = load_puzzle_set(calib_data_dir(ck.task), split="val")
-    from hrm_edge.export.graphs import export_segment
-
-    fp32_file = root / "segment.fp32.onnx"
-    if not fp32_file.exists():
-        export_segment(ck.model.set_compute_dtype("float32").eval(), fp32_file)
     t0 = time.perf_counter()
-    config = Int8Config(calib_size=args.calib_size, threads=1, search_engine="ort")
-    pipe = Int8Pipeline(fp32_file, ck, calib, root / "work", config, progress=False, log=print,
-                        targets=(settings.target,))
+    pipe, val = demo_pipeline(ck, root, settings.target, args.calib_size)
     full = pipe.quantize(settings)
     excluded_weights = "int8-dq" if settings.target == "tensorrt" else "int8"
     sites = quantized_sites(pipe.sites, full, pipe.fp32)
