@@ -29,20 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrm_edge.act import HaltingPolicy, solve_in_batches
+from hrm_edge.act import HaltingPolicy
 from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.model.runner import TorchSegmentRunner
-from hrm_edge.parity import DEFAULT_GATES
 from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
-from hrm_edge.quant.search import ClosedLoop
-from scripts.int8_noise_floor import linears, perturbed, reference_carries, site_errors
+from hrm_edge.quant.fakequant import int8_weight
+from scripts.int8_noise_floor import closed_loop, linears, perturbed, reference_carries, site_errors
 
 MODES = ("tensor", "row", "row-mlp_t")
 KEYS = ("puzzles", "solved_agreement", "halting_agreement", "accuracy_drop")
 
 
 def q8(t: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Symmetric int8 round to nearest, dequantized; one scale (|max| / 127) per tensor or per slice along `dim`."""
+    """Symmetric int8 activation, round to nearest, dequantized; one scale (|max| / 127) for the tensor or
+    per slice along `dim`."""
     amax = t.abs().amax() if dim is None else t.abs().amax(dim, keepdim=True)
     s = amax.clamp_min(1e-12) / 127
     return torch.round(t / s).clamp(-127, 127) * s
@@ -53,7 +53,7 @@ def int8(model: torch.nn.Module, mode: str) -> Iterator[None]:
     """Every Linear call computes as the simulated int8 site of `mode` (see the module docstring)."""
     handles = []
     for name, module in linears(model):
-        wq = q8(module.weight.detach().float(), 1)
+        wq = int8_weight(module.weight.detach().float())
         per_row = mode == "row" or (mode == "row-mlp_t" and ".mlp_t." in name)
 
         def hook(_m: torch.nn.Module, args: tuple, y: torch.Tensor, wq: torch.Tensor = wq,
@@ -90,12 +90,7 @@ def main() -> None:
         rec[f"open_loop_{mode}"] = {"first": float(e[0]), "median": float(np.median(e)), "max": float(e.max())}
     n = min(args.val_puzzles, len(val.inputs))
     tokens, ids = val.inputs[:n].astype(np.int64), val.puzzle_ids[:n].astype(np.int64)
-    policy = HaltingPolicy("q")
-    ref = solve_in_batches(TorchSegmentRunner(model), tokens, ids, policy, steps, 64, record_steps=True)
-    inner = model.inner
-    loop = ClosedLoop(tokens, ids, val.labels[:n], ref, inner.H_init.detach().float().numpy(),
-                      inner.L_init.detach().float().numpy(), model.config.total_len, policy, steps,
-                      DEFAULT_GATES["int8"], 64, 1)
+    loop = closed_loop(model, tokens, ids, val.labels[:n], HaltingPolicy("q"), steps)
     for mode in MODES:
         with int8(model, mode):
             ev = loop.evaluate_runner(TorchSegmentRunner(model))
