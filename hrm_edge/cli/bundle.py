@@ -88,6 +88,11 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--max-float-share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="The search keeps at most this share of the INT8 sites in float (1: as many as the gate needs; "
                    "float sites still store int8 weights, so the file stays small, but they compute in float).")
+@click.option("--int8-activation-scale", "activation_scale", type=click.Choice(["auto", "tensor", "row"]),
+              default="auto", show_default=True,
+              help="cpu INT8 graph: one activation range per tensor (ONNX Runtime's DynamicQuantizeLinear), one "
+                   "scale per row (token) or auto: per-tensor, and per-row too when per-tensor keeps more than 10% "
+                   "of the sites in float or fails; the better graph is kept (docs/int8.md).")
 @click.option("--qat-steps", type=click.IntRange(0), default=0, show_default=True,
               help="With --int8: first fine-tune N steps with fake quantization (`hrm-edge qat`; run in "
                    "OUTPUT-qat, resumable), export the fine-tuned model; the gate stays against CKPT.")
@@ -100,8 +105,8 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
                unroll: tuple[int, ...], act_loop: bool, golden_data: str | None, golden_count: int, policy: str,
                max_steps: int | None, opset: int, force: bool, puzzle_ids: str | None, arc_tasks: str | None,
                identifiers: str | None, int8: bool, int8_targets: tuple[str, ...], calib_method: str,
-               calib_size: int, calib_data: str | None, search: bool, max_float_share: float, qat_steps: int,
-               target: str, sign_key: str | None) -> None:
+               calib_size: int, calib_data: str | None, search: bool, max_float_share: float,
+               activation_scale: str, qat_steps: int, target: str, sign_key: str | None) -> None:
     """Export CKPT to a bundle: ONNX graphs, manifest, initial carry, golden outputs (atomic).
 
     Prints the bundle digest (sha256 of the canonical manifest) to pin with `verify --expect`."""
@@ -166,7 +171,7 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
             calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows.kept_original_ids)
             add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
                             calib_size=calib_size, search=search, max_excluded_share=max_float_share,
-                            log=lambda m: click.echo(m, err=True),
+                            cpu_activation_scale=activation_scale, log=lambda m: click.echo(m, err=True),
                             gate_puzzles=len(_puzzle_set(None, task, "val", None)))  # for the estimate line
 
         hooks.append(add_int8)

@@ -12,6 +12,8 @@ where, per flavour (`hrm_edge.quant.quantize.settings_for`):
 - activations, cpu (dynamic, the default): uint8, asymmetric, range computed per call over the
   whole tensor, 0 included (ONNX DynamicQuantizeLinear: scale = (max(0, max x) - min(0, min x)) / 255,
   zero point = round(-min / scale));
+- activations, cpu with per-row scales (`hrm_edge.quant.row_scales`): symmetric int8, one scale per row
+  (last axis) computed per call: scale = max(max |x|, 1e-12) / 127, zero point 0;
 - activations, cpu static: uint8 with calibrated scale and zero point; tensorrt: int8 symmetric
   (zero point 0, levels -128..127) with calibrated scale;
 - a site the mixed-precision search keeps in float reads its activation unquantized (its weight may
@@ -50,6 +52,7 @@ from torch import nn
 
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.model.hrm import CastedLinear
+from hrm_edge.quant.row_scales import ROW_EPS, ROW_LEVELS
 
 U8 = (0, 255)
 S8 = (-128, 127)
@@ -80,6 +83,15 @@ def dynamic_u8(x: torch.Tensor) -> torch.Tensor:
     return _ste(x, ((q - zp) * scale).to(x.dtype))
 
 
+def dynamic_row(x: torch.Tensor) -> torch.Tensor:
+    """Per-row symmetric int8 then dequantize (`hrm_edge.quant.row_scales`): one scale per row of the
+    last axis, computed per call, in the graph's float32 order of operations."""
+    xf = x.detach().float()
+    floor = torch.clamp(xf.abs().amax(dim=-1, keepdim=True), min=ROW_EPS)
+    scale = floor * torch.tensor(1.0 / ROW_LEVELS, dtype=torch.float32, device=xf.device)
+    return _ste(x, (torch.round(xf / scale) * scale).to(x.dtype))
+
+
 def static_quant(x: torch.Tensor, scale: float, zero_point: int, levels: tuple[int, int]) -> torch.Tensor:
     """QuantizeLinear then DequantizeLinear with a fixed scale / zero point and integer range `levels`."""
     q = torch.clamp(torch.round(x.detach().float() / scale) + zero_point, *levels)
@@ -95,7 +107,8 @@ def int8_weight(w: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ActQuant:
-    """The activation quantizer of one site: "dynamic" (uint8 per call) or "static" (scale, zero point, levels)."""
+    """The activation quantizer of one site: "dynamic" (uint8 per call), "row" (int8, one scale per row
+    and call) or "static" (scale, zero point, levels)."""
 
     kind: str
     scale: float = 1.0
@@ -105,6 +118,8 @@ class ActQuant:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "dynamic":
             return dynamic_u8(x)
+        if self.kind == "row":
+            return dynamic_row(x)
         return static_quant(x, self.scale, self.zero_point, self.levels)
 
 
@@ -295,13 +310,13 @@ def _site_from_node(g: _Graph, node: onnx.NodeProto, site: Any, module: str, cal
         weight = w if trans_b else w.T
         bias = g.const(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
         return SiteQuant(module, call, site.label, g.act_quant(node.input[0]), _tensor(weight), _tensor(bias))
-    if node.op_type == "Add":  # a dynamic site with a bias: Add(Mul(...), bias)
-        for i, j in ((0, 1), (1, 0)):
+    if node.op_type in ("Add", "Sub"):  # a dynamic site with a bias: Add(Mul(...), bias) | Sub(Mul(...), -bias)
+        for i, j in ((0, 1), (1, 0)) if node.op_type == "Add" else ((0, 1),):
             bias = g.const(node.input[j])
             inner = g.producer.get(node.input[i])
             if bias is not None and inner is not None:
                 sq = _site_from_node(g, inner, site, module, call)
-                sq.bias = _tensor(bias)
+                sq.bias = _tensor(bias if node.op_type == "Add" else -bias)
                 return sq
     if node.op_type == "Mul":  # dynamic: Mul(Cast(MatMulInteger(DynamicQuantizeLinear(x), Wq)), x_scale * w_scale)
         for i, j in ((0, 1), (1, 0)):
@@ -317,7 +332,9 @@ def _site_from_node(g: _Graph, node: onnx.NodeProto, site: Any, module: str, cal
                 break
             wzp = g.const(mm.input[3]) if len(mm.input) > 3 and mm.input[3] else np.zeros(1, np.float32)
             weight = (wq.astype(np.float32) - wzp.astype(np.float32).reshape(1, -1)) * w_scale.reshape(1, -1)
-            return SiteQuant(module, call, site.label, ActQuant("dynamic"), _tensor(weight.T), None)
+            quantizer = g.producer.get(mm.input[0])
+            kind = "row" if quantizer is not None and quantizer.op_type == "QuantizeLinear" else "dynamic"
+            return SiteQuant(module, call, site.label, ActQuant(kind), _tensor(weight.T), None)
     raise FakeQuantError(f"fake quant: cannot read site {site.label} ({node.op_type} {node.name})")
 
 
@@ -355,5 +372,5 @@ def float_share(spec: Sequence[SiteQuant]) -> float:
     return sum(s.act is None for s in spec) / max(1, len(spec))
 
 
-__all__ = ["S8", "U8", "ActQuant", "FakeQuantError", "SiteQuant", "dynamic_u8", "fake_quant", "float_share",
-           "graph_spec", "int8_weight", "linear_calls", "site_module", "static_quant"]
+__all__ = ["S8", "U8", "ActQuant", "FakeQuantError", "SiteQuant", "dynamic_row", "dynamic_u8", "fake_quant",
+           "float_share", "graph_spec", "int8_weight", "linear_calls", "site_module", "static_quant"]

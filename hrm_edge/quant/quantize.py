@@ -152,6 +152,7 @@ class QuantSettings:
     op_types: tuple[str, ...] = ("MatMul",)
     extra_options: dict[str, Any] = field(default_factory=dict)
     attention: bool = False  # also quantize the activation x activation MatMuls (attention scores / values)
+    activation_scale: str = "tensor"  # cpu dynamic: "tensor" (DynamicQuantizeLinear) | "row" (`row_scales`)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,11 +160,18 @@ class QuantSettings:
         return d
 
 
-def settings_for(target: str, mode: str | None = None, per_channel: bool = True, attention: bool = False
-                 ) -> QuantSettings:
+def settings_for(target: str, mode: str | None = None, per_channel: bool = True, attention: bool = False,
+                 activation_scale: str = "tensor") -> QuantSettings:
     """The settings of a target (see the module docstring). `attention`: also quantize the attention
-    matmuls (static modes; the dynamic mode quantizes constant-weight MatMuls only)."""
+    matmuls (static modes; the dynamic mode quantizes constant-weight MatMuls only); `activation_scale`:
+    "tensor" | "row" (per-row dynamic scales, `hrm_edge.quant.row_scales`; the cpu dynamic mode only)."""
+    from hrm_edge.quant.row_scales import ACTIVATION_SCALES
+
     target = normalize_target(target)
+    if activation_scale not in ACTIVATION_SCALES:
+        raise ValueError(f"unknown activation scale {activation_scale!r}; use one of {', '.join(ACTIVATION_SCALES)}")
+    if activation_scale == "row" and (target != "cpu" or mode not in (None, "dynamic")):
+        raise ValueError("per-row activation scales exist for the cpu target's dynamic mode only")
     if target == "tensorrt":
         if mode not in (None, "static"):
             raise ValueError("the tensorrt target is static QDQ only (TensorRT has no dynamic quantization)")
@@ -175,7 +183,7 @@ def settings_for(target: str, mode: str | None = None, per_channel: bool = True,
         raise ValueError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "dynamic":
         return QuantSettings("cpu", "dynamic", "QUInt8", "QInt8", per_channel, ("MatMul",),
-                             {"MatMulConstBOnly": True})
+                             {"MatMulConstBOnly": True}, activation_scale=activation_scale)
     return QuantSettings("cpu", "static", "QUInt8", "QInt8", per_channel, WEIGHT_OPS,
                          {"WeightSymmetric": True, "QuantizeBias": False,
                           "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}, attention)
@@ -711,6 +719,10 @@ class Int8Pipeline:
             else []
         quantize_graph(self.fp32_path, path, settings, ranges, self.method, nodes_to_exclude=skip)
         model = onnx.load(str(path))
+        if settings.activation_scale == "row":
+            from hrm_edge.quant.row_scales import per_row_activations
+
+            per_row_activations(model)
         if settings.mode == "static" and self.float_paths:
             keep_float_paths(model, settings.op_types)
         if self.gptq:
@@ -777,8 +789,10 @@ class Int8Pipeline:
 
     def build(self, target: str, out: str | Path, *, mode: str | None = None, search: bool = True,
               max_excluded_share: float = 1.0, max_evals: int = 16, prune: bool = True,
-              excluded_weights: str = "int8", exclude: Sequence[str] | None = None) -> Int8Build:
-        """Quantize for one target, search the exclusions, write `out` and describe it."""
+              excluded_weights: str = "int8", exclude: Sequence[str] | None = None,
+              activation_scale: str = "tensor") -> Int8Build:
+        """Quantize for one target, search the exclusions, write `out` and describe it.
+        `activation_scale`: "tensor" | "row" (cpu dynamic only: `hrm_edge.quant.row_scales`)."""
         from hrm_edge.quant.search import (
             continue_search,
             leave_one_out,
@@ -789,10 +803,11 @@ class Int8Pipeline:
         )
 
         t0 = time.perf_counter()
-        settings = settings_for(target, mode, self.per_channel)
+        settings = settings_for(target, mode, self.per_channel, activation_scale=activation_scale)
         if settings.target == "tensorrt" and excluded_weights == "int8":
             excluded_weights = "int8-dq"  # TensorRT takes int8 weights only through DequantizeLinear
-        self.log(f"INT8 {settings.target} ({settings.mode}) ...")
+        self.log(f"INT8 {settings.target} ({settings.mode}"
+                 f"{', per-row activation scales' if settings.activation_scale == 'row' else ''}) ...")
         full = self.quantize(settings)
         sites = quantized_sites(self.sites, full, self.fp32)
         by_node = {s.node: s for s in sites}
@@ -960,6 +975,49 @@ def _by_step(values: np.ndarray, steps: Sequence[int]) -> list[float]:
 # ----------------------------------------------------------------------------------------------
 # the bundle entry point
 
+ACTIVATION_SCALE_CHOICES = ("auto", "tensor", "row")
+
+
+def _standing(build: Int8Build) -> tuple[bool, int]:
+    """How good a build is: (its calibration gate passed, minus its float sites); higher is better."""
+    return bool(build.report["calib_parity"]["passed"]), -len(build.entry["quantization"]["float_sites"])
+
+
+def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dict[str, Any], choice: str = "auto"
+                            ) -> Int8Build:
+    """The cpu dynamic graph with per-tensor or per-row activation scales (`hrm_edge.quant.row_scales`).
+
+    "tensor" / "row": that one. "auto": per-tensor scales first (ONNX Runtime's fused
+    DynamicQuantizeLinear, the faster kernel); when their graph fails its calibration gate or keeps more
+    than `QAT_ADVICE_FLOAT_SHARE` of the sites in float, the per-row graph is built and searched too and
+    the better one is kept: the one that passes its gate, then the one with fewer float sites (ties:
+    per-tensor). Measured: the TRM maze demo keeps 64 of 66 sites in float per tensor, 1 per row; the
+    HRM 6x6 demo 18 of 50 per tensor, 38 per row (docs/int8.md). The report records both candidates."""
+    if choice not in ACTIVATION_SCALE_CHOICES:
+        raise ValueError(f"unknown activation scale {choice!r}; use one of {', '.join(ACTIVATION_SCALE_CHOICES)}")
+    if choice != "auto":
+        return pipe.build("cpu", out, activation_scale=choice, **opts)
+    tensor = pipe.build("cpu", out, activation_scale="tensor", **opts)
+    float_sites, sites = len(tensor.entry["quantization"]["float_sites"]), tensor.entry["quantization"]["sites"]
+    if tensor.report["calib_parity"]["passed"] and qat_advice(float_sites, sites) is None:
+        tensor.report["activation_scale_choice"] = {"chosen": "tensor", "why": "per-tensor scales pass with "
+                                                    f"{float_sites} of {sites} sites in float"}
+        return tensor
+    pipe.log(f"  per-tensor activation scales keep {float_sites} of {sites} sites in float: trying per-row scales")
+    row = pipe.build("cpu", work / "segment.int8-cpu.row.onnx", activation_scale="row", **opts)
+    candidates = {name: {"calib_passed": b.report["calib_parity"]["passed"],
+                         "float_sites": len(b.entry["quantization"]["float_sites"]),
+                         "export_seconds": b.entry["export_seconds"]} for name, b in (("tensor", tensor), ("row", row))}
+    chosen = row if _standing(row) > _standing(tensor) else tensor
+    if chosen is row:
+        row.path.replace(out)
+        row.path, row.entry["file"], row.report["graph"] = out, out.name, out.name
+    name = "row" if chosen is row else "tensor"
+    chosen.report["activation_scale_choice"] = {"chosen": name, "candidates": candidates}
+    pipe.log(f"  activation scales: {name} ({candidates[name]['float_sites']} of {sites} sites in float; "
+             f"per-tensor {candidates['tensor']['float_sites']}, per-row {candidates['row']['float_sites']})")
+    return chosen
+
 
 def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: Any, *,
                     targets: Sequence[str] = ("cpu",), method: str = "minmax", calib_size: int = 1024,
@@ -968,7 +1026,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                     smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA, max_evals: int = 16,
                     max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
                     log: Callable[[str], None] | None = None, gate_puzzles: int | None = None,
-                    search_engine: str = "auto") -> None:
+                    search_engine: str = "auto", cpu_activation_scale: str = "auto") -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 
     Reads the manifest's `segment.fp32` graph file from `bundle_tmp_dir`, writes the INT8 graph
@@ -984,7 +1042,8 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     speed-up is mostly gone: 27M, 1 thread, 25% of sites float: 60 ms vs 37 ms all-int8 vs 145 ms fp32);
     `gate_puzzles`: puzzles of the validation gate that follows (for the printed estimate only);
     `search_engine`: "auto" | "torch" (fake-quant sensitivity and search, one ORT confirmation) | "ort"
-    (`resolve_engine`)."""
+    (`resolve_engine`); `cpu_activation_scale`: the cpu dynamic graph's activation scales, "tensor" |
+    "row" (`hrm_edge.quant.row_scales`) | "auto" (`choose_activation_scale`)."""
     from hrm_edge.quant.report import write_report
 
     bundle_tmp_dir = Path(bundle_tmp_dir)
@@ -1002,9 +1061,14 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
         builds = []
         for target in targets:
             name = graph_name(target)
-            build = pipe.build(target, bundle_tmp_dir / f"{name}.onnx", mode=cpu_mode if target == "cpu" else None,
-                               search=search, max_excluded_share=max_excluded_share, max_evals=max_evals,
-                               excluded_weights=excluded_weights)
+            mode = cpu_mode if target == "cpu" else None
+            opts = {"mode": mode, "search": search, "max_excluded_share": max_excluded_share, "max_evals": max_evals,
+                    "excluded_weights": excluded_weights}
+            if target == "cpu" and settings_for(target, mode).mode == "dynamic" and cpu_activation_scale != "tensor":
+                build = choose_activation_scale(pipe, bundle_tmp_dir / f"{name}.onnx", Path(work), opts,
+                                                cpu_activation_scale)
+            else:
+                build = pipe.build(target, bundle_tmp_dir / f"{name}.onnx", **opts)
             builds.append(build)
         report = {"fp32_graph": fp32_entry.file, "calibration_split": pipe.calib_source,
                   "phase_seconds": dict(pipe.phase_seconds), "estimate": pipe.estimate.to_dict(),
@@ -1018,6 +1082,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
 
 
 __all__ = [
+    "ACTIVATION_SCALE_CHOICES",
     "DEFAULT_SMOOTH_ALPHA",
     "MODES",
     "PRESETS",
@@ -1030,6 +1095,7 @@ __all__ = [
     "QuantSettings",
     "add_int8_graphs",
     "apply_gptq",
+    "choose_activation_scale",
     "fold_weight_transposes",
     "gptq_int8",
     "graph_name",
