@@ -10,6 +10,8 @@ Session 10, HRM 6x6 demo, 256 calibration puzzles: per-row kept 38 of 50 sites i
 Session 12, TRM maze demo (it has a token MLP, the HRM demo has none): per-row passes every INT8 gate
 on validation with 65 of 66 sites in int8, per-tensor solves 0.8% (`scripts/int8_per_row_val.py`,
 bench/latest/session12-row-scales/).
+Session 13: shipped as `hrm_edge.quant.row_scales` (`export --int8-activation-scale`), stored as uint8
+with zero point 128 instead of the int8 used here, whose s8 x s8 MatMulInteger ran ~10x slower on ORT.
 """
 import json
 import sys

@@ -46,7 +46,10 @@ Targets ("cpu" | "tensorrt"; optimum preset names map: avx512_vnni, avx2, arm64 
   calibrated ranges) and signed per-channel weights (QInt8) on MatMul/Gemm inputs -- the U8S8 layout
   ORT runs with VNNI/AMX. Same speed (27M, batch 1, 1 thread: 43.7 ms both, fp32 144.8 ms); the
   dynamic flavour agrees with fp32 on more puzzles (per-call ranges follow the carry as it changes
-  over ACT steps; open-loop error 0.0097 vs 0.0103 at alpha 0.85).
+  over ACT steps; open-loop error 0.0097 vs 0.0103 at alpha 0.85). Per-row activation scales
+  (`activation_scale="row"`, `hrm_edge.quant.row_scales`): one symmetric int8 scale per row and call
+  instead of one uint8 range per tensor, for activations whose rows differ widely in size (the TRM
+  token MLP); `export --int8` chooses between the two (`choose_activation_scale`).
 - tensorrt: static QDQ, symmetric signed int8 activations and weights, zero points 0
   (ActivationSymmetric, WeightSymmetric), Q/DQ only on MatMul/Gemm inputs (no output Q/DQ, biases
   float); norms, softmax, RoPE and the residual/carry path in float: TensorRT's
@@ -58,7 +61,8 @@ Attention matmuls (activation x activation) stay float by default in every flavo
 agreement 76.6 -> 82.8%, 64.1 -> 82.0%, 6x6 demo step 2000, 128 puzzles).
 
 Every op stays in the default ONNX domain (QuantizeLinear, DequantizeLinear, MatMulInteger,
-DynamicQuantizeLinear, Cast, Mul), so `check_graph` holds.
+DynamicQuantizeLinear, Cast, Mul; per-row scales add Abs, ReduceMax, Max, Div, Sub), so `check_graph`
+holds.
 """
 
 from __future__ import annotations
