@@ -143,8 +143,10 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
         from hrm_edge.quant.qat import QatConfig, run_qat
 
         flavour = (int8_targets or (("tensorrt",) if target == "jetson" else ("cpu",)))[0]
+        scale = "row" if activation_scale == "row" and flavour == "cpu" else "tensor"  # auto: per-tensor first
         run = run_qat(ck, Path(output).parent / f"{Path(output).name}-qat",
-                      QatConfig(flavour=flavour, steps=qat_steps), resume=True, log=lambda m: click.echo(m, err=True))
+                      QatConfig(flavour=flavour, activation_scale=scale, steps=qat_steps), resume=True,
+                      log=lambda m: click.echo(m, err=True))
         ck = load_for_cli(str(run.checkpoint), task, seq_len)
         fine_tuned = str(run.checkpoint)
     golden = _puzzle_set(golden_data, task, "val", golden_count)

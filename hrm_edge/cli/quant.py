@@ -16,6 +16,9 @@ from hrm_edge.files import check_output_dir
               help="Run directory: the fine-tuned OUTPUT/model.pt, its resume state and log.")
 @click.option("--flavour", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
               help="The INT8 graph to simulate: cpu (uint8 activations per call) or tensorrt (int8, zero point 0).")
+@click.option("--activation-scale", type=click.Choice(["tensor", "row"]), default="tensor", show_default=True,
+              help="cpu: one activation range per tensor, or one scale per row as `export "
+                   "--int8-activation-scale row` builds it.")
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Optimizer steps in all.")
 @click.option("--lr", type=float, default=1e-5, show_default=True,
               help="Peak learning rate (AdamW); 1e-4 moved the halting head (bench/latest/session8-qat).")
@@ -33,8 +36,8 @@ from hrm_edge.files import check_output_dir
 @click.option("--task", help="Task, if the checkpoint does not record it.")
 @click.option("--resume", is_flag=True, help="Continue the run in OUTPUT.")
 @click.option("--progress/--no-progress", default=True)
-def qat(ckpt: str, output: str, flavour: str, steps: int, lr: float, batch_size: int, objective: str,
-        task_weight: float, pool_size: int,
+def qat(ckpt: str, output: str, flavour: str, activation_scale: str, steps: int, lr: float, batch_size: int,
+        objective: str, task_weight: float, pool_size: int,
         checkpoint_every: int, minutes: float, seed: int, task: str | None, resume: bool, progress: bool) -> None:
     """Fine-tune CKPT with fake quantization at the INT8 graph's sites (straight-through), on generated
     training puzzles; then `hrm-edge export OUTPUT/model.pt --int8` (the gate: `parity --checkpoint CKPT`)."""
@@ -44,7 +47,10 @@ def qat(ckpt: str, output: str, flavour: str, steps: int, lr: float, batch_size:
     out = check_output_dir(output, "--output")
     ck = load_for_cli(ckpt, task, None)
     distill = DistillWeights(task=task_weight) if objective == "distill" else None
-    cfg = QatConfig(flavour=flavour, steps=steps, lr=lr, batch_size=batch_size, distill=distill, pool_size=pool_size,
+    if activation_scale == "row" and flavour != "cpu":
+        raise click.UsageError("--activation-scale row is for the cpu flavour")
+    cfg = QatConfig(flavour=flavour, activation_scale=activation_scale, steps=steps, lr=lr, batch_size=batch_size,
+                    distill=distill, pool_size=pool_size,
                     checkpoint_every=checkpoint_every, max_minutes=minutes, seed=seed)
     try:
         result = run_qat(ck, out, cfg, resume=resume, progress=progress, log=lambda m: click.echo(m, err=True))

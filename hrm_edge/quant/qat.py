@@ -6,9 +6,10 @@ towards the ORIGINAL model's outputs (`hrm_edge.quant.distill`: token distributi
 outgoing carry of a frozen fp32 teacher run from the student's own carry; the task loss optionally, with
 a weight) while every Linear call computes as the INT8 graph will (`hrm_edge.quant.fakequant`): per-channel
 symmetric int8 weights and, per flavour, uint8 activations quantized per call (cpu, the dynamic
-default) or symmetric int8 activations with calibrated scales (tensorrt), SmoothQuant on the SwiGLU
-down projection as the exporter folds it, the carry path and the halting head's input included.
-Gradients pass the rounding straight through.
+default; with `activation_scale="row"`, symmetric int8 with one scale per row and call, as
+`hrm_edge.quant.row_scales` exports it) or symmetric int8 activations with calibrated scales
+(tensorrt), SmoothQuant on the SwiGLU down projection as the exporter folds it, the carry path and
+the halting head's input included. Gradients pass the rounding straight through.
 
 Data: the training distribution only -- generated Sudoku puzzles (a pool in OUT/pool.npz from which
 every calibration and validation puzzle of calib_data/<task> is removed) or generated mazes that are
@@ -42,7 +43,7 @@ from torch import nn
 from hrm_edge.errors import HrmEdgeError
 from hrm_edge.quant.distill import Distiller, DistillWeights
 from hrm_edge.quant.fakequant import S8, ActQuant, SiteQuant, linear_calls
-from hrm_edge.quant.quantize import DEFAULT_SMOOTH_ALPHA, normalize_target
+from hrm_edge.quant.quantize import DEFAULT_SMOOTH_ALPHA, normalize_target, settings_for
 
 SPEC_FILE = "qat_spec.pt"
 STATE_FILE = "train_state.pt"
@@ -54,7 +55,8 @@ class QatError(HrmEdgeError):
 
 @dataclass(frozen=True, kw_only=True)
 class QatConfig:
-    """flavour: "cpu" | "tensorrt" (the INT8 graph the fine-tune simulates); steps: optimizer steps in all
+    """flavour: "cpu" | "tensorrt" (the INT8 graph the fine-tune simulates); activation_scale: "tensor" |
+    "row" (cpu only: the graph's activation scales, `hrm_edge.quant.row_scales`); steps: optimizer steps in all
     (a resumed run stops there too); lr: peak learning rate after `warmup_steps`; batch_size: ACT slots;
     calib_batches: training batches whose activations set the static scales; smooth_alpha: SmoothQuant
     strength (the exporter's default; None: off); distill: the objective's weights (None: the trainer's
@@ -62,6 +64,7 @@ class QatConfig:
     steps between saved states; max_minutes: wall-time cap; seed: data and init of the batch."""
 
     flavour: str = "cpu"
+    activation_scale: str = "tensor"
     steps: int = 200
     lr: float = 1e-5
     batch_size: int = 32
@@ -165,16 +168,18 @@ def smoothing(model: nn.Module, absmax: dict[str, list[torch.Tensor]], alpha: fl
     return out
 
 
-def qat_spec(flavour: str, absmax: dict[str, list[torch.Tensor]], smooth: dict[str, torch.Tensor]
-             ) -> list[SiteQuant]:
-    """The quantizers of a QAT run: every Linear call, weights int8 per channel, activations per flavour."""
+def qat_spec(flavour: str, absmax: dict[str, list[torch.Tensor]], smooth: dict[str, torch.Tensor],
+             activation_scale: str = "tensor") -> list[SiteQuant]:
+    """The quantizers of a QAT run: every Linear call, weights int8 per channel, activations per flavour
+    (and, for cpu, per `activation_scale`: "tensor" | "row")."""
     flavour = normalize_target(flavour)
+    settings_for(flavour, activation_scale=activation_scale)  # refuses row scales outside cpu
     spec = []
     for name, per_call in absmax.items():
         s = smooth.get(name)
         for call, amax in enumerate(per_call):
             if flavour == "cpu":
-                act = ActQuant("dynamic")
+                act = ActQuant("row" if activation_scale == "row" else "dynamic")
             else:
                 top = float((amax / s).max() if s is not None else amax.max())
                 act = ActQuant("static", max(top, 1e-8) / 127.0, 0, S8)
@@ -226,18 +231,20 @@ def run_qat(ck: Any, out_dir: str | Path, cfg: QatConfig, *, resume: bool = Fals
     trainer.model.load_state_dict(ck.model.state_dict())
     if resume and spec_path.exists():
         saved = torch.load(spec_path, weights_only=True)
-        if saved["flavour"] != flavour:
-            raise QatError(f"{out} is a {saved['flavour']} QAT run; resume it with that flavour")
+        if saved["flavour"] != flavour or saved.get("activation_scale", "tensor") != cfg.activation_scale:
+            raise QatError(f"{out} is a {saved['flavour']} QAT run with {saved.get('activation_scale', 'tensor')} "
+                           "activation scales; resume it with those")
         absmax, smooth = saved["absmax"], saved["smooth"]
     else:
         tokens, _, _ = sampler.sample(cfg.calib_batches * cfg.batch_size, 0, mcfg.seq_len)
         absmax = site_absmax(trainer.model.eval(), tokens)
         smooth = smoothing(trainer.model, absmax, cfg.smooth_alpha) if cfg.smooth_alpha else {}
-        torch.save({"flavour": flavour, "absmax": absmax, "smooth": smooth}, spec_path)
+        torch.save({"flavour": flavour, "activation_scale": cfg.activation_scale, "absmax": absmax,
+                    "smooth": smooth}, spec_path)
     if resume and state_path.exists():
         trainer.load_state_dict(torch.load(state_path, weights_only=True))
         log(f"QAT: resumed {out} at step {trainer.step} of {cfg.steps}")
-    spec = qat_spec(flavour, absmax, smooth)
+    spec = qat_spec(flavour, absmax, smooth, cfg.activation_scale)
     done = trainer.step
     log(f"QAT ({flavour}): {cfg.steps - done} step(s) of {cfg.batch_size} ACT slots on {data}; "
         f"{len(spec)} fake-quantized sites; objective: {'distillation' if cfg.distill else 'task loss'}")
@@ -249,7 +256,8 @@ def run_qat(ck: Any, out_dir: str | Path, cfg: QatConfig, *, resume: bool = Fals
     card = dict(ck.card or {})
     objective = (f"distillation from the original fp32 model ({dataclasses.asdict(cfg.distill)})"
                  if cfg.distill is not None else "the checkpoint's task loss")
-    card["qat"] = {"flavour": flavour, "steps": trainer.step, "data": data, "objective": objective, "lr": cfg.lr,
+    card["qat"] = {"flavour": flavour, "activation_scale": cfg.activation_scale, "steps": trainer.step, "data": data,
+                   "objective": objective, "lr": cfg.lr,
                    "batch_size": cfg.batch_size, "minutes": round(trainer.elapsed / 60, 2),
                    "sites": len(spec), "smooth_alpha": cfg.smooth_alpha,
                    "source_sha256": ck.provenance.get("sha256"), "source_path": ck.provenance.get("path")}

@@ -35,6 +35,8 @@ holds and any ONNX runtime runs the graph. Rounding is half to even, the same as
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -53,11 +55,12 @@ _CONSTANTS = {  # name -> value, shared by every rewritten site
 }
 
 
-def per_row_activations(model: onnx.ModelProto) -> int:
-    """Replace every DynamicQuantizeLinear that feeds MatMulInteger by per-row symmetric quantization
-    (module docstring), in place. The quantized tensor and its scale keep their names, so the
-    MatMulInteger and the rescaling Mul that read them are untouched; readers of the old zero point
-    read the constant 128. Returns the number of DynamicQuantizeLinear nodes rewritten."""
+def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None = None) -> int:
+    """Replace every DynamicQuantizeLinear that feeds MatMulInteger (only those quantizing one of
+    `inputs`, activation tensor names, when given) by per-row symmetric quantization (module
+    docstring), in place. The quantized tensor and its scale keep their names, so the MatMulInteger and
+    the rescaling Mul that read them are untouched; readers of the old zero point read the constant 128.
+    Returns the number of DynamicQuantizeLinear nodes rewritten."""
     g = model.graph
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in g.node:
@@ -69,7 +72,8 @@ def per_row_activations(model: onnx.ModelProto) -> int:
     for k, node in enumerate(g.node):
         quantized = node.output[0] if node.op_type == "DynamicQuantizeLinear" else None
         if quantized is None or not readers.get(quantized) or \
-                any(r.op_type != "MatMulInteger" for r in readers[quantized]):
+                any(r.op_type != "MatMulInteger" for r in readers[quantized]) or \
+                (inputs is not None and node.input[0] not in inputs):
             nodes.append(node)
             continue
         x, (q, scale, zero_point) = node.input[0], node.output
