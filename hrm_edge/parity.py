@@ -209,6 +209,29 @@ def gate(metrics: dict[str, Any], gates: Gates) -> list[dict[str, Any]]:
     return checks
 
 
+def host_run(result: SolveResult) -> dict[str, Any]:
+    """What pins a graph's run on the golden puzzles at export, for `verify` to hold a device to: each
+    puzzle's halting step and the sha256 (first 16 hex digits) of its predictions."""
+    import hashlib
+
+    preds = np.ascontiguousarray(result.predictions, np.int64)
+    return {"steps": [int(s) for s in result.steps],
+            "predictions": [hashlib.sha256(p.tobytes()).hexdigest()[:16] for p in preds]}
+
+
+def host_checks(result: SolveResult, pinned: dict[str, Any]) -> list[dict[str, Any]]:
+    """Gate records: the run reproduces the export host's (`host_run`) on every golden puzzle: the same
+    predictions and the same halting step (shares; both must be 1)."""
+    got = host_run(result)
+    n = len(pinned["steps"])
+    if len(got["steps"]) != n:
+        return [{"name": "host_puzzles", "value": len(got["steps"]), "threshold": n, "passed": False}]
+    same_out = sum(a == b for a, b in zip(got["predictions"], pinned["predictions"], strict=True)) / n
+    same_halt = sum(a == b for a, b in zip(got["steps"], pinned["steps"], strict=True)) / n
+    return [{"name": "host_identical_outputs", "value": same_out, "threshold": 1.0, "passed": same_out == 1.0},
+            {"name": "host_halting_agreement", "value": same_halt, "threshold": 1.0, "passed": same_halt == 1.0}]
+
+
 def junit_xml(suite: str, checks: list[dict[str, Any]]) -> str:
     """A JUnit XML report: one testcase per gate, failures carry value and threshold."""
     failures = sum(not c["passed"] for c in checks)

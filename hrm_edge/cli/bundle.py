@@ -26,6 +26,7 @@ from hrm_edge.parity import (
     compare,
     gate,
     golden_result,
+    host_checks,
     junit_xml,
     plot_parity,
     with_overrides,
@@ -260,6 +261,21 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
             f"{err_text}")
 
 
+def _pinned_run(entry: Any, name: str, puzzles: int) -> dict[str, Any] | None:
+    """An INT8 graph's run on the golden puzzles at export (`quantization.golden_run`, see
+    `hrm_edge.parity.host_run`), checked for shape; None for graphs without one."""
+    run = (entry.quantization or {}).get("golden_run")
+    if run is None:
+        return None
+    steps, preds = (run.get("steps"), run.get("predictions")) if isinstance(run, dict) else (None, None)
+    if not (isinstance(steps, list) and isinstance(preds, list) and len(steps) == len(preds) == puzzles
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in steps)
+            and all(isinstance(v, str) and len(v) == 16 for v in preds)):
+        raise BundleError(f"{MANIFEST}: graphs[{name!r}].quantization.golden_run is malformed "
+                          f"(expected {puzzles} halting steps and {puzzles} 16-digit prediction hashes)")
+    return run
+
+
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--runtime", type=click.Choice([*RUNTIMES, "torch"]), default="ort", show_default=True)
@@ -312,7 +328,7 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
         ck = load_for_cli(src, b.task, None)
         res = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), ref["inputs"],
                                ref["puzzle_ids"], policy, steps, 64, record_steps=True, record_logits=True)
-        runs = {"torch.fp32": (res, with_overrides(DEFAULT_GATES["fp32"], True, max_logit_rel=1e-6))}
+        runs = {"torch.fp32": (res, with_overrides(DEFAULT_GATES["fp32"], True, max_logit_rel=1e-6), None)}
     else:
         from hrm_edge.runtimes.solver import GraphSolver, runnable_graphs
 
@@ -321,11 +337,20 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
         for name in names:
             solver = GraphSolver(b, name, runtime, engine=engine)
             res = solver.solve(ref["inputs"], ref["puzzle_ids"], policy, steps, record_logits=solver.kind == "segment")
-            runs[name] = (res, with_overrides(VERIFY_GATES[solver.entry.precision], solver.kind == "segment"))
-    for name, (res, gates) in runs.items():
+            runs[name] = (res, with_overrides(VERIFY_GATES[solver.entry.precision], solver.kind == "segment"),
+                          _pinned_run(solver.entry, name, len(ref["inputs"])))
+    for name, (res, gates, pinned) in runs.items():
         metrics = compare(reference, res, labels)
         checks = gate(metrics, gates)
-        click.echo(_summary_line(name, metrics, checks))
+        if pinned is not None:  # INT8: the device must reproduce the export host's run; fp32 agreement is reported
+            click.echo(f"{_summary_line(name, metrics, checks).replace('PASS ', '', 1).replace('FAIL ', '', 1)} "
+                       "(against fp32: reported; the export's parity gate judged it on the validation set)")
+            checks = host_checks(res, pinned)
+            click.echo(f"{'PASS' if all(c['passed'] for c in checks) else 'FAIL'} {name}: as on the export host, "
+                       + ", ".join(f"{c['name'].removeprefix('host_').replace('_', ' ')} {100 * c['value']:.1f}%"
+                                   for c in checks))
+        else:
+            click.echo(_summary_line(name, metrics, checks))
         failures += [f"{name}: {c['name']}" for c in checks if not c["passed"]]
     if failures:
         raise HrmEdgeError(f"verify failed ({len(failures)} gate(s)): {'; '.join(failures[:4])}")

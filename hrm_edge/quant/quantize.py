@@ -982,6 +982,29 @@ def _by_step(values: np.ndarray, steps: Sequence[int]) -> list[float]:
 ACTIVATION_SCALE_CHOICES = ("auto", "tensor", "row")
 
 
+def _golden_run(bundle_tmp_dir: Path, manifest: Manifest, pipe: Int8Pipeline, graph: Path) -> dict[str, Any]:
+    """The INT8 graph's own run on the bundle's golden puzzles on this host (ONNX Runtime CPU, the
+    reference's policy and cap), pinned by `hrm_edge.parity.host_run`: `verify` holds a device to it.
+    Against fp32 the golden set is too small to gate a statistical agreement (one of 16 puzzles halting
+    elsewhere is 93.8% < 95%); the export's parity gate on the validation set does that."""
+    from hrm_edge.act import parse_policy, solve_in_batches
+    from hrm_edge.bundle import remap_ids
+    from hrm_edge.parity import host_run
+    from hrm_edge.runtimes.ort.loader import make_session
+    from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
+
+    info = manifest.need_reference()
+    with np.load(bundle_tmp_dir / info.file) as ref:
+        tokens, ids = ref["inputs"], ref["puzzle_ids"]
+    rows = manifest.puzzle_rows
+    if rows is not None:
+        ids = remap_ids(ids, rows.kept_original_ids)
+    inner = pipe.model.inner
+    runner = OrtSegmentRunner(make_session(graph, threads=pipe.threads), inner.H_init.detach().float().numpy(),
+                              inner.L_init.detach().float().numpy())
+    return host_run(solve_in_batches(runner, tokens, ids, parse_policy(info.policy), info.max_steps, 64))
+
+
 def _standing(build: Int8Build) -> tuple[bool, int]:
     """How good a build is: (its calibration gate passed, minus its float sites); higher is better."""
     return bool(build.report["calib_parity"]["passed"]), -len(build.entry["quantization"]["float_sites"])
@@ -1080,6 +1103,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
         write_report(bundle_tmp_dir, report)
         for b in builds:
             name = graph_name(b.target)
+            b.entry["quantization"]["golden_run"] = _golden_run(bundle_tmp_dir, manifest, pipe, b.path)
             entry = {**b.entry, "report": {"json": "quant_report.json", "png": f"quant_report-{b.target}.png"}}
             manifest.graphs[name] = GraphEntry.from_dict(json.loads(json.dumps(entry, default=str)), manifest.where,
                                                          f'graphs["{name}"]')

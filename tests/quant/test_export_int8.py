@@ -1,14 +1,17 @@
 """`hrm-edge export --int8` end to end on a tiny model: the INT8 graph is gated on the finished
 bundle, the gate's result is sealed into the manifest (so the digest covers it), and the gate's
-report names the bundle where it ends up."""
+report names the bundle where it ends up; the INT8 graph's own golden run is pinned for `verify`."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from hrm_edge.act import SolveResult
 from hrm_edge.bundle import open_bundle
+from hrm_edge.parity import host_checks, host_run
 from tests.cli_helpers import run_cli
 
 
@@ -42,3 +45,25 @@ def test_the_printed_digest_pins_the_int8_bundle(int8_export, capsys):
     assert digest.startswith("sha256:") and len(digest) == 7 + 64
     code, out, _ = run_cli(capsys, "verify", str(int8_export), "--expect", digest)
     assert code == 0 and f"bundle digest: {digest}" in out and "digest matches --expect" in out
+
+
+def test_the_int8_graph_is_pinned_to_its_own_run_on_the_golden_puzzles(int8_export, capsys):
+    """verify holds a device to the export host's INT8 run (4 golden puzzles here), not to a statistical
+    agreement with fp32 that 16 puzzles cannot measure."""
+    run = open_bundle(int8_export).graphs["segment.int8-cpu"].quantization["golden_run"]
+    assert len(run["steps"]) == len(run["predictions"]) == 4
+    code, out, _ = run_cli(capsys, "verify", str(int8_export))
+    assert code == 0
+    assert "PASS segment.int8-cpu: as on the export host, identical outputs 100.0%, halting agreement 100.0%" in out
+
+
+def test_a_run_that_halts_elsewhere_than_on_the_host_fails():
+    steps = np.array([2, 3, 8, 1], np.int32)
+    preds = np.arange(4 * 6, dtype=np.int64).reshape(4, 6)
+    host = SolveResult(preds, steps, np.zeros(4, np.float32), np.zeros(4, np.float32))
+    pinned = host_run(host)
+    assert all(c["passed"] for c in host_checks(host, pinned))
+    moved = SolveResult(preds, np.array([2, 3, 7, 1], np.int32), host.q_halt, host.q_continue)
+    checks = {c["name"]: c for c in host_checks(moved, pinned)}
+    assert checks["host_halting_agreement"]["value"] == 0.75 and not checks["host_halting_agreement"]["passed"]
+    assert checks["host_identical_outputs"]["passed"]
