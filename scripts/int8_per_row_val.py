@@ -16,14 +16,12 @@ import time
 from pathlib import Path
 
 import onnx
-import torch
 
-from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.parity import DEFAULT_GATES
 from hrm_edge.quant.quantize import settings_for
 from hrm_edge.quant.search import restore_float
 from scripts.int8_per_row_activations import per_row
-from scripts.int8_val_curve import closed_loop_on, demo_pipeline, summary
+from scripts.int8_val_curve import closed_loop_on, demo_pipeline, open_demo, summary
 
 
 def main() -> None:
@@ -33,10 +31,7 @@ def main() -> None:
     ap.add_argument("--float", dest="float_sites", default="")
     ap.add_argument("--out", type=Path, default=Path("/tmp/hrm-edge-per-row"))
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    root = args.out / args.demo
-    root.mkdir(parents=True, exist_ok=True)
-    ck = load_checkpoint(f"checkpoints/{args.demo}/model.pt")
+    ck, root = open_demo(args.demo, args.out)
     t0 = time.time()
     pipe, val = demo_pipeline(ck, root, "cpu")
     full = pipe.quantize(settings_for("cpu"))

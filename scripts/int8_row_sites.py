@@ -28,14 +28,13 @@ import numpy as np
 import onnx
 import torch
 
-from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.parity import DEFAULT_GATES
 from hrm_edge.quant.fakequant import dynamic_row, dynamic_u8
 from hrm_edge.quant.quantize import settings_for
 from hrm_edge.quant.row_scales import per_row_activations
 from hrm_edge.quant.search import with_outputs
 from hrm_edge.runtimes.ort.loader import make_session
-from scripts.int8_val_curve import closed_loop_on, demo_pipeline, summary
+from scripts.int8_val_curve import closed_loop_on, demo_pipeline, open_demo, summary
 
 
 def row_error(quantize: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
@@ -52,10 +51,7 @@ def main() -> None:
     ap.add_argument("thresholds")
     ap.add_argument("--out", type=Path, default=Path("/tmp/hrm-edge-row-sites"))
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    root = args.out / args.demo
-    root.mkdir(parents=True, exist_ok=True)
-    ck = load_checkpoint(f"checkpoints/{args.demo}/model.pt")
+    ck, root = open_demo(args.demo, args.out)
     pipe, val = demo_pipeline(ck, root, "cpu")
     fp_nodes = {n.name: n for n in pipe.fp32.graph.node}
     sites = [s for s in pipe.sites if s.kind == "weight"]

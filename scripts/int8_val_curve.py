@@ -52,6 +52,14 @@ def closed_loop_on(pset: Any, pipe: Int8Pipeline, limit: int | None) -> ClosedLo
                       DEFAULT_GATES["int8"], 64, 1, pipe.work_dir)
 
 
+def open_demo(demo: str, out: Path) -> tuple[Any, Path]:
+    """A shipped demo's checkpoint and its result directory OUT/DEMO (made); one torch thread."""
+    torch.set_num_threads(1)
+    root = out / demo
+    root.mkdir(parents=True, exist_ok=True)
+    return load_checkpoint(f"checkpoints/{demo}/model.pt"), root
+
+
 def demo_pipeline(ck: Any, root: Path, target: str, calib_size: int = 1024) -> tuple[Int8Pipeline, Any]:
     """The INT8 pipeline of a checkpoint (its fp32 segment exported to root once; 1 ORT thread; the ORT
     search engine) on its calibration puzzles, and its validation set."""
