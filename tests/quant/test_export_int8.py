@@ -5,6 +5,7 @@ report names the bundle where it ends up; the INT8 graph's own golden run is pin
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from hrm_edge.act import SolveResult
 from hrm_edge.bundle import open_bundle
 from hrm_edge.parity import host_checks, host_run
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,13 @@ def test_a_run_that_halts_elsewhere_than_on_the_host_fails():
     checks = {c["name"]: c for c in host_checks(moved, pinned)}
     assert checks["host_halting_agreement"]["value"] == 0.75 and not checks["host_halting_agreement"]["passed"]
     assert checks["host_identical_outputs"]["passed"]
+
+
+def test_a_malformed_pinned_run_is_one_error_line(int8_export, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_export, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["graphs"]["segment.int8-cpu"]["quantization"]["golden_run"]["steps"] = "2,3"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    line = one_line_error(capsys, "verify", str(bundle))
+    assert "golden_run is malformed" in line
