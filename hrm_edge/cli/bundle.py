@@ -245,7 +245,8 @@ def _gate_record(report: dict[str, Any], precision: str) -> GateRun:
                    passed=all(c["passed"] for checks in graphs.values() for c in checks), graphs=graphs)
 
 
-def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any]]) -> str:
+def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any]], verdict: bool = True) -> str:
+    """One line of a graph's agreement with the reference, led by PASS/FAIL unless `verdict` is False."""
     ok = all(c["passed"] for c in checks)
     err, rel = metrics.get("max_logit_abs"), metrics.get("max_logit_rel")
     err_text = f", max |dlogit| {err:.2e} (relative {rel:.1e}" if err is not None else ""
@@ -256,7 +257,8 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
         err_text += f", error vs fp64 {metrics['fp64_error_ratio']:.2f}x PyTorch fp32's"
     solved = metrics.get("solved_agreement")
     solved_text = f"solved agreement {100 * solved:.1f}%, " if solved is not None else ""
-    return (f"{'PASS' if ok else 'FAIL'} {name}: {metrics['puzzles']} puzzles, {solved_text}identical outputs "
+    lead = f"{'PASS' if ok else 'FAIL'} " if verdict else ""
+    return (f"{lead}{name}: {metrics['puzzles']} puzzles, {solved_text}identical outputs "
             f"{100 * metrics['exact_agreement']:.1f}%, halting agreement {100 * metrics['halting_agreement']:.1f}%"
             f"{err_text}")
 
@@ -343,7 +345,7 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
         metrics = compare(reference, res, labels)
         checks = gate(metrics, gates)
         if pinned is not None:  # INT8: the device must reproduce the export host's run; fp32 agreement is reported
-            click.echo(f"{_summary_line(name, metrics, checks).replace('PASS ', '', 1).replace('FAIL ', '', 1)} "
+            click.echo(f"{_summary_line(name, metrics, checks, verdict=False)} "
                        "(against fp32: reported; the export's parity gate judged it on the validation set)")
             checks = host_checks(res, pinned)
             click.echo(f"{'PASS' if all(c['passed'] for c in checks) else 'FAIL'} {name}: as on the export host, "

@@ -89,6 +89,7 @@ from hrm_edge.contract import INT8_TARGETS
 from hrm_edge.export.onnx_utils import check_graph, dedupe_initializers, graph_summary, set_metadata
 from hrm_edge.manifest import GraphEntry, Manifest
 from hrm_edge.parity import solved_metric
+from hrm_edge.quant.row_scales import ACTIVATION_SCALES, per_row_activations
 
 TARGETS = INT8_TARGETS
 PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "tensorrt": "tensorrt",
@@ -169,8 +170,6 @@ def settings_for(target: str, mode: str | None = None, per_channel: bool = True,
     """The settings of a target (see the module docstring). `attention`: also quantize the attention
     matmuls (static modes; the dynamic mode quantizes constant-weight MatMuls only); `activation_scale`:
     "tensor" | "row" (per-row dynamic scales, `hrm_edge.quant.row_scales`; the cpu dynamic mode only)."""
-    from hrm_edge.quant.row_scales import ACTIVATION_SCALES
-
     target = normalize_target(target)
     if activation_scale not in ACTIVATION_SCALES:
         raise ValueError(f"unknown activation scale {activation_scale!r}; use one of {', '.join(ACTIVATION_SCALES)}")
@@ -724,8 +723,6 @@ class Int8Pipeline:
         quantize_graph(self.fp32_path, path, settings, ranges, self.method, nodes_to_exclude=skip)
         model = onnx.load(str(path))
         if settings.activation_scale == "row":
-            from hrm_edge.quant.row_scales import per_row_activations
-
             per_row_activations(model)
         if settings.mode == "static" and self.float_paths:
             keep_float_paths(model, settings.op_types)
@@ -1005,9 +1002,11 @@ def _golden_run(bundle_tmp_dir: Path, manifest: Manifest, pipe: Int8Pipeline, gr
     return host_run(solve_in_batches(runner, tokens, ids, parse_policy(info.policy), info.max_steps, 64))
 
 
-def _standing(build: Int8Build) -> tuple[bool, int]:
-    """How good a build is: (its calibration gate passed, minus its float sites); higher is better."""
-    return bool(build.report["calib_parity"]["passed"]), -len(build.entry["quantization"]["float_sites"])
+def _candidate(build: Int8Build) -> dict[str, Any]:
+    """What `choose_activation_scale` compares and records of one build."""
+    return {"calib_passed": bool(build.report["calib_parity"]["passed"]),
+            "float_sites": len(build.entry["quantization"]["float_sites"]),
+            "export_seconds": build.entry["export_seconds"]}
 
 
 def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dict[str, Any], choice: str = "auto"
@@ -1025,17 +1024,17 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
     if choice != "auto":
         return pipe.build("cpu", out, activation_scale=choice, **opts)
     tensor = pipe.build("cpu", out, activation_scale="tensor", **opts)
-    float_sites, sites = len(tensor.entry["quantization"]["float_sites"]), tensor.entry["quantization"]["sites"]
-    if tensor.report["calib_parity"]["passed"] and qat_advice(float_sites, sites) is None:
+    first, sites = _candidate(tensor), tensor.entry["quantization"]["sites"]
+    if first["calib_passed"] and qat_advice(first["float_sites"], sites) is None:
         tensor.report["activation_scale_choice"] = {"chosen": "tensor", "why": "per-tensor scales pass with "
-                                                    f"{float_sites} of {sites} sites in float"}
+                                                    f"{first['float_sites']} of {sites} sites in float"}
         return tensor
-    pipe.log(f"  per-tensor activation scales keep {float_sites} of {sites} sites in float: trying per-row scales")
+    pipe.log(f"  per-tensor activation scales keep {first['float_sites']} of {sites} sites in float: "
+             "trying per-row scales")
     row = pipe.build("cpu", work / "segment.int8-cpu.row.onnx", activation_scale="row", **opts)
-    candidates = {name: {"calib_passed": b.report["calib_parity"]["passed"],
-                         "float_sites": len(b.entry["quantization"]["float_sites"]),
-                         "export_seconds": b.entry["export_seconds"]} for name, b in (("tensor", tensor), ("row", row))}
-    chosen = row if _standing(row) > _standing(tensor) else tensor
+    candidates = {"tensor": first, "row": _candidate(row)}
+    standing = {k: (c["calib_passed"], -c["float_sites"]) for k, c in candidates.items()}
+    chosen = row if standing["row"] > standing["tensor"] else tensor
     if chosen is row:
         row.path.replace(out)
         row.path, row.entry["file"], row.report["graph"] = out, out.name, out.name
