@@ -86,11 +86,13 @@ def resolve_standard_models(cache: Path) -> list[Path]:
 
 @dataclasses.dataclass(frozen=True)
 class ShippedInt8:
-    """A bundle's INT8 segment graphs: `cpu` (dynamic, ONNX Runtime's rows) and `static` (the tensorrt
-    flavour's static Q/DQ graph, OpenVINO's INT8 form: `hrm_edge.runtimes.solver.default_graph`)."""
+    """A bundle's INT8 segment graphs: `cpu` (dynamic, ONNX Runtime's rows), `cpu_fused` (that graph fused
+    for ORT's CPU EP at export, `segment.int8-cpufused`) and `static` (the tensorrt flavour's static Q/DQ
+    graph, OpenVINO's INT8 form: `hrm_edge.runtimes.solver.default_graph`)."""
 
     cpu: Path | None = None
     static: Path | None = None
+    cpu_fused: Path | None = None
 
 
 def resolve_model_arg(path: Path) -> tuple[Path, ShippedInt8]:
@@ -107,7 +109,8 @@ def resolve_model_arg(path: Path) -> tuple[Path, ShippedInt8]:
     def shipped(name: str) -> Path | None:
         return b.graph_path(name) if name in b.graphs else None
 
-    return Path(src).resolve(), ShippedInt8(shipped("segment.int8-cpu"), shipped("segment.int8-tensorrt"))
+    return Path(src).resolve(), ShippedInt8(shipped("segment.int8-cpu"), shipped("segment.int8-tensorrt"),
+                                            shipped("segment.int8-cpufused"))
 
 
 def _parity(a: str, b: str, x_feeds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -207,7 +210,10 @@ def prepare_model(path: Path, cache: Path, unroll: int, shipped: ShippedInt8, ne
         g["int8_shipped"] = str(int8_graph)
         prep["int8_shipped_source"] = str(int8_graph)
     if "ort-int8" in wants:
-        if int8_graph is not None:
+        if shipped.cpu_fused is not None:
+            g["int8"] = str(shipped.cpu_fused)
+            prep["int8_source"] = f"{shipped.cpu_fused} (the bundle's fused INT8 CPU graph, the one `solve` runs)"
+        elif int8_graph is not None:
             g["int8"] = str(work / f"int8-shipped-{_sha256(int8_graph)[:12]}.cpufused.onnx")
             step("int8", lambda: fuse_graph(int8_graph, g["int8"]).to_dict())
             prep["int8_source"] = f"{int8_graph} (the quantizer's graph), fused after quantization"

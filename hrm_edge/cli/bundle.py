@@ -60,7 +60,8 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--fp16/--no-fp16", default=True, show_default=True, help="Also export the FP16 segment graph.")
 @click.option("--cpu-fused/--no-cpu-fused", default=True, show_default=True,
               help="Also export the fused CPU segment graph (segment.fp32-cpufused: ONNX Runtime CPU EP only, "
-                   "contrib ops) and its embed graph (embed.fp32).")
+                   "contrib ops) and its embed graph (embed.fp32); with --int8, also the cpu INT8 graph fused "
+                   "(segment.int8-cpufused, gated on its own).")
 @click.option("--unroll", "unroll", multiple=True, type=click.IntRange(2), help="Add a K-segment graph (repeatable).")
 @click.option("--act-loop", is_flag=True, help="Add the whole ACT loop as one ONNX Loop graph.")
 @click.option("--golden-data", type=click.Path(exists=True), help="Puzzle set for reference.npz (default calib_data).")
@@ -174,7 +175,8 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
             calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows.kept_original_ids)
             add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
                             calib_size=calib_size, search=search, max_excluded_share=max_float_share,
-                            cpu_activation_scale=activation_scale, log=lambda m: click.echo(m, err=True),
+                            cpu_activation_scale=activation_scale, cpu_fused=cpu_fused,
+                            log=lambda m: click.echo(m, err=True),
                             gate_puzzles=len(_puzzle_set(None, task, "val", None)))  # for the estimate line
 
         hooks.append(add_int8)

@@ -118,8 +118,9 @@ def _server_solver(path: str, url: str):
 @click.option("--device", default="cpu", show_default=True, help="torch device (checkpoints): cpu, cuda, cuda:1 ...")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="(checkpoints)")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="ort", show_default=True, help="(bundles)")
-@click.option("--graph", help="Bundle graph (default: the fastest for the runtime; ORT CPU: segment.int8-cpu when "
-              "most of its sites are int8, else segment.fp32-cpufused, else segment.fp32; trt: segment.fp16).")
+@click.option("--graph", help="Bundle graph (default: the fastest for the runtime; ORT CPU: segment.int8-cpufused, "
+              "else segment.int8-cpu, when most of its sites are int8, else segment.fp32-cpufused, else "
+              "segment.fp32; trt: segment.fp16).")
 @click.option("--engine", type=click.Path(exists=True), help="TensorRT engine (bundles, runtime trt).")
 @click.option("--server", help="Solve on the solver model served at this URL (http://HOST:PORT or grpc://HOST:PORT; "
               "`hrm-edge serve` or Triton); MODEL is the bundle it serves.")

@@ -388,35 +388,37 @@ class ClosedLoop:
             onnx.save(model, str(path))
         return OrtSegmentRunner(make_session(path, threads=self.threads), self.h_init, self.l_init, self.total_len)
 
-    def evaluate(self, model: onnx.ModelProto | str | Path, record: bool = False, early_stop: bool = False
-                 ) -> dict[str, Any]:
+    def evaluate(self, model: onnx.ModelProto | str | Path, record: bool = False, early_stop: bool = False,
+                 gates: Any = None) -> dict[str, Any]:
         """`evaluate_runner` of the candidate graph through ONNX Runtime."""
-        return self.evaluate_runner(self.runner(model), record, early_stop)
+        return self.evaluate_runner(self.runner(model), record, early_stop, gates)
 
-    def evaluate_runner(self, runner: SegmentRunner, record: bool = False, early_stop: bool = False
-                        ) -> dict[str, Any]:
-        """Metrics, gate checks and pass/fail of `runner` on the puzzles, in batches of `batch_size`;
+    def evaluate_runner(self, runner: SegmentRunner, record: bool = False, early_stop: bool = False,
+                        gates: Any = None) -> dict[str, Any]:
+        """Metrics, gate checks (`gates`, default the loop's own) and pass/fail of `runner` on the puzzles, in
+        batches of `batch_size`;
         per-step logits are recorded when asked or when the gates include the logit gate. With
         `early_stop` a candidate stops at the first batch after which an agreement gate can no longer
         pass (`hrm_edge.parity.failed_already`): passed is False as for the complete run, the metrics
         cover the puzzles run, and "stopped_early" says how many and which gate (the search's failing
         trials cost a fraction of a run: pass/fail decisions, and so the chosen sites, are unchanged)."""
         t0 = time.perf_counter()
-        record = record or self.gates.max_logit_rel is not None
+        gates = self.gates if gates is None else gates
+        record = record or gates.max_logit_rel is not None
         total, parts, failed = len(self.tokens), [], None
         for i in range(0, total, self.batch_size):
             parts.append(run_act(runner, self.tokens[i:i + self.batch_size], self.puzzle_ids[i:i + self.batch_size],
                                  self.policy, self.max_steps, record, record))
             if early_stop and i + self.batch_size < total:
                 failed = failed_already(self.reference, np.concatenate([p.predictions for p in parts]),
-                                        np.concatenate([p.steps for p in parts]), self.labels, total, self.gates)
+                                        np.concatenate([p.steps for p in parts]), self.labels, total, gates)
                 if failed is not None:
                     break
         result = concat_results(parts)
         n = len(result.steps)
         reference = self.reference if n == total else head(self.reference, n)
         metrics = compare(reference, result, None if self.labels is None else self.labels[:n])
-        checks = gate(metrics, self.gates)
+        checks = gate(metrics, gates)
         out = {"metrics": metrics, "gates": checks, "passed": failed is None and all(c["passed"] for c in checks),
                "seconds": round(time.perf_counter() - t0, 2)}
         if failed is not None:

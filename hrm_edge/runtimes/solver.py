@@ -18,14 +18,17 @@ from hrm_edge.bundle import Bundle, BundleError
 from hrm_edge.manifest import ORT_CPU, GraphEntry
 
 RUNTIMES = ("ort", "trt", "openvino")
-# Default graph per runtime, fastest first. ORT on the CPU EP: the INT8 CPU graph when it pays
-# (`int8_pays`), else the fused CPU graph (contrib ops; the bench's fastest fp32 row,
-# `ort-fp32-cpufused`), else the portable fp32 segment graph. ORT on a GPU EP: the portable graphs.
+# Default graph per runtime, fastest first. ORT on the CPU EP: the fused INT8 CPU graph when it pays
+# (`int8_pays`; `hrm_edge.quant.quantize.cpu_fused_build`), else the INT8 CPU graph (bundles written
+# before the fused one, or whose fused graph failed its gate), else the fused CPU graph (contrib ops;
+# the bench's fastest fp32 row, `ort-fp32-cpufused`), else the portable fp32 segment graph. Unfused
+# INT8 against fused fp32 depends on the model: 1.4x slower on the TRM maze demo (its 32 unfused norms),
+# 0.30x ORT fp32 on the 27M config (batch 1, one thread; docs/int8.md). ORT on a GPU EP: the portable graphs.
 # TensorRT: the fp16 segment graph. OpenVINO (segment graphs, `hrm_edge.runtimes.openvino`): the static
 # Q/DQ INT8 graph (the tensorrt flavour) when it pays -- OpenVINO's fast INT8 form (27M config, 1 thread:
 # 0.27-0.34x its own f32, while the dynamic cpu flavour runs at 1.04-1.16x; bench/latest/session9-openvino/)
 # -- else the portable fp32 graph computed in f32 (parity-exact); other graphs are named with --graph.
-PREFERRED = {"ort-cpu": ("segment.int8-cpu", "segment.fp32-cpufused", "segment.fp32"),
+PREFERRED = {"ort-cpu": ("segment.int8-cpufused", "segment.int8-cpu", "segment.fp32-cpufused", "segment.fp32"),
              "ort-gpu": ("segment.int8-cpu", "segment.fp32"), "trt": ("segment.fp16",),
              "openvino": ("segment.int8-tensorrt", "segment.fp32")}
 # An INT8 graph is a default only when at least this share of its quantization sites computes in

@@ -13,6 +13,8 @@ import pytest
 from hrm_edge.act import SolveResult
 from hrm_edge.bundle import open_bundle
 from hrm_edge.parity import host_checks, host_run
+from hrm_edge.runtimes.ort.loader import make_session
+from hrm_edge.runtimes.solver import default_graph, runnable_graphs
 from tests.cli_helpers import one_line_error, run_cli
 
 
@@ -32,7 +34,7 @@ def test_int8_export_seals_its_gate_into_the_manifest(int8_export):
     assert "segment.int8-cpu" in b.graphs
     [gate] = b.manifest.gates
     assert (gate.name, gate.precision, gate.passed) == ("parity", "int8", True)
-    assert set(gate.graphs) == {"segment.int8-cpu"}
+    assert set(gate.graphs) == {"segment.int8-cpu", "segment.int8-cpufused"}
     assert gate.puzzles > 0
 
 
@@ -56,6 +58,45 @@ def test_the_int8_graph_is_pinned_to_its_own_run_on_the_golden_puzzles(int8_expo
     code, out, _ = run_cli(capsys, "verify", str(int8_export))
     assert code == 0
     assert "PASS segment.int8-cpu: as on the export host, identical outputs 100.0%, halting agreement 100.0%" in out
+    assert "PASS segment.int8-cpufused: as on the export host, identical outputs 100.0%, halting agreement 100.0%" \
+        in out
+
+
+def test_the_cpu_int8_graph_also_ships_fused_for_onnx_runtime_on_the_cpu(int8_export):
+    """The fused copy (norms as ORT contrib kernels) is the graph `solve` runs on ORT's CPU EP; it runs
+    nowhere else, keeps the same float sites and passed its own calibration gate."""
+    b = open_bundle(int8_export)
+    plain, fused = b.graphs["segment.int8-cpu"], b.graphs["segment.int8-cpufused"]
+    assert fused.only_on == "ort-cpu" and plain.only_on is None
+    # sudoku-tiny: H_cycles 2 x (L_cycles 2 + 1) one-layer calls per segment, 2 norms each
+    assert fused.fusion["counts"]["rmsnorm"] == 12
+    assert fused.op_types.get("SimplifiedLayerNormalization") == 12 and "ReduceMean" not in fused.op_types
+    assert fused.quantization["float_sites"] == plain.quantization["float_sites"]
+    assert fused.calib_parity["passed"] and fused.calib_parity["puzzles"] == 16
+    assert default_graph(b, "ort") == "segment.int8-cpufused"
+    assert "segment.int8-cpufused" not in runnable_graphs(b, "openvino")
+
+
+def test_the_fused_int8_graph_is_as_close_to_fp32_as_the_int8_graph(int8_export):
+    """One segment from the initial carry on the golden puzzles. The fusion changes only the float rounding
+    of the norms, but a dynamic int8 range follows every change, so the two int8 graphs differ by about as
+    much as either differs from fp32 (measured here: relative rms 0.016-0.018 between them, 0.020-0.026
+    from fp32, each): what must hold is that the fused graph is no farther from fp32."""
+    b = open_bundle(int8_export)
+    ref = np.load(int8_export / b.manifest.need_reference().file)
+    h_init, l_init = b.carry_init()
+    n, length = ref["inputs"].shape[0], b.graphs["segment.int8-cpu"].inputs["z_H"].shape[1]
+    feed = {"tokens": ref["inputs"].astype(np.int64), "puzzle_ids": ref["puzzle_ids"].astype(np.int64),
+            "z_H": np.ascontiguousarray(np.broadcast_to(h_init, (n, length, h_init.shape[-1]))),
+            "z_L": np.ascontiguousarray(np.broadcast_to(l_init, (n, length, l_init.shape[-1])))}
+    fp32, plain, fused = ([o.astype(np.float64) for o in make_session(b.graph_path(name), threads=1).run(None, feed)]
+                          for name in ("segment.fp32", "segment.int8-cpu", "segment.int8-cpufused"))
+    for out in range(3):  # z_H, z_L, logits
+        scale = np.sqrt(np.mean(fp32[out] ** 2))
+        plain_err = np.sqrt(np.mean((plain[out] - fp32[out]) ** 2)) / scale
+        fused_err = np.sqrt(np.mean((fused[out] - fp32[out]) ** 2)) / scale
+        assert 0.005 < plain_err < 0.05
+        assert fused_err <= 1.25 * plain_err
 
 
 def test_a_run_that_halts_elsewhere_than_on_the_host_fails():

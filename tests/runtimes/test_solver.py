@@ -12,7 +12,7 @@ import pytest
 
 from hrm_edge.bundle import Bundle, open_bundle
 from hrm_edge.errors import BundleError
-from hrm_edge.manifest import Manifest
+from hrm_edge.manifest import ORT_CPU, Manifest
 from hrm_edge.puzzles.codecs import get_codec
 from hrm_edge.runtimes.solver import GraphSolver, default_graph, runnable_graphs
 from tests.cli_helpers import run_cli
@@ -116,6 +116,19 @@ def _int8_bundle(tmp_path: Path, float_sites: int) -> Bundle:
                                                      (26, "segment.fp32"), (50, "segment.fp32")])
 def test_int8_graph_is_the_cpu_default_only_when_most_sites_compute_in_int8(tmp_path, float_sites, chosen):
     assert default_graph(_int8_bundle(tmp_path, float_sites), "ort") == chosen
+
+
+@pytest.mark.parametrize(("float_sites", "chosen"), [(0, "segment.int8-cpufused"), (26, "segment.fp32")])
+def test_the_fused_int8_graph_is_the_cpu_default_when_it_pays(tmp_path, float_sites, chosen):
+    """`export --int8` also ships the cpu graph fused for ORT's CPU EP (1.6x faster per segment than the
+    unfused one on the maze demo); it comes first on ORT's CPU EP and is never run elsewhere."""
+    b = _int8_bundle(tmp_path, float_sites)
+    plain = b.manifest.graphs["segment.int8-cpu"]
+    b.manifest.graphs["segment.int8-cpufused"] = dataclasses.replace(plain, file="segment.int8-cpufused.onnx",
+                                                                    only_on=ORT_CPU)
+    assert default_graph(b, "ort") == chosen
+    assert "segment.int8-cpufused" not in runnable_graphs(b, "openvino")
+    assert "segment.int8-cpufused" not in runnable_graphs(b, "trt")
 
 
 def test_verify_passes_every_graph_of_a_fresh_default_export_of_the_hrm_demo(capsys, tmp_path):
