@@ -7,6 +7,8 @@ Layout (every file but the manifest is listed with its sha256 in `Manifest.files
                         (`hrm_edge.manifest.Manifest`: the typed reader and writer)
     carry_init.npz      H_init, L_init: fp32 [hidden_size]
     reference.npz       golden outputs of the PyTorch reference (see `REFERENCE_FIELDS`)
+    int8_gate.npz       with INT8 graphs: the puzzles of the export's INT8 gate and the fp32
+                        reference's run on them (`GATE_SET`), for `verify` to re-run the gate
     <graph>.onnx        one file per graph, described by `Manifest.graphs[<name>]` (`GraphEntry`)
     manifest.sig        optional: Ed25519 signature of the bundle digest (`hrm_edge.signing`)
     engines/            optional: TensorRT engines built on the device (`hrm-edge build`); not covered
@@ -33,7 +35,16 @@ import numpy as np
 from hrm_edge.act import parse_policy
 from hrm_edge.errors import BundleError, PolicyError
 from hrm_edge.files import sha256_file
-from hrm_edge.manifest import MANIFEST, MAX_DIM, MAX_REFERENCE_BYTES, SIGNATURE, GraphEntry, Manifest, read_manifest
+from hrm_edge.manifest import (
+    MANIFEST,
+    MAX_DIM,
+    MAX_REFERENCE_BYTES,
+    SIGNATURE,
+    GateRun,
+    GraphEntry,
+    Manifest,
+    read_manifest,
+)
 
 CARRY_INIT = "carry_init.npz"
 REFERENCE = "reference.npz"
@@ -46,6 +57,9 @@ REFERENCE_FIELDS = ("inputs", "puzzle_ids", "labels", "predictions", "steps", "s
 # Fields of reference.npz whose first dimension is the puzzle count N, and those whose first is T.
 _PER_PUZZLE = ("inputs", "puzzle_ids", "labels", "predictions", "steps")
 _PER_STEP = ("step_predictions", "step_q_halt", "step_q_continue", "step_logits")
+# int8_gate.npz (`GateRun.file` of the export's INT8 gate): the first five fields of reference.npz, same
+# shapes and types, over the gate's puzzles (`GateRun.puzzles`; N = 256 validation puzzles by default).
+GATE_SET = "int8_gate.npz"
 # Where `hrm-edge build` writes engines inside a bundle (not listed in the manifest).
 ENGINES = "engines"
 _DIGEST = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
@@ -120,6 +134,37 @@ class Bundle:
                               f"{MAX_REFERENCE_BYTES >> 20} MiB")
         with np.load(path) as f:
             return {k: f[k] for k in REFERENCE_FIELDS}
+
+    def gate_set(self, run: GateRun) -> dict[str, np.ndarray]:
+        """The puzzles of a gate that export ran (`run.file`, `GATE_SET`) and the fp32 reference's run on
+        them: inputs, puzzle_ids, labels (all 0: none), predictions, steps. Shapes, integer types, token ids
+        (below the vocabulary) and halting steps (1..run.max_steps) are checked: the file is untrusted."""
+        path = self.path / str(run.file)
+        headers = npz_headers(path)
+        seq = self.manifest.task.seq_len if self.manifest.task is not None else None
+        want = {"inputs": (run.puzzles, seq), "puzzle_ids": (run.puzzles,), "labels": (run.puzzles, seq),
+                "predictions": (run.puzzles, seq), "steps": (run.puzzles,)}
+        for key, shape in want.items():
+            if key not in headers:
+                raise BundleError(f"{path}: no array {key!r}")
+            got, dtype = headers[key]
+            if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape, strict=True)) \
+                    or dtype.kind not in "iu":
+                raise BundleError(f"{path}: {key} is {dtype} {list(got)}; expected integers of shape "
+                                  f"{['seq_len' if w is None else w for w in shape]} ({run.puzzles} puzzles)")
+        total = sum(int(np.prod(headers[k][0], dtype=np.float64)) * headers[k][1].itemsize for k in want)
+        if total > MAX_REFERENCE_BYTES:
+            raise BundleError(f"{path}: {total / 2**20:.0f} MiB of arrays, above the cap "
+                              f"{MAX_REFERENCE_BYTES >> 20} MiB")
+        with np.load(path) as f:
+            out = {k: f[k] for k in want}
+        vocab = self.manifest.task.vocab_size if self.manifest.task is not None else None
+        for key in ("inputs", "labels", "predictions"):
+            if out[key].size and (out[key].min() < 0 or (vocab is not None and out[key].max() >= vocab)):
+                raise BundleError(f"{path}: {key} holds token ids outside 0..{vocab - 1 if vocab else '?'}")
+        if out["steps"].size and (out["steps"].min() < 1 or out["steps"].max() > run.max_steps):
+            raise BundleError(f"{path}: steps outside 1..{run.max_steps}")
+        return out
 
 
 def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

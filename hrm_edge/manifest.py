@@ -409,7 +409,9 @@ class GateRun:
 
     name: the gate ("parity"); precision: the graphs it compared ("int8"); data: "<task> <split>" of
     the puzzles; puzzles, policy and max_steps: what it ran; passed: every check of every graph passed;
-    graphs: graph name -> its checks (`hrm_edge.parity.gate` records: name, value, threshold, passed)."""
+    graphs: graph name -> its checks (`hrm_edge.parity.gate` records: name, value, threshold, passed);
+    file: the gate's puzzles with the fp32 reference's run on them (`hrm_edge.bundle.GATE_SET`), from
+    which `verify` re-runs the gate on a device (None: bundles written before it)."""
 
     name: str
     precision: str
@@ -419,6 +421,7 @@ class GateRun:
     max_steps: int
     passed: bool
     graphs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    file: str | None = None
 
     @classmethod
     def read(cls, data: Any, where: str, path: str) -> GateRun:
@@ -430,11 +433,12 @@ class GateRun:
         return cls(name=f.text("name"), precision=f.text("precision"), data=f.text("data"),
                    puzzles=f.integer("puzzles", True, 0), policy=f.text("policy"),
                    max_steps=f.integer("max_steps", True, 1, MAX_SEGMENTS), passed=f.boolean("passed"),
-                   graphs=graphs)
+                   graphs=graphs, file=f.file_name("file", False))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "precision": self.precision, "data": self.data, "puzzles": self.puzzles,
-                "policy": self.policy, "max_steps": self.max_steps, "passed": self.passed, "graphs": self.graphs}
+        return _without_none({"name": self.name, "precision": self.precision, "data": self.data,
+                              "puzzles": self.puzzles, "policy": self.policy, "max_steps": self.max_steps,
+                              "passed": self.passed, "graphs": self.graphs, "file": self.file})
 
 
 # ----------------------------------------------------------------------------------------------

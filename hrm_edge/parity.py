@@ -209,27 +209,44 @@ def gate(metrics: dict[str, Any], gates: Gates) -> list[dict[str, Any]]:
     return checks
 
 
+def _prediction_hash(prediction: np.ndarray) -> str:
+    """sha256 (first 16 hex digits) of one puzzle's predicted tokens, as int64."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(prediction, np.int64).tobytes()).hexdigest()[:16]
+
+
 def host_run(result: SolveResult) -> dict[str, Any]:
     """What pins a graph's run on the golden puzzles at export, for `verify` to hold a device to: each
     puzzle's halting step and the sha256 (first 16 hex digits) of its predictions."""
-    import hashlib
-
-    preds = np.ascontiguousarray(result.predictions, np.int64)
-    return {"steps": [int(s) for s in result.steps],
-            "predictions": [hashlib.sha256(p.tobytes()).hexdigest()[:16] for p in preds]}
+    return {"steps": [int(s) for s in result.steps], "predictions": [_prediction_hash(p) for p in result.predictions]}
 
 
-def host_checks(result: SolveResult, pinned: dict[str, Any]) -> list[dict[str, Any]]:
-    """Gate records: the run reproduces the export host's (`host_run`) on every golden puzzle: the same
-    predictions and the same halting step (shares; both must be 1)."""
+def host_checks(result: SolveResult, pinned: dict[str, Any], labels: np.ndarray | None = None
+                ) -> list[dict[str, Any]]:
+    """Check records of a device's run against the export host's (`host_run`) on the golden puzzles.
+    Gated (share 1): the device solves exactly the puzzles the host solved (`labels` [N, L]; without
+    labels: identical outputs). Reported (threshold None): the share of identical halting steps, and of
+    identical outputs where labels exist. As in the INT8 gate, a puzzle both get wrong may be wrong in
+    another way, and halting is a rate that 16 puzzles cannot measure (`verify` re-runs the INT8 gate on
+    the export gate's puzzles for that). Measured, the maze demo's per-row graph on ONNX Runtime 1.20.1
+    against its 1.32 export host: another wrong answer on 1 of the 16 golden mazes (the fp32 reference
+    fails it too), every solved maze and halting step the same; on 256 mazes 3.5% halt elsewhere."""
     got = host_run(result)
     n = len(pinned["steps"])
-    if len(got["steps"]) != n:
+    if len(got["steps"]) != n or (labels is not None and len(labels) != n):
         return [{"name": "host_puzzles", "value": len(got["steps"]), "threshold": n, "passed": False}]
     same_out = sum(a == b for a, b in zip(got["predictions"], pinned["predictions"], strict=True)) / n
     same_halt = sum(a == b for a, b in zip(got["steps"], pinned["steps"], strict=True)) / n
-    return [{"name": "host_identical_outputs", "value": same_out, "threshold": 1.0, "passed": same_out == 1.0},
-            {"name": "host_halting_agreement", "value": same_halt, "threshold": 1.0, "passed": same_halt == 1.0}]
+    halting = {"name": "host_halting_agreement", "value": same_halt, "threshold": None, "passed": True}
+    if labels is None:
+        return [{"name": "host_identical_outputs", "value": same_out, "threshold": 1.0, "passed": same_out == 1.0},
+                halting]
+    answers = [_prediction_hash(label) for label in labels]
+    same_solved = sum((a == want) == (b == want) for a, b, want in zip(got["predictions"], pinned["predictions"],
+                                                                        answers, strict=True)) / n
+    return [{"name": "host_solved_agreement", "value": same_solved, "threshold": 1.0, "passed": same_solved == 1.0},
+            halting, {"name": "host_identical_outputs", "value": same_out, "threshold": None, "passed": True}]
 
 
 def junit_xml(suite: str, checks: list[dict[str, Any]]) -> str:

@@ -179,7 +179,10 @@ def _seal(tmp: Path, manifest: Manifest, gate: Callable[[Path], GateRun] | None,
     manifest; with `sign`, write the signature of the final digest (`Manifest.digest`) as manifest.sig."""
     write_manifest(manifest, tmp / MANIFEST)
     if gate is not None:
-        manifest.gates.append(gate(tmp))
+        run = gate(tmp)
+        manifest.gates.append(run)
+        if run.file is not None:  # the gate's puzzles and reference run, written by the gate
+            manifest.files[run.file] = sha256_file(tmp / run.file)
         write_manifest(manifest, tmp / MANIFEST)
     if sign is not None:
         (tmp / SIGNATURE).write_bytes(sign(manifest.digest))

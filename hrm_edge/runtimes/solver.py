@@ -34,7 +34,7 @@ PREFERRED = {"ort-cpu": ("segment.int8-cpufused", "segment.int8-cpu", "segment.f
 # An INT8 graph is a default only when at least this share of its quantization sites computes in
 # int8. Below it the graph buys size, not speed: measured on the shipped demos (docs/int8.md), the
 # graphs with 36/50 and 64/66 sites kept in float run 1.05-1.08x slower per segment than the fused
-# fp32 graph, while the one with every site in int8 runs at 0.72x.
+# fp32 graph, while the ones with every site in int8 run at 0.66-0.72x (fused).
 MIN_INT8_SHARE = 0.5
 
 

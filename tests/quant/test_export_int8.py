@@ -12,6 +12,7 @@ import pytest
 
 from hrm_edge.act import SolveResult
 from hrm_edge.bundle import open_bundle
+from hrm_edge.files import sha256_file
 from hrm_edge.parity import host_checks, host_run
 from hrm_edge.runtimes.ort.loader import make_session
 from hrm_edge.runtimes.solver import default_graph, runnable_graphs
@@ -57,9 +58,9 @@ def test_the_int8_graph_is_pinned_to_its_own_run_on_the_golden_puzzles(int8_expo
     assert len(run["steps"]) == len(run["predictions"]) == 4
     code, out, _ = run_cli(capsys, "verify", str(int8_export))
     assert code == 0
-    assert "PASS segment.int8-cpu: as on the export host, identical outputs 100.0%, halting agreement 100.0%" in out
-    assert "PASS segment.int8-cpufused: as on the export host, identical outputs 100.0%, halting agreement 100.0%" \
-        in out
+    for name in ("segment.int8-cpu", "segment.int8-cpufused"):
+        assert (f"PASS {name}: as on the export host, solved agreement 100.0%, halting agreement 100.0% (reported), "
+                "identical outputs 100.0% (reported)") in out
 
 
 def test_the_cpu_int8_graph_also_ships_fused_for_onnx_runtime_on_the_cpu(int8_export):
@@ -99,16 +100,115 @@ def test_the_fused_int8_graph_is_as_close_to_fp32_as_the_int8_graph(int8_export)
         assert fused_err <= 1.25 * plain_err
 
 
-def test_a_run_that_halts_elsewhere_than_on_the_host_fails():
-    steps = np.array([2, 3, 8, 1], np.int32)
+def _host_and_labels() -> tuple[SolveResult, np.ndarray]:
+    """A host run on 4 puzzles of 6 tokens: puzzles 0 and 1 solved (predictions == labels), 2 and 3 not."""
     preds = np.arange(4 * 6, dtype=np.int64).reshape(4, 6)
-    host = SolveResult(preds, steps, np.zeros(4, np.float32), np.zeros(4, np.float32))
+    labels = preds.copy()
+    labels[2:] += 1
+    zeros = np.zeros(4, np.float32)
+    return SolveResult(preds, np.array([2, 3, 8, 1], np.int32), zeros, zeros), labels
+
+
+def test_halting_elsewhere_than_on_the_host_is_reported_not_gated_on_16_puzzles():
+    """ORT 1.20.1 against a 1.32 export host: 3.5% of 256 mazes halt elsewhere, so all 16 golden ones agree
+    only ~56% of the time; verify judges halting by re-running the export's INT8 gate instead."""
+    host, labels = _host_and_labels()
     pinned = host_run(host)
-    assert all(c["passed"] for c in host_checks(host, pinned))
-    moved = SolveResult(preds, np.array([2, 3, 7, 1], np.int32), host.q_halt, host.q_continue)
-    checks = {c["name"]: c for c in host_checks(moved, pinned)}
-    assert checks["host_halting_agreement"]["value"] == 0.75 and not checks["host_halting_agreement"]["passed"]
-    assert checks["host_identical_outputs"]["passed"]
+    assert all(c["passed"] for c in host_checks(host, pinned, labels))
+    moved = SolveResult(host.predictions, np.array([2, 3, 7, 1], np.int32), host.q_halt, host.q_continue)
+    checks = {c["name"]: c for c in host_checks(moved, pinned, labels)}
+    assert checks["host_halting_agreement"] == {"name": "host_halting_agreement", "value": 0.75, "threshold": None,
+                                                "passed": True}
+    assert checks["host_solved_agreement"]["passed"]
+
+
+def test_another_wrong_answer_where_the_host_was_wrong_too_passes():
+    """As the INT8 gate does: measured, ORT 1.20.1 gave another wrong answer than the 1.32 export host on
+    one golden maze that the fp32 reference fails too; identical outputs are then recorded, not gated."""
+    host, labels = _host_and_labels()
+    pinned = host_run(host)
+    preds = host.predictions.copy()
+    preds[3, 0] += 5  # still wrong
+    checks = {c["name"]: c for c in host_checks(SolveResult(preds, host.steps, host.q_halt, host.q_continue), pinned,
+                                                             labels)}
+    assert all(c["passed"] for c in checks.values())
+    assert checks["host_identical_outputs"]["value"] == 0.75 and checks["host_identical_outputs"]["threshold"] is None
+
+
+def test_solving_a_puzzle_the_host_got_wrong_fails():
+    host, labels = _host_and_labels()
+    preds = host.predictions.copy()
+    preds[2] = labels[2]
+    checks = {c["name"]: c for c in host_checks(SolveResult(preds, host.steps, host.q_halt, host.q_continue),
+                                                 host_run(host), labels)}
+    assert checks["host_solved_agreement"]["value"] == 0.75 and not checks["host_solved_agreement"]["passed"]
+
+
+def test_without_labels_the_device_must_give_identical_outputs():
+    host, _ = _host_and_labels()
+    preds = host.predictions.copy()
+    preds[3, 0] += 5
+    checks = {c["name"]: c for c in host_checks(SolveResult(preds, host.steps, host.q_halt, host.q_continue),
+                                                 host_run(host))}
+    assert not checks["host_identical_outputs"]["passed"] and checks["host_identical_outputs"]["threshold"] == 1.0
+
+
+def test_the_bundle_keeps_the_int8_gate_puzzles_with_the_fp32_run_on_them(int8_export):
+    b = open_bundle(int8_export)
+    [run] = b.manifest.gates
+    assert run.file == "int8_gate.npz" and "int8_gate.npz" in b.manifest.files
+    gate_set = b.gate_set(run)
+    assert gate_set["inputs"].shape == (run.puzzles, 81) and gate_set["steps"].shape == (run.puzzles,)
+    assert gate_set["steps"].min() >= 1 and gate_set["steps"].max() <= run.max_steps
+
+
+def test_verify_re_runs_the_int8_gate_on_the_device(int8_export, capsys):
+    code, out, _ = run_cli(capsys, "verify", str(int8_export))
+    assert code == 0
+    run = open_bundle(int8_export).manifest.gates[0]
+    for name in ("segment.int8-cpu", "segment.int8-cpufused"):
+        line = next(x for x in out.splitlines() if x.startswith(f"PASS {name}: {run.puzzles} puzzles"))
+        assert "halting agreement 100.0%" in line and line.endswith("(the export's INT8 gate, re-run here on its "
+                                                                     f"{run.data} puzzles)")
+
+
+def _with_gate_set(src, dst, **arrays):
+    """A copy of bundle `src` at `dst` whose int8_gate.npz has `arrays` replaced (its hash updated, so only
+    the content is wrong)."""
+    shutil.copytree(src, dst)
+    with np.load(dst / "int8_gate.npz") as f:
+        data = {k: f[k] for k in f.files}
+    np.savez_compressed(dst / "int8_gate.npz", **{**data, **arrays})
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["files"]["int8_gate.npz"] = sha256_file(dst / "int8_gate.npz")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+def test_a_device_that_fails_the_int8_gate_fails_verify(int8_export, tmp_path, capsys):
+    """The recorded fp32 run says every puzzle halted one step later: the device's INT8 graphs (the same run
+    as at export) now agree on none of the halting steps."""
+    with np.load(int8_export / "int8_gate.npz") as f:
+        steps = f["steps"]
+    _with_gate_set(int8_export, tmp_path / "b", steps=np.where(steps < steps.max(), steps + 1, steps - 1))
+    line = one_line_error(capsys, "verify", str(tmp_path / "b"))
+    assert "segment.int8-cpu: halting_agreement" in line
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"inputs": np.full((3, 81), 99, np.int64)}, "expected integers of shape"),
+    ({"labels": "wrong"}, "expected integers of shape"),
+    ({"predictions": "ids"}, "token ids outside"),
+    ({"steps": "zero"}, "steps outside"),
+])
+def test_a_malformed_int8_gate_set_is_one_error_line(int8_export, tmp_path, capsys, arrays, message):
+    with np.load(int8_export / "int8_gate.npz") as f:
+        data = {k: f[k] for k in f.files}
+    fix = {"labels": data["labels"].astype(np.float32), "predictions": data["predictions"] + 100,
+           "steps": np.zeros_like(data["steps"])}
+    arrays = {k: fix[k] if isinstance(v, str) else v for k, v in arrays.items()}
+    _with_gate_set(int8_export, tmp_path / "b", **arrays)
+    assert message in one_line_error(capsys, "verify", str(tmp_path / "b"))
 
 
 def test_a_malformed_pinned_run_is_one_error_line(int8_export, tmp_path, capsys):
