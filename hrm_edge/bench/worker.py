@@ -269,7 +269,7 @@ def _openvino_driver(job: dict[str, Any]) -> _Driver:
 
 
 def _ort_driver(job: dict[str, Any]) -> _Driver:
-    from hrm_edge.runtimes.ort.loader import make_session
+    from hrm_edge.runtimes.ort.loader import make_embed_session, make_session
     from hrm_edge.runtimes.ort.runner import OrtSegmentRunner, OrtUnrolledRunner
 
     g = job["graphs"]
@@ -277,7 +277,7 @@ def _ort_driver(job: dict[str, Any]) -> _Driver:
     carry = np.load(g["carry"])
     h_init, l_init = carry["H_init"], carry["L_init"]
     session = make_session(g["main"], threads=threads, spin=spin)
-    embed = make_session(g["embed"], threads=threads, spin=spin) if g.get("embed") else None
+    embed = make_embed_session(g["embed"]) if g.get("embed") else None  # as `solve` opens it
     variant = job["variant"]
     if variant == "segment":
         return _RunnerDriver(OrtSegmentRunner(session, h_init, l_init, job["total_len"], embed_session=embed))

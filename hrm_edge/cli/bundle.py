@@ -543,7 +543,7 @@ def _source_path(b: Bundle) -> str | None:
 def _open_loop(b: Bundle, ck: Any, pset: Any, names: tuple[str, ...], steps: int, max_abs: float, out: Path) -> None:
     """`parity --open-loop`: per-step, per-output max-abs errors of each segment graph."""
     from hrm_edge.export.open_loop import open_loop_errors
-    from hrm_edge.runtimes.ort.loader import make_session
+    from hrm_edge.runtimes.ort.loader import make_embed_session, make_session
 
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"bundle": str(b.path), "mode": "open loop", "puzzles": len(pset), "steps": steps,
@@ -554,7 +554,7 @@ def _open_loop(b: Bundle, ck: Any, pset: Any, names: tuple[str, ...], steps: int
         entry = b.graph(name)
         if entry.kind != "segment":
             continue
-        embed = make_session(b.graph_path(entry.embed_graph)) if entry.embed_graph else None
+        embed = make_embed_session(b.graph_path(entry.embed_graph)) if entry.embed_graph else None
         rows = open_loop_errors(model, make_session(b.graph_path(name)), pset.inputs, pset.puzzle_ids, steps,
                                 b.model_puzzle_ids(pset.puzzle_ids), embed_session=embed)
         worst = max(max(r[k] for k in ("logits", "q_halt", "q_continue", "z_H_out", "z_L_out")) for r in rows)

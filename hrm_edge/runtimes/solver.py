@@ -125,8 +125,7 @@ class GraphSolver:
         self.session = loader.make_session(bundle.graph_path(graph), providers=providers, threads=threads)
         embed = None
         if self.entry.embed_graph is not None:
-            embed = loader.make_session(bundle.graph_path(self.entry.embed_graph), providers=providers,
-                                        threads=threads)
+            embed = loader.make_embed_session(bundle.graph_path(self.entry.embed_graph), providers=providers)
         if self.kind == "segment":
             self._runner = runner.OrtSegmentRunner(self.session, h_init, l_init, total_len, embed_session=embed)
         elif self.kind == "unrolled":
