@@ -354,6 +354,7 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
     reference = golden_result(ref)
     failures = []
     click.echo(f"{b.path}: {len(b.manifest.files)} files, sha256 OK")
+    gate_run, gate_set = None, None  # the export's INT8 gate, re-run on INT8 graphs where the bundle keeps it
     for run in b.manifest.gates:
         click.echo(f"gate at export: {run.name} {run.precision} on {run.puzzles} {run.data} puzzles "
                    f"({', '.join(run.graphs)}): {'PASS' if run.passed else 'FAIL'}")
