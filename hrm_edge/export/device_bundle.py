@@ -169,9 +169,10 @@ hrm-edge solve . --puzzle "{puzzle}" --json   # one JSON line per puzzle
 ```
 
 `verify` is the parity check on the device: closed-loop, every graph ONNX Runtime runs against the golden
-outputs, with the fp32/fp16 gates; it exits non-zero on a failure. `hrm-edge parity` re-runs the PyTorch
-reference (torch) and so belongs on the machine that exported the bundle. `--policy fixed|q|threshold:<p>`
-chooses the halting rule and `--max-steps` the segment cap.
+outputs, with the fp32/fp16 gates; an INT8 graph must solve the golden puzzles the export host solved, and
+pass the export's INT8 gate again on its puzzles (int8_gate.npz); it exits non-zero on a failure.
+`hrm-edge parity` re-runs the PyTorch reference (torch) and so belongs on the machine that exported the
+bundle. `--policy fixed|q|threshold:<p>` chooses the halting rule and `--max-steps` the segment cap.
 
 ## TensorRT (on the device's GPU)
 
