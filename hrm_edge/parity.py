@@ -26,6 +26,7 @@ epsilon, RoPE, mask) shows as a ratio far above 2 from step 1; rounding shows as
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -211,8 +212,6 @@ def gate(metrics: dict[str, Any], gates: Gates) -> list[dict[str, Any]]:
 
 def _prediction_hash(prediction: np.ndarray) -> str:
     """sha256 (first 16 hex digits) of one puzzle's predicted tokens, as int64."""
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(prediction, np.int64).tobytes()).hexdigest()[:16]
 
 

@@ -989,9 +989,10 @@ ACTIVATION_SCALE_CHOICES = ("auto", "tensor", "row")
 
 def _golden_run(bundle_tmp_dir: Path, manifest: Manifest, pipe: Int8Pipeline, graph: Path) -> dict[str, Any]:
     """The INT8 graph's own run on the bundle's golden puzzles on this host (ONNX Runtime CPU, the
-    reference's policy and cap), pinned by `hrm_edge.parity.host_run`: `verify` holds a device to it.
-    Against fp32 the golden set is too small to gate a statistical agreement (one of 16 puzzles halting
-    elsewhere is 93.8% < 95%); the export's parity gate on the validation set does that."""
+    reference's policy and cap), pinned by `hrm_edge.parity.host_run`: `verify` requires a device to solve
+    the same golden puzzles and reports the rest (`hrm_edge.parity.host_checks`). The golden set is too
+    small to gate a halting rate (one of 16 puzzles halting elsewhere is 93.8% < 95%); `verify` re-runs
+    the export's INT8 gate on its 256 puzzles for that."""
     from hrm_edge.act import parse_policy, solve_in_batches
     from hrm_edge.bundle import remap_ids
     from hrm_edge.parity import host_run
