@@ -7,8 +7,8 @@ Layout (every file but the manifest is listed with its sha256 in `Manifest.files
                         (`hrm_edge.manifest.Manifest`: the typed reader and writer)
     carry_init.npz      H_init, L_init: fp32 [hidden_size]
     reference.npz       golden outputs of the PyTorch reference (see `REFERENCE_FIELDS`)
-    int8_gate.npz       with INT8 graphs: the puzzles of the export's INT8 gate and the fp32
-                        reference's run on them (`GATE_SET`), for `verify` to re-run the gate
+    gate_set.npz        with FP16 or INT8 graphs: the puzzles of the export's parity gate and the
+                        fp32 reference's run on them (`GATE_SET`), for `verify` to re-run the gate
     <graph>.onnx        one file per graph, described by `Manifest.graphs[<name>]` (`GraphEntry`)
     manifest.sig        optional: Ed25519 signature of the bundle digest (`hrm_edge.signing`)
     engines/            optional: TensorRT engines built on the device (`hrm-edge build`); not covered
@@ -57,9 +57,10 @@ REFERENCE_FIELDS = ("inputs", "puzzle_ids", "labels", "predictions", "steps", "s
 # Fields of reference.npz whose first dimension is the puzzle count N, and those whose first is T.
 _PER_PUZZLE = ("inputs", "puzzle_ids", "labels", "predictions", "steps")
 _PER_STEP = ("step_predictions", "step_q_halt", "step_q_continue", "step_logits")
-# int8_gate.npz (`GateRun.file` of the export's INT8 gate): the first five fields of reference.npz, same
-# shapes and types, over the gate's puzzles (`GateRun.puzzles`; N = 256 validation puzzles by default).
-GATE_SET = "int8_gate.npz"
+# gate_set.npz (`GateRun.file` of the export's FP16 and INT8 gates): the first five fields of reference.npz,
+# same shapes and types, over the gate's puzzles (`GateRun.puzzles`; the whole validation set by default).
+# Bundles exported before FP16 was gated name it int8_gate.npz; `verify` reads whatever `GateRun.file` names.
+GATE_SET = "gate_set.npz"
 # Where `hrm-edge build` writes engines inside a bundle (not listed in the manifest).
 ENGINES = "engines"
 _DIGEST = re.compile(r"(?:sha256:)?([0-9a-f]{64})")

@@ -108,6 +108,14 @@ class _Fields:
             check_file_name(value, lambda message: self.fail(key, message))
         return value
 
+    def names(self, key: str, cap: int = MAX_GRAPHS) -> list[str]:
+        """An optional list of at most `cap` strings (absent: empty)."""
+        value = self.typed(key, (list,), False) or []
+        self.capped(key, value, cap)
+        if not all(isinstance(v, str) for v in value):
+            self.fail(key, "must be a list of strings")
+        return value
+
     def capped(self, key: str, items: Any, cap: int) -> None:
         if items is not None and len(items) > cap:
             self.fail(key, f"has {len(items)} entries, above the cap {cap}")
@@ -405,13 +413,15 @@ class DeviceFiles:
 
 @dataclass(kw_only=True)
 class GateRun:
-    """A parity gate that export ran on the bundle before sealing it (`hrm-edge export --int8`).
+    """A parity gate that export ran on the bundle before sealing it (`hrm-edge export`: one per
+    reduced precision, "fp16" and "int8").
 
-    name: the gate ("parity"); precision: the graphs it compared ("int8"); data: "<task> <split>" of
+    name: the gate ("parity"); precision: the graphs it compared ("fp16" or "int8"); data: "<task> <split>" of
     the puzzles; puzzles, policy and max_steps: what it ran; passed: every check of every graph passed;
     graphs: graph name -> its checks (`hrm_edge.parity.gate` records: name, value, threshold, passed);
     file: the gate's puzzles with the fp32 reference's run on them (`hrm_edge.bundle.GATE_SET`), from
-    which `verify` re-runs the gate on a device (None: bundles written before it)."""
+    which `verify` re-runs the gate on a device (None: bundles written before it); dropped: graphs that
+    failed the gate and were left out of the bundle because another graph of their INT8 target passed."""
 
     name: str
     precision: str
@@ -422,6 +432,7 @@ class GateRun:
     passed: bool
     graphs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     file: str | None = None
+    dropped: list[str] = field(default_factory=list)
 
     @classmethod
     def read(cls, data: Any, where: str, path: str) -> GateRun:
@@ -433,12 +444,13 @@ class GateRun:
         return cls(name=f.text("name"), precision=f.text("precision"), data=f.text("data"),
                    puzzles=f.integer("puzzles", True, 0), policy=f.text("policy"),
                    max_steps=f.integer("max_steps", True, 1, MAX_SEGMENTS), passed=f.boolean("passed"),
-                   graphs=graphs, file=f.file_name("file", False))
+                   graphs=graphs, file=f.file_name("file", False), dropped=f.names("dropped"))
 
     def to_dict(self) -> dict[str, Any]:
         return _without_none({"name": self.name, "precision": self.precision, "data": self.data,
                               "puzzles": self.puzzles, "policy": self.policy, "max_steps": self.max_steps,
-                              "passed": self.passed, "graphs": self.graphs, "file": self.file})
+                              "passed": self.passed, "graphs": self.graphs, "file": self.file,
+                              "dropped": self.dropped or None})
 
 
 # ----------------------------------------------------------------------------------------------

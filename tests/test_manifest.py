@@ -111,6 +111,11 @@ BAD_FIELDS = {
         "field 'graphs[\"segment.fp32-cpufused\"].embed_graph' is 'segment.fp32', not an embed graph of this bundle"),
     "a text segment cap": (lambda m: m["halting"].update(max_steps="3"),
                            "field 'halting.max_steps' must be an integer, not a string"),
+    "a gate's left-out graphs as text": (
+        lambda m: m.update(gates=[{"name": "parity", "precision": "int8", "data": "sudoku val", "puzzles": 4,
+                                   "policy": "q", "max_steps": 3, "passed": True, "graphs": {},
+                                   "dropped": "segment.int8-cpu"}]),
+        "field 'gates[0].dropped' must be an array, not a string"),
     "a digest that is not sha256": (lambda m: m["files"].update({"reference.npz": "abc"}),
                                     "field 'files' must map file names to hex sha256 digests; 'reference.npz' has "
                                     "'abc'"),

@@ -22,7 +22,15 @@ from hrm_edge.act import parse_policy
 from hrm_edge.bundle import open_bundle
 from hrm_edge.cli.main import main
 from hrm_edge.files import sha256_file
-from hrm_edge.manifest import MANIFEST, SIGNATURE, GateRun, canonical_json, manifest_digest, read_manifest
+from hrm_edge.manifest import (
+    MANIFEST,
+    SIGNATURE,
+    GateRun,
+    Manifest,
+    canonical_json,
+    manifest_digest,
+    read_manifest,
+)
 from hrm_edge.model.checkpoint import save_checkpoint
 from tests.cli_helpers import one_line_error, run_cli
 from tests.model_helpers import q_model
@@ -150,11 +158,11 @@ def test_a_gate_run_at_export_is_recorded_and_covered_by_the_digest(tmp_path):
                        puzzle_ids=np.zeros(2, np.int64), difficulty=np.zeros(2, np.int64))
     seen = []
 
-    def gate(tmp: Path) -> GateRun:
+    def gate(tmp: Path, manifest: Manifest) -> list[GateRun]:
         seen.append(open_bundle(tmp).verified)  # the gate sees the complete, hashed bundle
-        return GateRun(name="parity", precision="fp32", data="sudoku val", puzzles=2, policy="q", max_steps=2,
-                       passed=True, graphs={"segment.fp32": [{"name": "halting_agreement", "value": 1.0,
-                                                             "threshold": 1.0, "passed": True}]})
+        return [GateRun(name="parity", precision="fp32", data="sudoku val", puzzles=2, policy="q", max_steps=2,
+                        passed=True, graphs={"segment.fp32": [{"name": "halting_agreement", "value": 1.0,
+                                                              "threshold": 1.0, "passed": True}]})]
 
     out = write_bundle(ck, tmp_path / "b", [GraphSpec("segment", "fp32")], golden, gate=gate, log=lambda m: None)
     m = read_manifest(out / MANIFEST)

@@ -173,19 +173,28 @@ def source_checkpoint(ck: Checkpoint) -> SourceCheckpoint:
                             sha256=ck.provenance.get("sha256"), step=ck.provenance.get("step"))
 
 
-def _seal(tmp: Path, manifest: Manifest, gate: Callable[[Path], GateRun] | None,
+def _seal(tmp: Path, manifest: Manifest, gate: Callable[[Path, Manifest], list[GateRun]] | None,
           sign: Callable[[str], bytes] | None) -> None:
-    """Write the manifest; with `gate`, run it on the written bundle and record its result in the
-    manifest; with `sign`, write the signature of the final digest (`Manifest.digest`) as manifest.sig."""
+    """Write the manifest; with `gate`, run it on the written bundle and record its results in the
+    manifest (the gate may leave graphs out: `drop_graph`); with `sign`, write the signature of the
+    final digest (`Manifest.digest`) as manifest.sig."""
     write_manifest(manifest, tmp / MANIFEST)
     if gate is not None:
-        run = gate(tmp)
-        manifest.gates.append(run)
-        if run.file is not None:  # the gate's puzzles and reference run, written by the gate
-            manifest.files[run.file] = sha256_file(tmp / run.file)
+        for run in gate(tmp, manifest):
+            manifest.gates.append(run)
+            if run.file is not None:  # the gate's puzzles and reference run, written by the gate
+                manifest.files[run.file] = sha256_file(tmp / run.file)
         write_manifest(manifest, tmp / MANIFEST)
     if sign is not None:
         (tmp / SIGNATURE).write_bytes(sign(manifest.digest))
+
+
+def drop_graph(tmp: Path, manifest: Manifest, name: str) -> None:
+    """Leave graph `name` out of the bundle being written in `tmp`: its file, its hash and its entry."""
+    entry = manifest.graphs.pop(name)
+    manifest.files.pop(entry.file, None)
+    (tmp / entry.file).unlink(missing_ok=True)
+    write_manifest(manifest, tmp / MANIFEST)
 
 
 def check_bundle_target(out: Path, force: bool) -> None:
@@ -230,16 +239,16 @@ def write_bundle(ck: Checkpoint, out: Path, specs: list[GraphSpec], golden: Puzz
                  keep_puzzle_ids: list[int] | None = None,
                  log: Callable[[str], None] = print,
                  extra_steps: Callable[[Path, Manifest, Checkpoint], None] | None = None,
-                 gate: Callable[[Path], GateRun] | None = None,
+                 gate: Callable[[Path, Manifest], list[GateRun]] | None = None,
                  sign: Callable[[str], bytes] | None = None) -> Path:
     """Export `specs` of `ck` into bundle directory `out`; `golden` puzzles give reference.npz.
 
     `keep_puzzle_ids`: keep only these puzzle-embedding rows (original ids; the manifest maps them).
 
     `extra_steps(tmp_dir, manifest, ck)` may add files and graphs (e.g. INT8) before hashing; `ck` is the
-    checkpoint as exported (puzzle rows already pruned). `gate(tmp_dir)` runs a gate on the complete
-    bundle and returns its record, written into the manifest (`Manifest.gates`); `sign(digest)` returns
-    the signature of the final digest, written as manifest.sig (`_seal`)."""
+    checkpoint as exported (puzzle rows already pruned). `gate(tmp_dir, manifest)` runs a gate on the
+    complete bundle and returns its records (one per precision), written into the manifest (`Manifest.gates`);
+    `sign(digest)` returns the signature of the final digest, written as manifest.sig (`_seal`)."""
     from hrm_edge.export.onnx_utils import check_graph, graph_summary
 
     if ck.task is None:

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from hrm_edge.act import SolveResult
-from hrm_edge.bundle import open_bundle
-from hrm_edge.files import sha256_file
+from hrm_edge.bundle import GATE_SET, open_bundle
 from hrm_edge.parity import host_checks, host_run
 from hrm_edge.runtimes.ort.loader import make_session
 from hrm_edge.runtimes.solver import default_graph, runnable_graphs
-from tests.cli_helpers import one_line_error, run_cli
+from tests.cli_helpers import one_line_error, run_cli, with_arrays_replaced
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +155,7 @@ def test_without_labels_the_device_must_give_identical_outputs():
 def test_the_bundle_keeps_the_int8_gate_puzzles_with_the_fp32_run_on_them(int8_export):
     b = open_bundle(int8_export)
     [run] = b.manifest.gates
-    assert run.file == "int8_gate.npz" and "int8_gate.npz" in b.manifest.files
+    assert run.file == GATE_SET and GATE_SET in b.manifest.files
     gate_set = b.gate_set(run)
     assert gate_set["inputs"].shape == (run.puzzles, 81) and gate_set["steps"].shape == (run.puzzles,)
     assert gate_set["steps"].min() >= 1 and gate_set["steps"].max() <= run.max_steps
@@ -172,25 +171,13 @@ def test_verify_re_runs_the_int8_gate_on_the_device(int8_export, capsys):
                                                                      f"{run.data} puzzles)")
 
 
-def _with_gate_set(src, dst, **arrays):
-    """A copy of bundle `src` at `dst` whose int8_gate.npz has `arrays` replaced (its hash updated, so only
-    the content is wrong)."""
-    shutil.copytree(src, dst)
-    with np.load(dst / "int8_gate.npz") as f:
-        data = {k: f[k] for k in f.files}
-    np.savez_compressed(dst / "int8_gate.npz", **{**data, **arrays})
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["files"]["int8_gate.npz"] = sha256_file(dst / "int8_gate.npz")
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return data
-
-
 def test_a_device_that_fails_the_int8_gate_fails_verify(int8_export, tmp_path, capsys):
     """The recorded fp32 run says every puzzle halted one step later: the device's INT8 graphs (the same run
     as at export) now agree on none of the halting steps."""
-    with np.load(int8_export / "int8_gate.npz") as f:
+    with np.load(int8_export / GATE_SET) as f:
         steps = f["steps"]
-    _with_gate_set(int8_export, tmp_path / "b", steps=np.where(steps < steps.max(), steps + 1, steps - 1))
+    later = np.where(steps < steps.max(), steps + 1, steps - 1)
+    with_arrays_replaced(int8_export, tmp_path / "b", GATE_SET, steps=later)
     line = one_line_error(capsys, "verify", str(tmp_path / "b"))
     assert "segment.int8-cpu: halting_agreement" in line
 
@@ -202,12 +189,12 @@ def test_a_device_that_fails_the_int8_gate_fails_verify(int8_export, tmp_path, c
     ({"steps": "zero"}, "steps outside"),
 ])
 def test_a_malformed_int8_gate_set_is_one_error_line(int8_export, tmp_path, capsys, arrays, message):
-    with np.load(int8_export / "int8_gate.npz") as f:
+    with np.load(int8_export / GATE_SET) as f:
         data = {k: f[k] for k in f.files}
     fix = {"labels": data["labels"].astype(np.float32), "predictions": data["predictions"] + 100,
            "steps": np.zeros_like(data["steps"])}
     arrays = {k: fix[k] if isinstance(v, str) else v for k, v in arrays.items()}
-    _with_gate_set(int8_export, tmp_path / "b", **arrays)
+    with_arrays_replaced(int8_export, tmp_path / "b", GATE_SET, **arrays)
     assert message in one_line_error(capsys, "verify", str(tmp_path / "b"))
 
 
@@ -219,3 +206,34 @@ def test_a_malformed_pinned_run_is_one_error_line(int8_export, tmp_path, capsys)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     line = one_line_error(capsys, "verify", str(bundle))
     assert "golden_run is malformed" in line
+
+
+def _report(bundle, failing: set[str]) -> dict:
+    """A parity.json of the gate on `bundle` in which the graphs `failing` fail their halting gate."""
+    b = open_bundle(bundle)
+    return {"graphs": {name: {"precision": g.precision, "gates": [
+        {"name": "halting_agreement", "value": 0.9 if name in failing else 1.0, "threshold": 0.95,
+         "passed": name not in failing}]} for name, g in b.graphs.items() if g.precision == "int8"}}
+
+
+def test_an_int8_graph_failing_its_gate_is_left_out_where_another_of_its_target_passes(int8_export):
+    from hrm_edge.cli.bundle import _dropped
+
+    manifest = open_bundle(int8_export).manifest
+    dropped = _dropped(_report(int8_export, {"segment.int8-cpu"}), manifest)
+    assert list(dropped) == ["segment.int8-cpu"]
+    assert dropped["segment.int8-cpu"] == ("failed the INT8 gate (halting_agreement 0.9 (gate 0.95)); "
+                                           "segment.int8-cpufused of target cpu passed it")
+    assert _dropped(_report(int8_export, {"segment.int8-cpu", "segment.int8-cpufused"}), manifest) == {}
+    assert _dropped(_report(int8_export, set()), manifest) == {}
+
+
+def test_a_graph_left_out_leaves_a_bundle_whose_hashes_verify(int8_export, tmp_path):
+    from hrm_edge.export.bundle_writer import drop_graph
+
+    shutil.copytree(int8_export, tmp_path / "b")
+    b = open_bundle(tmp_path / "b")
+    drop_graph(b.path, b.manifest, "segment.int8-cpu")
+    again = open_bundle(tmp_path / "b")  # checks every listed file's sha256
+    assert "segment.int8-cpu" not in again.graphs and not (again.path / "segment.int8-cpu.onnx").exists()
+    assert default_graph(again, "ort") == "segment.int8-cpufused"

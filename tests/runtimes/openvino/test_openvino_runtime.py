@@ -76,7 +76,9 @@ def test_fp32_on_openvino_equals_onnx_runtime_segment_by_segment(bundle):
 def test_verify_on_openvino_passes_every_graph(bundle, capsys):
     code, out, _ = run_cli(capsys, "verify", str(bundle), "--runtime", "openvino")
     assert code == 0
-    assert "PASS segment.fp32: 8 puzzles" in out and "PASS segment.fp16: 8 puzzles" in out
+    # fp16 is gated on the export's gate puzzles, all 256 of the validation set (its 8 golden ones are
+    # reported): OpenVINO runs it in bf16 and keeps 96.1% of the halting steps there, 93.8% on the first 64
+    assert "PASS segment.fp32: 8 puzzles" in out and "PASS segment.fp16: 256 puzzles" in out
 
 
 def _parity(capsys, bundle: Path, out: Path, precision: str, limit: int) -> dict:
