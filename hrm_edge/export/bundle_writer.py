@@ -180,10 +180,10 @@ def _seal(tmp: Path, manifest: Manifest, gate: Callable[[Path, Manifest], list[G
     final digest (`Manifest.digest`) as manifest.sig."""
     write_manifest(manifest, tmp / MANIFEST)
     if gate is not None:
-        for run in gate(tmp, manifest):
-            manifest.gates.append(run)
-            if run.file is not None:  # the gate's puzzles and reference run, written by the gate
-                manifest.files[run.file] = sha256_file(tmp / run.file)
+        runs = gate(tmp, manifest)
+        manifest.gates += runs
+        for file in {run.file for run in runs if run.file is not None}:  # the gate's puzzles, written by it
+            manifest.files[file] = sha256_file(tmp / file)
         write_manifest(manifest, tmp / MANIFEST)
     if sign is not None:
         (tmp / SIGNATURE).write_bytes(sign(manifest.digest))

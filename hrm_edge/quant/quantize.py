@@ -992,7 +992,7 @@ def _golden_run(bundle_tmp_dir: Path, manifest: Manifest, pipe: Int8Pipeline, gr
     reference's policy and cap), pinned by `hrm_edge.parity.host_run`: `verify` requires a device to solve
     the same golden puzzles and reports the rest (`hrm_edge.parity.host_checks`). The golden set is too
     small to gate a halting rate (one of 16 puzzles halting elsewhere is 93.8% < 95%); `verify` re-runs
-    the export's INT8 gate on its 256 puzzles for that."""
+    the export's INT8 gate on its puzzles (`hrm_edge.bundle.GATE_SET`) for that."""
     from hrm_edge.act import parse_policy, solve_in_batches
     from hrm_edge.bundle import remap_ids
     from hrm_edge.parity import host_run
