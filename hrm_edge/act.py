@@ -15,6 +15,7 @@ Every policy halts at `max_steps`; `max_steps` may exceed the training `halt_max
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -163,13 +164,53 @@ def run_act(runner: SegmentRunner, tokens: np.ndarray, puzzle_ids: np.ndarray, p
     return result
 
 
+class Progress(Protocol):
+    """What a long closed-loop run reports as it goes (`solve_in_batches`; a progress bar implements it)."""
+
+    def segment(self) -> None:
+        """One segment of the current chunk of puzzles ran."""
+
+    def chunk_done(self, puzzles: int) -> None:
+        """A chunk of `puzzles` puzzles finished (halted or reached max_steps)."""
+
+
+class TickingRunner:
+    """A SegmentRunner that forwards to `runner` and calls `tick()` after every segment it runs."""
+
+    def __init__(self, runner: SegmentRunner, tick: Callable[[], None]) -> None:
+        self._runner, self._tick = runner, tick
+
+    def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
+        self._runner.start(tokens, puzzle_ids)
+
+    def step(self) -> tuple[np.ndarray, np.ndarray]:
+        out = self._runner.step()
+        self._tick()
+        return out
+
+    def predictions(self, rows: np.ndarray) -> np.ndarray:
+        return self._runner.predictions(rows)
+
+    def logits(self, rows: np.ndarray) -> np.ndarray:
+        return self._runner.logits(rows)
+
+    def keep(self, rows: np.ndarray) -> None:
+        self._runner.keep(rows)
+
+
 def solve_in_batches(runner: SegmentRunner, tokens: np.ndarray, puzzle_ids: np.ndarray, policy: HaltingPolicy,
                      max_steps: int, batch_size: int, record_steps: bool = False,
-                     record_logits: bool = False) -> SolveResult:
-    """`run_act` over consecutive chunks of at most `batch_size` puzzles, results concatenated."""
-    parts = [run_act(runner, tokens[i:i + batch_size], puzzle_ids[i:i + batch_size], policy, max_steps,
-                     record_steps, record_logits)
-             for i in range(0, len(tokens), batch_size)]
+                     record_logits: bool = False, progress: Progress | None = None) -> SolveResult:
+    """`run_act` over consecutive chunks of at most `batch_size` puzzles, results concatenated;
+    `progress` hears of every segment and every finished chunk."""
+    if progress is not None:
+        runner = TickingRunner(runner, progress.segment)
+    parts = []
+    for i in range(0, len(tokens), batch_size):
+        parts.append(run_act(runner, tokens[i:i + batch_size], puzzle_ids[i:i + batch_size], policy, max_steps,
+                             record_steps, record_logits))
+        if progress is not None:
+            progress.chunk_done(len(parts[-1].steps))
     return concat_results(parts)
 
 

@@ -10,6 +10,7 @@ from hrm_edge.act import parse_policy, run_act, solve_in_batches
 from hrm_edge.errors import PolicyError
 from hrm_edge.model.hrm import HRM
 from hrm_edge.model.runner import TorchSegmentRunner
+from hrm_edge.progress import ClosedLoopProgress
 from tests.model_helpers import q_model
 
 
@@ -107,6 +108,42 @@ def test_solve_in_batches_concatenates_chunks_in_order():
     res = solve_in_batches(runner, indexed_tokens(5), np.zeros(5, np.int64), parse_policy("q"), 9,
                            batch_size=2)
     assert res.steps.tolist() == [1, 2, 3, 4, 5]
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def segment(self) -> None:
+        self.events.append("s")
+
+    def chunk_done(self, puzzles: int) -> None:
+        self.events.append(puzzles)
+
+
+def test_solve_in_batches_reports_every_segment_and_every_finished_chunk():
+    progress = RecordingProgress()
+    solve_in_batches(ScriptedRunner([1, 2, 3, 4, 5]), indexed_tokens(5), np.zeros(5, np.int64), parse_policy("q"), 9,
+                     batch_size=2, progress=progress)
+    # chunks [0, 1] -> 2 segments, [2, 3] -> 4 segments, [4] -> 5 segments
+    assert progress.events == ["s"] * 2 + [2] + ["s"] * 4 + [2] + ["s"] * 5 + [1]
+
+
+def test_closed_loop_progress_counts_skipped_segments_and_prints_a_line_without_a_terminal(capsys):
+    with ClosedLoopProgress("reference", puzzles=5, batch=2, max_steps=9, every_s=0.0) as bar:
+        solve_in_batches(ScriptedRunner([1, 2, 3, 4, 5]), indexed_tokens(5), np.zeros(5, np.int64),
+                         parse_policy("q"), 9, batch_size=2, progress=bar)
+    assert (bar.total, bar.done_segments, bar.done_puzzles) == (27, 27, 5)  # 3 chunks x 9: an upper bound
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("reference: 5/5 puzzles, 27/27 segment batches at most")
+
+
+def test_closed_loop_progress_is_silent_for_a_short_run_and_when_disabled(capsys):
+    for bar in (ClosedLoopProgress("short", 5, 2, 9), ClosedLoopProgress("off", 5, 2, 9, enabled=False, every_s=0)):
+        with bar:
+            solve_in_batches(ScriptedRunner([1, 2, 3, 4, 5]), indexed_tokens(5), np.zeros(5, np.int64),
+                             parse_policy("q"), 9, batch_size=2, progress=bar)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from hrm_edge.parity import (
     plot_parity,
     with_overrides,
 )
+from hrm_edge.progress import ClosedLoopProgress
 from hrm_edge.runtimes.solver import RUNTIMES
 
 if TYPE_CHECKING:  # torch-free at run time: verify and solve on a bundle must import without torch
@@ -195,7 +196,8 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
                             calib_size=calib_size, search=search, max_excluded_share=max_float_share,
                             cpu_activation_scale=activation_scale, cpu_fused=cpu_fused,
                             log=lambda m: click.echo(m, err=True),
-                            gate_puzzles=len(_puzzle_set(golden_data, task, "val", gate_puzzles)))  # estimate
+                            gate_puzzles=len(_puzzle_set(golden_data, task, "val", gate_puzzles)),  # estimate
+                            gate_fp16="fp16" in gated)
 
         hooks.append(add_int8)
     if target == "jetson":
@@ -439,8 +441,10 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
                 run = gate_runs[prec]
                 click.echo(f"re-running the export's {prec.upper()} gate: {name} on {run.puzzles} {run.data} "
                            "puzzles ...", err=True)
-                reruns[name] = solver.solve(gate_sets[prec]["inputs"], gate_sets[prec]["puzzle_ids"],
-                                            parse_policy(run.policy), run.max_steps)
+                with ClosedLoopProgress(f"{name} on {runtime}", len(gate_sets[prec]["inputs"]), 64,
+                                        run.max_steps) as bar:
+                    reruns[name] = solver.solve(gate_sets[prec]["inputs"], gate_sets[prec]["puzzle_ids"],
+                                                parse_policy(run.policy), run.max_steps, progress=bar)
             runs[name] = (res, with_overrides(VERIFY_GATES[prec], solver.kind == "segment"), prec)
     for name, (res, gates, prec) in runs.items():
         metrics = compare(reference, res, labels)
@@ -538,8 +542,10 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
         return
     click.echo(f"reference: torch cpu fp32 on {len(pset)} {pset.task} {pset.split} puzzles, policy {halting}, "
                f"max_steps {steps}", err=True)
-    reference = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset.inputs,
-                                 pset.puzzle_ids, halting, steps, batch_size, record_steps=True, record_logits=True)
+    with ClosedLoopProgress("reference torch fp32", len(pset), batch_size, steps) as bar:
+        reference = solve_in_batches(TorchSegmentRunner(ck.model.set_compute_dtype("float32")), pset.inputs,
+                                     pset.puzzle_ids, halting, steps, batch_size, record_steps=True,
+                                     record_logits=True, progress=bar)
     if save_reference:
         labels = pset.labels if pset.labels is not None else np.zeros_like(pset.inputs)
         np.savez_compressed(save_reference, inputs=pset.inputs, puzzle_ids=pset.puzzle_ids, labels=labels,
@@ -553,8 +559,9 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
 
         click.echo("reference in float64 (the fp64 floor) ...", err=True)
         exact = copy.deepcopy(ck.model).double().set_compute_dtype(torch.float64)
-        fp64 = solve_in_batches(TorchSegmentRunner(exact), pset.inputs, pset.puzzle_ids, halting, steps,
-                                batch_size, record_steps=True, record_logits=True)
+        with ClosedLoopProgress("reference torch fp64", len(pset), batch_size, steps) as bar:
+            fp64 = solve_in_batches(TorchSegmentRunner(exact), pset.inputs, pset.puzzle_ids, halting, steps,
+                                    batch_size, record_steps=True, record_logits=True, progress=bar)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"bundle": str(b.path), "checkpoint": str(src), "data": f"{pset.task} {pset.split}",
@@ -572,8 +579,9 @@ def parity(bundle: str, checkpoint: str | None, data: str | None, split: str, li
         else:
             solver = GraphSolver(b, name, runtime, engine=engine)
             click.echo(f"running {name} on {runtime} ...", err=True)
-            cand = solver.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size,
-                                record_logits=solver.kind == "segment")
+            with ClosedLoopProgress(f"{name} on {runtime}", len(pset), batch_size, steps) as bar:
+                cand = solver.solve(pset.inputs, pset.puzzle_ids, halting, steps, batch_size,
+                                    record_logits=solver.kind == "segment", progress=bar)
             kind, prec, where = solver.kind, solver.entry.precision, runtime
         gates = with_overrides(DEFAULT_GATES[prec], kind == "segment",
                                max_logit_rel=max_logit_rel, max_fp64_error_ratio=max_fp64_error_ratio,

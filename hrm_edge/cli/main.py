@@ -18,11 +18,10 @@ from typing import NoReturn
 import click
 import numpy as np
 
-from hrm_edge.act import parse_policy
+from hrm_edge.act import TickingRunner, parse_policy
 from hrm_edge.cli.common import DTYPES, load_for_cli, torch_device
 from hrm_edge.cli.streaming import (
     SEGMENT_BAR_STEPS,
-    CountingRunner,
     SolveProgress,
     encoded_batches,
     open_puzzle_file,
@@ -57,7 +56,7 @@ def _torch_solver(ckpt: str, task: str | None, seq_len: int | None, device: str,
     runner = TorchSegmentRunner(model, device)
 
     def run(tokens: np.ndarray, policy, steps: int, batch: int, tick):
-        return solve_in_batches(CountingRunner(runner, tick), tokens, np.zeros(len(tokens), np.int64), policy,
+        return solve_in_batches(TickingRunner(runner, tick), tokens, np.zeros(len(tokens), np.int64), policy,
                                 steps, batch)
 
     return task or ck.task, ck.config.seq_len, "q", ck.config.halt_max_steps, run, f"torch {device} {dtype}"
@@ -77,7 +76,7 @@ def _bundle_solver(path: str, graph: str | None, runtime: str, engine: str | Non
         ids = np.zeros(len(tokens), np.int64)
         if solver.segment_runner is None:  # unrolled and loop graphs: no per-segment hook
             return solver.solve(tokens, ids, policy, steps, batch)
-        return solve_in_batches(CountingRunner(solver.segment_runner, tick), tokens, b.model_puzzle_ids(ids), policy,
+        return solve_in_batches(TickingRunner(solver.segment_runner, tick), tokens, b.model_puzzle_ids(ids), policy,
                                 steps, batch)
 
     halting = b.manifest.need_halting()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -73,30 +73,6 @@ def encoded_batches(codec: Codec, sources: Iterable[tuple[str, str]], size: int)
         raise error
 
 
-class CountingRunner:
-    """A SegmentRunner (hrm_edge.act) that calls `tick()` after every segment it runs."""
-
-    def __init__(self, runner: Any, tick: Callable[[], None]) -> None:
-        self._runner, self._tick = runner, tick
-
-    def start(self, tokens: np.ndarray, puzzle_ids: np.ndarray) -> None:
-        self._runner.start(tokens, puzzle_ids)
-
-    def step(self) -> tuple[np.ndarray, np.ndarray]:
-        out = self._runner.step()
-        self._tick()
-        return out
-
-    def predictions(self, rows: np.ndarray) -> np.ndarray:
-        return self._runner.predictions(rows)
-
-    def logits(self, rows: np.ndarray) -> np.ndarray:
-        return self._runner.logits(rows)
-
-    def keep(self, rows: np.ndarray) -> None:
-        self._runner.keep(rows)
-
-
 class SolveProgress:
     """Progress on stderr: puzzles solved (rate, no total: the input is streamed) and, when
     `max_steps` > SEGMENT_BAR_STEPS, the segments of the current batch. tqdm bars; plain lines every
@@ -137,3 +113,4 @@ class SolveProgress:
         for bar in (self._segments, self._puzzles):
             if bar is not None:
                 bar.close()
+

@@ -8,8 +8,10 @@ measured cost of one fp32 PyTorch puzzle-segment `c` (`time_segment`):
 - sensitivity: only when the all-int8 graph fails the gate: one open-loop pass per weight site over
   `sensitivity_per_step` samples of each step (the fake-quant model costs about one fp32 segment);
 - search: at most `max_evals` closed-loop runs of N puzzles x T segments;
-- gate: per flavour one ONNX Runtime closed loop on the calibration puzzles, and the export's
-  validation gate (the PyTorch reference and the INT8 graph on `gate_puzzles`).
+- gate: one ONNX Runtime closed loop on the calibration puzzles per INT8 graph (`int8_graphs`: one per
+  flavour, plus cpu's fused graph), and the export's validation gate on `gate_puzzles`: the PyTorch
+  reference, then every gated graph (`gate_graphs`: the INT8 graphs and the FP16 one; on ONNX Runtime's
+  CPU EP an FP16 segment costs about an FP32 one: 1.04x on the seeded 27M, 1 thread, batch 16).
 The closed-loop runs count every puzzle for all T segments at the fp32 PyTorch cost, so search and gate
 are upper bounds (halting puzzles stop early; ONNX Runtime's int8 segments cost less). Measured on the
 HRM 6x6 demo (bench/latest/session9-scale, 1024 puzzles, 100 ms per puzzle-segment under load):
@@ -84,13 +86,17 @@ class Estimate:
 
 def estimate_export(segment_seconds: float, *, puzzles: int, max_steps: int, sites: int, targets: int = 1,
                     static_targets: int = 0, sensitivity_per_step: int = 8, gptq_per_step: int = 16,
-                    max_evals: int = 16, gate_puzzles: int | None = None) -> Estimate:
-    """The phases' seconds from the cost of one puzzle-segment (see the module docstring)."""
+                    max_evals: int = 16, gate_puzzles: int | None = None, int8_graphs: int | None = None,
+                    gate_graphs: int | None = None) -> Estimate:
+    """The phases' seconds from the cost of one puzzle-segment (see the module docstring);
+    `int8_graphs` defaults to `targets`, `gate_graphs` to `int8_graphs`."""
     c, n, T = segment_seconds, puzzles, max_steps
+    int8_graphs = targets if int8_graphs is None else int8_graphs
+    gate_graphs = int8_graphs if gate_graphs is None else gate_graphs
     calibration = c * (n * T + (n * T if static_targets else 0) + gptq_per_step * T)
     sensitivity = c * targets * (sites + 1) * sensitivity_per_step * T
     search = c * targets * max_evals * n * T
-    gate = c * (targets * n * T + 2 * (gate_puzzles if gate_puzzles is not None else n) * T)
+    gate = c * (int8_graphs * n * T + (1 + gate_graphs) * (gate_puzzles if gate_puzzles is not None else n) * T)
     return Estimate(c, calibration, sensitivity, search, gate)
 
 

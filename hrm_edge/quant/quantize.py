@@ -571,7 +571,8 @@ class Int8Pipeline:
     def __init__(self, fp32_graph: str | Path, ck: Any, calib: Any, work_dir: str | Path,
                  config: Int8Config | None = None, *, progress: bool = True,
                  log: Callable[[str], None] | None = None, targets: Sequence[str] = ("cpu",),
-                 gate_puzzles: int | None = None) -> None:
+                 gate_puzzles: int | None = None, int8_graphs: int | None = None,
+                 gate_graphs: int | None = None) -> None:
         from hrm_edge.act import parse_policy
         from hrm_edge.quant.calibration import ActCalibrationReader, calibration_method, default_cache_dir
 
@@ -616,7 +617,7 @@ class Int8Pipeline:
         from hrm_edge.quant.search import find_sites
 
         self.sites = find_sites(src)
-        self.estimate = self._estimate(targets, gate_puzzles)
+        self.estimate = self._estimate(targets, gate_puzzles, int8_graphs, gate_graphs)
         self.log(self.estimate.line())
         # 2. smooth
         self.fp32_path = self.prepared_path
@@ -638,7 +639,8 @@ class Int8Pipeline:
         finally:
             self.phase_seconds[name] = round(self.phase_seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
 
-    def _estimate(self, targets: Sequence[str], gate_puzzles: int | None) -> Any:
+    def _estimate(self, targets: Sequence[str], gate_puzzles: int | None, int8_graphs: int | None,
+                  gate_graphs: int | None) -> Any:
         from hrm_edge.quant.estimate import estimate_export, time_segment
 
         static = sum(settings_for(t, "dynamic" if normalize_target(t) == "cpu" else None).mode == "static"
@@ -648,7 +650,7 @@ class Int8Pipeline:
                                sites=sum(s.kind == "weight" for s in self.sites), targets=len(targets),
                                static_targets=static, sensitivity_per_step=self.sensitivity_per_step,
                                gptq_per_step=self.gptq_per_step if self.gptq else 0, max_evals=16,
-                               gate_puzzles=gate_puzzles)
+                               gate_puzzles=gate_puzzles, int8_graphs=int8_graphs, gate_graphs=gate_graphs)
 
     # -- stages
     def _smooth(self, prepared: onnx.ModelProto) -> None:
@@ -704,8 +706,8 @@ class Int8Pipeline:
             self._closed = ClosedLoop(self.tokens, self.puzzle_ids, self.labels, reference,
                                       inner.H_init.detach().float().numpy(), inner.L_init.detach().float().numpy(),
                                       self.model.config.total_len, self.policy, self.max_steps,
-                                      self.gates,
-                                      self.batch_size, self.threads, self.work_dir)
+                                      self.gates, self.batch_size, self.threads, self.work_dir,
+                                      progress=self.progress)
         return self._closed
 
     @property
@@ -1103,6 +1105,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                     smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA, max_evals: int = 16,
                     max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
                     log: Callable[[str], None] | None = None, gate_puzzles: int | None = None,
+                    gate_fp16: bool = False,
                     search_engine: str = "auto", cpu_activation_scale: str = "auto", cpu_fused: bool = True) -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 
@@ -1117,7 +1120,8 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     int8 weights, file ~28% of fp32) | "float" (float sites fully fp32: closer to fp32, bigger file);
     `max_excluded_share`: at most this share of the sites in float (beyond about a quarter the CPU
     speed-up is mostly gone: 27M, 1 thread, 25% of sites float: 60 ms vs 37 ms all-int8 vs 145 ms fp32);
-    `gate_puzzles`: puzzles of the validation gate that follows (for the printed estimate only);
+    `gate_puzzles`: puzzles of the validation gate that follows, and `gate_fp16`: whether it gates the FP16
+    graph too (both for the printed estimate only);
     `search_engine`: "auto" | "torch" (fake-quant sensitivity and search, one ORT confirmation) | "ort"
     (`resolve_engine`); `cpu_activation_scale`: the cpu dynamic graph's activation scales, "tensor" |
     "row" (`hrm_edge.quant.row_scales`) | "auto" (`choose_activation_scale`); `cpu_fused`: also write the
@@ -1134,8 +1138,9 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                             policy=halting.default_policy if halting else "q",
                             max_steps=halting.max_steps if halting else None, cache_dir=cache_dir, gptq=gptq,
                             search_engine=search_engine)
+        int8_graphs = len(targets) + (cpu_fused and "cpu" in targets)
         pipe = Int8Pipeline(fp32_path, ck, calib, work, config, progress=progress, log=log, targets=targets,
-                            gate_puzzles=gate_puzzles)
+                            gate_puzzles=gate_puzzles, int8_graphs=int8_graphs, gate_graphs=int8_graphs + gate_fp16)
         builds = []
         for target in targets:
             name = graph_name(target)

@@ -54,9 +54,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult, concat_results, run_act
+from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult, TickingRunner, concat_results, run_act
 from hrm_edge.contract import SEGMENT_OUTPUTS
 from hrm_edge.parity import Gates, compare, failed_already, gate, solved_metric
+from hrm_edge.progress import ClosedLoopProgress
 from hrm_edge.runtimes.ort.loader import make_session
 from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
 
@@ -373,8 +374,9 @@ class ClosedLoop:
     def __init__(self, tokens: np.ndarray, puzzle_ids: np.ndarray, labels: np.ndarray | None,
                  reference: SolveResult, h_init: np.ndarray, l_init: np.ndarray, total_len: int,
                  policy: HaltingPolicy, max_steps: int, gates: Gates, batch_size: int = 64,
-                 threads: int | None = None, work_dir: str | Path | None = None) -> None:
+                 threads: int | None = None, work_dir: str | Path | None = None, progress: bool = False) -> None:
         self.tokens, self.puzzle_ids, self.labels = tokens, puzzle_ids, labels
+        self.progress = progress  # each run's progress on stderr (`hrm_edge.progress`)
         self.reference, self.h_init, self.l_init, self.total_len = reference, h_init, l_init, total_len
         self.policy, self.max_steps, self.gates = policy, max_steps, gates
         self.batch_size, self.threads = batch_size, threads
@@ -406,14 +408,19 @@ class ClosedLoop:
         gates = self.gates if gates is None else gates
         record = record or gates.max_logit_rel is not None
         total, parts, failed = len(self.tokens), [], None
-        for i in range(0, total, self.batch_size):
-            parts.append(run_act(runner, self.tokens[i:i + self.batch_size], self.puzzle_ids[i:i + self.batch_size],
-                                 self.policy, self.max_steps, record, record))
-            if early_stop and i + self.batch_size < total:
-                failed = failed_already(self.reference, np.concatenate([p.predictions for p in parts]),
-                                        np.concatenate([p.steps for p in parts]), self.labels, total, gates)
-                if failed is not None:
-                    break
+        with ClosedLoopProgress(f"closed loop on {total} puzzles", total, self.batch_size, self.max_steps,
+                                enabled=self.progress) as bar:
+            ticking = TickingRunner(runner, bar.segment)
+            for i in range(0, total, self.batch_size):
+                parts.append(run_act(ticking, self.tokens[i:i + self.batch_size],
+                                     self.puzzle_ids[i:i + self.batch_size], self.policy, self.max_steps, record,
+                                     record))
+                bar.chunk_done(len(parts[-1].steps))
+                if early_stop and i + self.batch_size < total:
+                    failed = failed_already(self.reference, np.concatenate([p.predictions for p in parts]),
+                                            np.concatenate([p.steps for p in parts]), self.labels, total, gates)
+                    if failed is not None:
+                        break
         result = concat_results(parts)
         n = len(result.steps)
         reference = self.reference if n == total else head(self.reference, n)

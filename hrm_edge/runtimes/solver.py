@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hrm_edge.act import HaltingPolicy, SegmentRunner, SolveResult, concat_results, solve_in_batches
+from hrm_edge.act import HaltingPolicy, Progress, SegmentRunner, SolveResult, concat_results, solve_in_batches
 from hrm_edge.bundle import Bundle, BundleError
 from hrm_edge.manifest import ORT_CPU, GraphEntry
 
@@ -139,13 +139,13 @@ class GraphSolver:
         return self._runner if self.kind == "segment" else None
 
     def solve(self, tokens: np.ndarray, puzzle_ids: np.ndarray, policy: HaltingPolicy, max_steps: int,
-              batch_size: int = 64, record_logits: bool = False) -> SolveResult:
+              batch_size: int = 64, record_logits: bool = False, progress: Progress | None = None) -> SolveResult:
         """Solve N puzzles (original puzzle ids); `record_logits` (segment graphs only) also returns
-        per-step logits."""
+        per-step logits; `progress` hears of each segment (segment graphs) and each finished chunk."""
         puzzle_ids = self.bundle.model_puzzle_ids(puzzle_ids)
         if self.kind == "segment":
             return solve_in_batches(self._runner, tokens, puzzle_ids, policy, max_steps, batch_size,
-                                    record_steps=record_logits, record_logits=record_logits)
+                                    record_steps=record_logits, record_logits=record_logits, progress=progress)
         from hrm_edge.runtimes.ort import runner
 
         parts = []
@@ -155,4 +155,6 @@ class GraphSolver:
                 parts.append(runner.run_act_unrolled(self._runner, t, p, policy, max_steps))
             else:
                 parts.append(runner.run_act_loop_graph(self.session, t, p, policy, max_steps))
+            if progress is not None:
+                progress.chunk_done(len(t))
         return concat_results(parts)

@@ -19,6 +19,13 @@ def test_each_phase_is_its_count_of_puzzle_segments_times_the_measured_cost():
     assert est.total == est.calibration + est.sensitivity + est.search + est.gate
 
 
+def test_the_gate_counts_every_gated_graph():
+    # cpu flavour with its fused graph (two INT8 graphs, two calibration closed loops) and the FP16 graph
+    est = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0, gate_puzzles=32,
+                            int8_graphs=2, gate_graphs=3)
+    assert est.gate == 0.1 * (2 * 64 * 8 + (1 + 3) * 32 * 8)
+
+
 def test_a_static_target_adds_one_range_pass_over_the_rollout():
     dynamic = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0)
     static = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0, static_targets=1)
