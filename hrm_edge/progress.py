@@ -9,8 +9,8 @@ import time
 
 class ClosedLoopProgress:
     """Progress of one closed-loop run (`hrm_edge.act.Progress`) on stderr: `what` over `puzzles` puzzles
-    in chunks of `batch`, each chunk at most `max_steps` segments. On a terminal, a tqdm bar of
-    segments out of the most the run can take (a chunk that halts early skips its remaining ones, so
+    in chunks of `batch`, each chunk at most `max_steps` segment calls. On a terminal, a tqdm bar of
+    segment calls out of the most the run can take (a chunk that halts early skips its remaining ones, so
     the time left it shows is an upper bound); elsewhere (CI logs, pipes) one line every `every_s`
     seconds, the first after `every_s`, so a short run prints nothing. Disabled: silent. A context
     manager."""
@@ -56,5 +56,5 @@ class ClosedLoopProgress:
         now = time.monotonic()
         if self.enabled and now - self._last >= self.every_s:
             self._last = now
-            print(f"{self.what}: {self.done_puzzles}/{self.puzzles} puzzles, {self.done_segments}/{self.total} "
-                  f"segment batches at most, {now - self._start:.0f} s", file=sys.stderr, flush=True)
+            print(f"{self.what}: {self.done_puzzles}/{self.puzzles} puzzles done, {self.done_segments} of at most "
+                  f"{self.total} segment calls, {now - self._start:.0f} s", file=sys.stderr, flush=True)

@@ -30,7 +30,14 @@ MARKERS = [
     ("PyTorch fp32 reference", "closed-loop fp32 reference (PyTorch)"),
     ("INT8 cpu", "int8 cpu"),
     ("INT8 tensorrt", "int8 tensorrt"),
+    ("  segment.int8-cpu.onnx:", "int8 cpu fused graph (fusion + its calibration closed loop)"),
     ("INT8 parity gate on the validation set", "validation gate (PyTorch reference + ONNX Runtime)"),
+    ("parity gate of the", "validation gate: start"),
+    ("reference: torch cpu fp32", "validation gate: PyTorch fp32 reference"),
+    ("running segment.fp16 on", "validation gate: segment.fp16 (ONNX Runtime)"),
+    ("running segment.int8-cpu on", "validation gate: segment.int8-cpu (ONNX Runtime)"),
+    ("running segment.int8-cpufused on", "validation gate: segment.int8-cpufused (ONNX Runtime)"),
+    ("running segment.int8-tensorrt on", "validation gate: segment.int8-tensorrt (ONNX Runtime)"),
     ("wrote ", "end"),
 ]
 LINE = re.compile(r"^\s*(?P<t>\d+\.\d)\s(?P<text>.*)$")

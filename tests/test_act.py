@@ -135,7 +135,7 @@ def test_closed_loop_progress_counts_skipped_segments_and_prints_a_line_without_
                          parse_policy("q"), 9, batch_size=2, progress=bar)
     assert (bar.total, bar.done_segments, bar.done_puzzles) == (27, 27, 5)  # 3 chunks x 9: an upper bound
     lines = capsys.readouterr().err.splitlines()
-    assert lines[-1].startswith("reference: 5/5 puzzles, 27/27 segment batches at most")
+    assert lines[-1].startswith("reference: 5/5 puzzles done, 27 of at most 27 segment calls")
 
 
 def test_closed_loop_progress_is_silent_for_a_short_run_and_when_disabled(capsys):

@@ -15,15 +15,18 @@ def test_each_phase_is_its_count_of_puzzle_segments_times_the_measured_cost():
     assert est.calibration == 0.1 * 64 * 8  # the fp32 rollout
     assert est.sensitivity == 0.1 * 11 * 8 * 8  # (sites + 1) open-loop passes of 8 samples per step
     assert est.search == 0.1 * 16 * 64 * 8  # at most 16 closed-loop runs
-    assert est.gate == 0.1 * (64 * 8 + 2 * 32 * 8)  # calibration closed loop + reference and graph on val
-    assert est.total == est.calibration + est.sensitivity + est.search + est.gate
+    # at most: the calibration closed loop, then the reference and the graph on val, all at the fp32 cost
+    assert est.gate_bound == 0.1 * (64 * 8 + 2 * 32 * 8)
+    assert est.gate == pytest.approx(0.1 * (E.INT8_COST * (64 + 32) * 8 + 32 * 8))  # INT8 segments cost less
+    assert est.total == est.calibration + est.sensitivity + est.search + est.gate_bound
 
 
 def test_the_gate_counts_every_gated_graph():
     # cpu flavour with its fused graph (two INT8 graphs, two calibration closed loops) and the FP16 graph
     est = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0, gate_puzzles=32,
                             int8_graphs=2, gate_graphs=3)
-    assert est.gate == 0.1 * (2 * 64 * 8 + (1 + 3) * 32 * 8)
+    assert est.gate_bound == 0.1 * (2 * 64 * 8 + (1 + 3) * 32 * 8)
+    assert est.gate == pytest.approx(0.1 * (E.INT8_COST * 2 * (64 + 32) * 8 + (1 + 1) * 32 * 8))
 
 
 def test_a_static_target_adds_one_range_pass_over_the_rollout():
