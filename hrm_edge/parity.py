@@ -66,10 +66,15 @@ DEFAULT_GATES: dict[str, Gates] = {
 
 # `verify` on a device has no fp64 reference to measure the recurrence's own drift against, so its
 # fp32 logit bound covers the first segment, where a graph's arithmetic is compared before the
-# recurrence amplifies rounding; identical outputs and halting are still gated at every step. On the
-# HRM demo a fresh export's portable fp32 graph is 1.6e-5 from the golden logits by step 8 (over
-# the all-steps bound of 1e-5) while matching every output and halting step.
-VERIFY_GATES: dict[str, Gates] = {**DEFAULT_GATES, "fp32": replace(DEFAULT_GATES["fp32"], logit_rel_first_step=True)}
+# recurrence amplifies rounding. On the HRM demo a fresh export's portable fp32 graph is 1.6e-5 from
+# the golden logits by step 8 (over the all-steps bound of 1e-5) while matching every output and
+# halting step. After the first segment it gates the same puzzles solved and the same halting step on
+# every golden puzzle; identical outputs are gated only where the golden set has no labels (the solved
+# gate's fallback) and reported otherwise: on a puzzle the model does not solve, the output after 16
+# chaotic segments depends on rounding. A fresh export of the seeded 27M config (it solves nothing)
+# gave identical outputs on 1 of 16 golden puzzles with the first segment 2.0e-6 away (session 16).
+VERIFY_GATES: dict[str, Gates] = {**DEFAULT_GATES, "fp32": replace(
+    DEFAULT_GATES["fp32"], logit_rel_first_step=True, min_exact_agreement=None, min_solved_agreement=1.0)}
 
 # Steps where fewer puzzles still run are reported but not gated: a ratio of two maxima over one or
 # two chaotic trajectories is noise (TRM attention demo: 4.45 at step 5 with 2 puzzles left, at most

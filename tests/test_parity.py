@@ -144,6 +144,24 @@ def test_verify_bounds_the_first_segment_where_parity_bounds_every_step():
     assert failed == {"first_step_logit_rel"}
 
 
+def test_verify_gates_fp32_on_the_puzzles_solved_not_on_chaotic_wrong_answers():
+    """The seeded 27M config's fresh export on its 16 golden puzzles (session 16): the first segment 2.0e-6
+    from the golden logits, every halting step equal, both sides solve none of them, and identical
+    outputs on 1 of 16 after 16 chaotic segments. That is a correct graph; a graph that solves one
+    puzzle fewer is not."""
+    from hrm_edge.parity import VERIFY_GATES
+
+    chaotic = {"max_logit_rel": 1.5, "first_step_logit_rel": 2.0e-6, "exact_agreement": 1 / 16,
+               "solved_agreement": 1.0, "halting_agreement": 1.0, "accuracy_drop": 0.0}
+    assert all(c["passed"] for c in gate(chaotic, VERIFY_GATES["fp32"]))
+    one_fewer = {**chaotic, "solved_agreement": 15 / 16, "accuracy_drop": 1 / 16}
+    failed = {c["name"] for c in gate(one_fewer, VERIFY_GATES["fp32"]) if not c["passed"]}
+    assert failed == {"solved_agreement", "accuracy_drop"}
+    unlabelled = {k: v for k, v in chaotic.items() if k != "solved_agreement"}  # falls back to identical outputs
+    failed = {c["name"] for c in gate(unlabelled, VERIFY_GATES["fp32"]) if not c["passed"]}
+    assert failed == {"exact_agreement"}
+
+
 def _changed(result, rows, labels):
     """Predictions with `rows` made wrong (a right cell changed) and their halting steps moved by one."""
     predictions, steps = result.predictions.copy(), result.steps.copy()
