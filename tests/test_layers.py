@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hrm_edge"
 
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("hrm_edge", "hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract"),
+    ("hrm_edge", "hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract", "hrm_edge.progress"),
     ("hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.continuous", "hrm_edge.manifest", "hrm_edge.signing"),
     ("hrm_edge.bundle", "hrm_edge.parity"),
     ("hrm_edge.model",),
@@ -26,14 +26,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # Modules a device without torch imports (the bundle side): none of them may reach torch, not even
 # through a lazy import inside a function.
-TORCH_FREE = ("hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract", "hrm_edge.puzzles", "hrm_edge.act",
+TORCH_FREE = ("hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract", "hrm_edge.progress", "hrm_edge.puzzles",
+              "hrm_edge.act",
               "hrm_edge.continuous", "hrm_edge.manifest", "hrm_edge.signing", "hrm_edge.bundle", "hrm_edge.parity",
               "hrm_edge.runtimes", "hrm_edge.serving", "hrm_edge.model.config")
 # The TensorRT checker and builder read ONNX files with the `onnx` package; nothing else on the
 # device side does.
-ONNX_FREE = ("hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.continuous", "hrm_edge.manifest", "hrm_edge.bundle",
-             "hrm_edge.parity", "hrm_edge.serving", "hrm_edge.runtimes.ort", "hrm_edge.runtimes.openvino",
-             "hrm_edge.runtimes.solver",
+ONNX_FREE = ("hrm_edge.progress", "hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.continuous", "hrm_edge.manifest",
+             "hrm_edge.bundle", "hrm_edge.parity", "hrm_edge.serving", "hrm_edge.runtimes.ort",
+             "hrm_edge.runtimes.openvino", "hrm_edge.runtimes.solver",
              "hrm_edge.runtimes.trt.runner")
 
 
