@@ -441,10 +441,11 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
                 run = gate_runs[prec]
                 click.echo(f"re-running the export's {prec.upper()} gate: {name} on {run.puzzles} {run.data} "
                            "puzzles ...", err=True)
-                with ClosedLoopProgress(f"{name} on {runtime}", len(gate_sets[prec]["inputs"]), 64,
+                batch = 64  # puzzles per chunk, for the solve and its progress alike
+                with ClosedLoopProgress(f"{name} on {runtime}", len(gate_sets[prec]["inputs"]), batch,
                                         run.max_steps) as bar:
                     reruns[name] = solver.solve(gate_sets[prec]["inputs"], gate_sets[prec]["puzzle_ids"],
-                                                parse_policy(run.policy), run.max_steps, progress=bar)
+                                                parse_policy(run.policy), run.max_steps, batch, progress=bar)
             runs[name] = (res, with_overrides(VERIFY_GATES[prec], solver.kind == "segment"), prec)
     for name, (res, gates, prec) in runs.items():
         metrics = compare(reference, res, labels)
