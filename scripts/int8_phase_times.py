@@ -30,7 +30,7 @@ MARKERS = [
     ("PyTorch fp32 reference", "closed-loop fp32 reference (PyTorch)"),
     ("INT8 cpu", "int8 cpu"),
     ("INT8 tensorrt", "int8 tensorrt"),
-    ("  segment.int8-cpu.onnx:", "int8 cpu fused graph (fusion + its calibration closed loop)"),
+    ("  segment.int8-cpu.onnx:", "int8 cpu fused graph (fusion; own calib closed loop only without a validation gate)"),
     ("INT8 parity gate on the validation set", "validation gate (PyTorch reference + ONNX Runtime)"),
     ("parity gate of the", "validation gate: start"),
     ("reference: torch cpu fp32", "validation gate: PyTorch fp32 reference"),

@@ -71,7 +71,7 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
 @click.option("--cpu-fused/--no-cpu-fused", default=True, show_default=True,
               help="Also export the fused CPU segment graph (segment.fp32-cpufused: ONNX Runtime CPU EP only, "
                    "contrib ops) and its embed graph (embed.fp32); with --int8, also the cpu INT8 graph fused "
-                   "(segment.int8-cpufused, gated on its own).")
+                   "(segment.int8-cpufused, held by the validation gate on its own).")
 @click.option("--unroll", "unroll", multiple=True, type=click.IntRange(2), help="Add a K-segment graph (repeatable).")
 @click.option("--act-loop", is_flag=True, help="Add the whole ACT loop as one ONNX Loop graph.")
 @click.option("--golden-data", type=click.Path(exists=True), help="Puzzle set for reference.npz (default calib_data).")

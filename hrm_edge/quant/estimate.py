@@ -8,10 +8,12 @@ measured cost of one fp32 PyTorch puzzle-segment `c` (`time_segment`):
 - sensitivity: only when the all-int8 graph fails the gate: one open-loop pass per weight site over
   `sensitivity_per_step` samples of each step (the fake-quant model costs about one fp32 segment);
 - search: at most `max_evals` closed-loop runs of N puzzles x T segments;
-- gate: one ONNX Runtime closed loop on the calibration puzzles per INT8 graph (`int8_graphs`: one per
-  flavour, plus cpu's fused graph), and the export's validation gate on `gate_puzzles`: the PyTorch
-  reference, then every gated graph (`gate_graphs`: the INT8 graphs and the FP16 one; on ONNX Runtime's
-  CPU EP an FP16 segment costs about an FP32 one: 1.04x on the seeded 27M, 1 thread, batch 16).
+- gate: one ONNX Runtime closed loop on the calibration puzzles per INT8 graph that gets one
+  (`calib_loops`: one per flavour; cpu's fused graph too when no validation gate follows), and the
+  export's validation gate on `gate_puzzles` (0: none follows): the PyTorch reference, then every gated
+  graph (`int8_graphs`: one per flavour plus cpu's fused graph; `gate_graphs`: those and the FP16 one; on
+  ONNX Runtime's CPU EP an FP16 segment costs about an FP32 one: 1.04x on the seeded 27M, 1 thread,
+  batch 16).
 The closed-loop runs count every puzzle for all T segments, so search and gate are upper bounds (halting
 puzzles stop early). The search's bound and `gate_bound` count every segment at the fp32 PyTorch cost;
 `gate`, the likely figure the headline uses, counts an ONNX Runtime INT8 segment at `INT8_COST` of it. Measured on the
@@ -100,20 +102,20 @@ class Estimate:
 
 def estimate_export(segment_seconds: float, *, puzzles: int, max_steps: int, sites: int, targets: int = 1,
                     static_targets: int = 0, sensitivity_per_step: int = 8, gptq_per_step: int = 16,
-                    max_evals: int = 16, gate_puzzles: int | None = None, int8_graphs: int | None = None,
-                    gate_graphs: int | None = None) -> Estimate:
+                    max_evals: int = 16, gate_puzzles: int = 0, int8_graphs: int | None = None,
+                    gate_graphs: int | None = None, calib_loops: int | None = None) -> Estimate:
     """The phases' seconds from the cost of one puzzle-segment (see the module docstring);
-    `int8_graphs` defaults to `targets`, `gate_graphs` to `int8_graphs`."""
-    c, n, T = segment_seconds, puzzles, max_steps
+    `int8_graphs` defaults to `targets`, `gate_graphs` and `calib_loops` to `int8_graphs`."""
+    c, n, T, g = segment_seconds, puzzles, max_steps, gate_puzzles
     int8_graphs = targets if int8_graphs is None else int8_graphs
     gate_graphs = int8_graphs if gate_graphs is None else gate_graphs
+    calib_loops = int8_graphs if calib_loops is None else calib_loops
     calibration = c * (n * T + (n * T if static_targets else 0) + gptq_per_step * T)
     sensitivity = c * targets * (sites + 1) * sensitivity_per_step * T
     search = c * targets * max_evals * n * T
-    g = gate_puzzles if gate_puzzles is not None else n
     others = gate_graphs - int8_graphs  # FP16: about an fp32 segment on ONNX Runtime's CPU EP
-    gate = c * (INT8_COST * int8_graphs * (n + g) * T + (1 + others) * g * T)
-    gate_bound = c * (int8_graphs * n * T + (1 + gate_graphs) * g * T)
+    gate = c * (INT8_COST * (calib_loops * n + int8_graphs * g) * T + (1 + others) * g * T)
+    gate_bound = c * (calib_loops * n * T + (1 + gate_graphs) * g * T)
     return Estimate(c, calibration, sensitivity, search, gate, gate_bound)
 
 

@@ -29,6 +29,20 @@ def test_the_gate_counts_every_gated_graph():
     assert est.gate == pytest.approx(0.1 * (E.INT8_COST * 2 * (64 + 32) * 8 + (1 + 1) * 32 * 8))
 
 
+def test_a_graph_left_to_the_validation_gate_costs_no_calibration_closed_loop():
+    # the CLI's export: cpu's fused graph is gated on the validation puzzles only
+    est = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0, gate_puzzles=32,
+                            int8_graphs=2, gate_graphs=3, calib_loops=1)
+    assert est.gate_bound == 0.1 * (1 * 64 * 8 + (1 + 3) * 32 * 8)
+    assert est.gate == pytest.approx(0.1 * (E.INT8_COST * (64 + 2 * 32) * 8 + (1 + 1) * 32 * 8))
+
+
+def test_without_a_validation_gate_the_gate_is_the_calibration_closed_loop():
+    est = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0)
+    assert est.gate_bound == 0.1 * 64 * 8
+    assert est.gate == pytest.approx(0.1 * E.INT8_COST * 64 * 8)
+
+
 def test_a_static_target_adds_one_range_pass_over_the_rollout():
     dynamic = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0)
     static = E.estimate_export(0.1, puzzles=64, max_steps=8, sites=10, gptq_per_step=0, static_targets=1)

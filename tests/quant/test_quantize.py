@@ -356,6 +356,8 @@ def test_add_int8_graphs_writes_graphs_entries_and_report(built, calib, tmp_path
         assert f"quant_report-{target}.png" in b.manifest.files
         res = GraphSolver(b, name).solve(golden.inputs, golden.puzzle_ids, parse_policy("q"), 3)
         np.testing.assert_array_equal(res.predictions, b.reference()["predictions"])
+    # called as a library, no validation gate follows: the fused cpu graph gets its own calibration gate
+    assert b.graphs["segment.int8-cpufused"].calib_parity["passed"]
     assert b.graphs["segment.int8-cpu"].quantization["mode"] == "dynamic"
     assert b.graphs["segment.int8-cpu"].quantization["gptq"]
     assert b.graphs["segment.int8-tensorrt"].calibration["samples_per_step"]
