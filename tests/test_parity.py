@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from hrm_edge.act import parse_policy, solve_in_batches
+from hrm_edge.act import SolveResult, parse_policy, solve_in_batches
 from hrm_edge.export import graphs
 from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.model.runner import TorchSegmentRunner
@@ -160,6 +160,69 @@ def test_verify_gates_fp32_on_the_puzzles_solved_not_on_chaotic_wrong_answers():
     unlabelled = {k: v for k, v in chaotic.items() if k != "solved_agreement"}  # falls back to identical outputs
     failed = {c["name"] for c in gate(unlabelled, VERIFY_GATES["fp32"]) if not c["passed"]}
     assert failed == {"exact_agreement"}
+
+
+# the agreement gates of parity's fp32 gate (these results carry no logits; with the fp64 run the CLI drops
+# the fixed logit bound for the fp64 error ratio)
+FP32_AGREEMENT = dataclasses.replace(DEFAULT_GATES["fp32"], max_logit_rel=None)
+
+
+def _results(predictions, steps):
+    """SolveResults of 6-token puzzles from one int per puzzle (its output) and halting steps."""
+    preds = np.repeat(np.asarray(predictions, np.int64)[:, None], 6, axis=1)
+    zeros = np.zeros(len(steps), np.float32)
+    return SolveResult(preds, np.asarray(steps, np.int32), zeros, zeros)
+
+
+def test_parity_holds_fp32_to_the_outputs_its_own_rounding_does_not_decide():
+    """4 puzzles (final outcomes only); on puzzle 3 PyTorch fp32 and fp64 give different answers (a chaotic,
+    unsolved puzzle). A graph that differs there too is as exact as PyTorch itself; one that differs on a
+    stable puzzle, in output or halting step, fails."""
+    fp32, fp64 = _results([1, 2, 3, 4], [2, 3, 8, 8]), _results([1, 2, 3, 5], [2, 3, 8, 8])
+    chaotic = compare(fp32, _results([1, 2, 3, 6], [2, 3, 8, 8]), None, fp64=fp64)
+    assert chaotic["rounding_stable_puzzles"] == 3
+    assert chaotic["exact_agreement"] == 0.75 and chaotic["exact_agreement_stable"] == 1.0
+    assert all(c["passed"] for c in gate(chaotic, FP32_AGREEMENT))
+    wrong = compare(fp32, _results([1, 9, 3, 4], [2, 4, 8, 8]), None, fp64=fp64)
+    failed = {c["name"]: c["value"] for c in gate(wrong, FP32_AGREEMENT) if not c["passed"]}
+    assert failed == {"exact_agreement_stable": 2 / 3, "halting_agreement_stable": 2 / 3}
+
+
+def test_a_puzzle_whose_tokens_rounding_changed_on_the_way_is_neither_stable_nor_in_the_later_fp64_ratios():
+    """2 puzzles, 3 segments: PyTorch fp32 and fp64 end on the same answer for both, but on puzzle 1 fp64
+    predicted other tokens at segment 2 (a chaotic trajectory that happened to land on the same output)."""
+    rng = np.random.default_rng(0)
+    tokens = np.ones((3, 2, 6), np.int64)
+    logits = rng.normal(size=(3, 2, 6, 2)).astype(np.float32)
+    zeros = np.zeros(2, np.float32)
+
+    def run(step_tokens, step_logits):
+        return SolveResult(step_tokens[-1], np.full(2, 3, np.int32), zeros, zeros, step_predictions=step_tokens,
+                           step_q_halt=np.zeros((3, 2), np.float32), step_logits=step_logits)
+
+    detour = tokens.copy()
+    detour[1, 1, 0] = 2
+    fp32, fp64 = run(tokens, logits), run(detour, logits + 1e-4)
+    metrics = compare(fp32, run(tokens, logits + 1e-4), None, fp64=fp64)
+    assert metrics["exact_agreement"] == 1.0 and metrics["rounding_stable_puzzles"] == 1
+    assert [s["fp64_puzzles"] for s in metrics["per_step"]] == [2, 1, 1]
+
+
+def test_without_the_fp64_run_parity_holds_fp32_to_every_output():
+    fp32 = _results([1, 2, 3, 4], [2, 3, 8, 8])
+    metrics = compare(fp32, _results([1, 2, 3, 6], [2, 3, 8, 8]), None)
+    assert "rounding_stable_puzzles" not in metrics
+    assert {c["name"] for c in gate(metrics, FP32_AGREEMENT) if not c["passed"]} == {"exact_agreement"}
+
+
+def test_where_rounding_decides_every_output_only_the_arithmetic_gates_remain():
+    """The seeded 27M config solves nothing and never halts: on 32 val puzzles PyTorch fp32 and fp64 first
+    predicted a different token at segment 5-13 on every one (session 17)."""
+    fp32, fp64 = _results([1, 2], [16, 16]), _results([3, 4], [16, 16])
+    metrics = compare(fp32, _results([5, 6], [16, 16]), None, fp64=fp64)
+    assert metrics["rounding_stable_puzzles"] == 0
+    checks = {c["name"]: c for c in gate(metrics, FP32_AGREEMENT)}
+    assert checks["exact_agreement_stable"]["value"] is None and checks["exact_agreement_stable"]["passed"]
 
 
 def _changed(result, rows, labels):

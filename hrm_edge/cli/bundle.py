@@ -317,6 +317,11 @@ def _summary_line(name: str, metrics: dict[str, Any], checks: list[dict[str, Any
         err_text += f"; first segment {first:.1e})" if first is not None else ")"
     if metrics.get("fp64_error_ratio") is not None:
         err_text += f", error vs fp64 {metrics['fp64_error_ratio']:.2f}x PyTorch fp32's"
+    stable = metrics.get("rounding_stable_puzzles")
+    if stable is not None and stable < metrics["puzzles"]:
+        share = metrics.get("exact_agreement_stable")
+        err_text += (f"; {stable} puzzle(s) rounding-stable (PyTorch fp32 = fp64), identical outputs on them "
+                     f"{'-' if share is None else f'{100 * share:.1f}%'}")
     solved = metrics.get("solved_agreement")
     solved_text = f"solved agreement {100 * solved:.1f}%, " if solved is not None else ""
     lead = f"{'PASS' if ok else 'FAIL'} " if verdict else ""
@@ -487,7 +492,8 @@ def verify(bundle: str, runtime: str, graphs: tuple[str, ...], engine: str | Non
                    "reported only when the fp64 floor runs).")
 @click.option("--fp64-floor/--no-fp64-floor", default=True, show_default=True,
               help="Also run the reference in float64 and gate fp32 graphs on their error against it, relative to "
-                   "PyTorch fp32's own (README: Parity gates).")
+                   "PyTorch fp32's own, and their outputs and halting on the puzzles whose answer rounding does "
+                   "not decide (README: Parity gates).")
 @click.option("--max-fp64-error-ratio", type=float,
               help="Gate: candidate-vs-fp64 over PyTorch-fp32-vs-fp64 per-step max error (fp32 default 2).")
 @click.option("--min-exact-agreement", type=float, help="Gate: share of identical outputs.")

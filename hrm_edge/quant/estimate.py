@@ -23,7 +23,10 @@ ran 8.4 min (16 closed-loop runs). Seeded 27M, quiet: 89 ms per puzzle-segment, 
 estimated, 12.5 ran; gate bound 37 min, 21.6 ran; whole export 39.8 min. Seeded 27M, session 16 (two
 INT8 cpu graphs, the fused one with its own calibration loop, and the FP16 graph in the validation gate;
 114 ms per puzzle-segment timed): calibration 16 min estimated, 17.7 ran (a test run shared the cores);
-gate ~56 min (<= 93) with this formula, 42.3 ran; whole export 65.3 min.
+gate ~56 min (<= 93) with this formula, 42.3 ran; whole export 65.3 min. Session 17, the fused graph left to
+the validation gate (`calib_loops` 1; 97.7 ms timed): calibration 14 min estimated, 13.0 ran; gate ~43
+(<= 67) min estimated, 32.5 ran for the validation gate and 5.8 for the INT8 cpu phase (quantize and its
+calibration closed loop); whole export ~56 min estimated, 54.2 ran (bench/latest/session17-scale).
 """
 
 from __future__ import annotations

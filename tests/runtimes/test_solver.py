@@ -92,8 +92,11 @@ def test_parity_gates_the_fused_graph_like_every_fp32_graph(capsys, bundle, tmp_
     fused = json.loads((tmp_path / "parity.json").read_text())["graphs"][FUSED]
     assert fused["metrics"]["exact_agreement"] == 1.0 and fused["metrics"]["halting_agreement"] == 1.0
     assert fused["metrics"]["fp64_error_ratio"] <= 2.0
+    # the trained demo's reference: rounding decides no answer, so every puzzle is gated
+    assert fused["metrics"]["rounding_stable_puzzles"] == 128
     assert [(c["name"], c["threshold"]) for c in fused["gates"]] == [
-        ("fp64_error_ratio", 2.0), ("exact_agreement", 1.0), ("halting_agreement", 1.0), ("accuracy_drop", 0.0)]
+        ("fp64_error_ratio", 2.0), ("exact_agreement_stable", 1.0), ("halting_agreement_stable", 1.0),
+        ("accuracy_drop", 0.0)]
 
 
 def test_check_trt_skips_the_graph_tensorrt_cannot_run(capsys, bundle):
