@@ -27,9 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Modules a device without torch imports (the bundle side): none of them may reach torch, not even
 # through a lazy import inside a function.
 TORCH_FREE = ("hrm_edge.errors", "hrm_edge.files", "hrm_edge.contract", "hrm_edge.progress", "hrm_edge.puzzles",
-              "hrm_edge.act",
-              "hrm_edge.continuous", "hrm_edge.manifest", "hrm_edge.signing", "hrm_edge.bundle", "hrm_edge.parity",
-              "hrm_edge.runtimes", "hrm_edge.serving", "hrm_edge.model.config")
+              "hrm_edge.act", "hrm_edge.continuous", "hrm_edge.manifest", "hrm_edge.signing", "hrm_edge.bundle",
+              "hrm_edge.parity", "hrm_edge.runtimes", "hrm_edge.serving", "hrm_edge.model.config")
 # The TensorRT checker and builder read ONNX files with the `onnx` package; nothing else on the
 # device side does.
 ONNX_FREE = ("hrm_edge.progress", "hrm_edge.puzzles", "hrm_edge.act", "hrm_edge.continuous", "hrm_edge.manifest",
