@@ -38,3 +38,47 @@ def tiny_ckpt(tmp_path_factory):
         main(["init", "sudoku-tiny", "-o", str(path), "--seed", "1"])
     assert exc.value.code == 0
     return path
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's class, config and every tensor it holds (parameters and buffers)."""
+    import hashlib
+
+    h = hashlib.sha256(f"{type(model).__qualname__} {model.config!r}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def traced_graphs_reused():
+    """The dynamo exporter takes 6-8 s per graph even for the tiny test models, and many test modules
+    export the same checkpoints (the shipped demos) with the same options: within one test session
+    the first trace of a (weights, graph, opset, dtype) is real and later calls get a copy of its
+    proto. The exporter is deterministic and only the trace is reused; everything downstream of it
+    (fusion, quantization, bundles, gates) runs for every test."""
+    import onnx
+
+    from hrm_edge.export import graphs
+
+    real_segment, real_embed = graphs.segment_proto, graphs.embed_proto
+    traced: dict[tuple, bytes] = {}
+
+    def reused(real, key: tuple, *args) -> onnx.ModelProto:
+        if key not in traced:
+            traced[key] = real(*args).SerializeToString()
+        proto = onnx.ModelProto()
+        proto.ParseFromString(traced[key])
+        return proto
+
+    def segment_proto(model, opset=18, dtype="float32", embed_inside=True):
+        key = ("segment", _weights_digest(model), opset, dtype, embed_inside)
+        return reused(real_segment, key, model, opset, dtype, embed_inside)
+
+    def embed_proto(model, opset=18, dtype="float32"):
+        return reused(real_embed, ("embed", _weights_digest(model), opset, dtype), model, opset, dtype)
+
+    graphs.segment_proto, graphs.embed_proto = segment_proto, embed_proto
+    yield
+    graphs.segment_proto, graphs.embed_proto = real_segment, real_embed
