@@ -1060,14 +1060,15 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
 
 
 def cpu_fused_build(pipe: Int8Pipeline, build: Int8Build, out: Path, calib_gate: bool = True) -> Int8Build | None:
-    """The cpu INT8 graph with ONNX Runtime's CPU fusions (`hrm_edge.export.fuse`: RMSNorm, and attention
-    where its matmuls stayed float), gated on the calibration puzzles like the graph it comes from
-    (`calib_gate`; False when a validation gate follows that decides whether it ships, see `add_int8_graphs`).
+    """The cpu INT8 graph with ONNX Runtime's CPU fusions (`hrm_edge.export.fuse`: RMSNorm, one integer
+    matmul per chunk of a split projection, and attention where its matmuls stayed float), gated on the
+    calibration puzzles like the graph it comes from (`calib_gate`; False when a validation gate follows
+    that decides whether it ships, see `add_int8_graphs`).
 
     Why: the quantizer's graph is standard ONNX, and on ORT's CPU EP its unfused norms cost more than int8
     saves. The TRM maze demo, all 66 sites int8 with per-row scales, batch 16, 2 threads, three bench runs
     (bench/latest/session14-int8-fused/): the unfused segment at 1.01-1.13x the fused fp32 one, the fused
-    at 0.66-0.71x.
+    at 0.66-0.71x; with the split projections (session 18) see docs/int8.md.
     The fused graph runs on ORT's CPU EP only (`only_on`), computes the norms in another order (float
     rounding only), and gets its own golden run and, where no validation gate follows, its own calibration
     gate here. The calibration gate is the INT8 gate itself, without the search's margin (`SEARCH_MARGIN`

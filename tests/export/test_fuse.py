@@ -156,6 +156,39 @@ def test_fusion_before_and_after_quantization(case, tmp_path):
     assert all(r.predictions.shape == case["tokens"].shape for r in results)
 
 
+@pytest.mark.parametrize("scales", ["tensor", "row"])
+def test_a_quantized_gate_up_projection_becomes_one_integer_matmul_per_half(case, tmp_path, scales):
+    """After dynamic quantization (per-tensor, or the cpu flavour's per-row scales) the SwiGLU gate|up
+    projection is split like the float one: no Split copy, and the same numbers to the bit."""
+    if case["pos"] != "rope":
+        pytest.skip("one position encoding is enough")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from hrm_edge.quant.row_scales import per_row_activations
+
+    folded, _ = fuse_model(onnx.load(str(case["segment"])), rmsnorm=False, attention=False, split_projections=False)
+    onnx.save(folded, str(tmp_path / "folded.onnx"))
+    quantize_dynamic(str(tmp_path / "folded.onnx"), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], per_channel=True)
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    if scales == "row":
+        assert per_row_activations(quantized) > 0
+    split, report = fuse_model(quantized)
+    whole, _ = fuse_model(quantized, split_projections=False)
+    # per block: the qkv projection (split before the attention is fused) and gate|up
+    assert report.counts["split_integer_projections"] == 2 * blocks(case["model"])
+    assert count_fused_ops(split) == count_fused_ops(case["fused"])
+    assert not any(n.op_type == "Split" and n.input[0] in {m.output[0] for m in split.graph.node if m.op_type == "Mul"}
+                   for n in split.graph.node)
+    embed = make_session(case["embed"], threads=1)
+    x = embed.run(["x"], {"tokens": case["tokens"], "puzzle_ids": case["puzzle_ids"]})[0]
+    z = {k: np.ascontiguousarray(np.broadcast_to(case["carry"][f"{k[-1]}_init"], x.shape)) for k in ("z_H", "z_L")}
+    a = make_session(whole.SerializeToString(), threads=1).run(None, {"x": x, **z})
+    b = make_session(split.SerializeToString(), threads=1).run(None, {"x": x, **z})
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(v, u)
+
+
 def test_fuse_is_idempotent_and_leaves_the_input_alone(case):
     proto = onnx.load(str(case["segment"]))
     before = proto.SerializeToString()

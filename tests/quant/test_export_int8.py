@@ -63,15 +63,19 @@ def test_the_int8_graph_is_pinned_to_its_own_run_on_the_golden_puzzles(int8_expo
 
 
 def test_the_cpu_int8_graph_also_ships_fused_for_onnx_runtime_on_the_cpu(int8_export):
-    """The fused copy (norms as ORT contrib kernels) is the graph `solve` runs on ORT's CPU EP; it runs
-    nowhere else and keeps the same float sites. The export's validation gate holds it (sealed in the
-    manifest, first test), so it runs no calibration closed loop of its own."""
+    """The fused copy (norms and attention as ORT contrib kernels, split projections) is the graph `solve`
+    runs on ORT's CPU EP; it runs nowhere else and keeps the same float sites. The export's validation gate
+    holds it (sealed in the manifest, first test), so it runs no calibration closed loop of its own."""
     b = open_bundle(int8_export)
     plain, fused = b.graphs["segment.int8-cpu"], b.graphs["segment.int8-cpufused"]
     assert fused.only_on == "ort-cpu" and plain.only_on is None
     # sudoku-tiny: H_cycles 2 x (L_cycles 2 + 1) one-layer calls per segment, 2 norms each
     assert fused.fusion["counts"]["rmsnorm"] == 12
     assert fused.op_types.get("SimplifiedLayerNormalization") == 12 and "ReduceMean" not in fused.op_types
+    # qkv and gate|up of the 6 one-layer calls: one integer matmul per chunk of the same quantized input
+    assert fused.fusion["counts"]["split_integer_projections"] == 12 and "Split" not in fused.op_types
+    assert fused.op_types["MatMulInteger"] == plain.op_types["MatMulInteger"] + 12 + 6  # qkv in 3, gate|up in 2
+    assert fused.op_types["DynamicQuantizeLinear"] == plain.op_types["DynamicQuantizeLinear"]
     assert fused.quantization["float_sites"] == plain.quantization["float_sites"]
     assert fused.calib_parity is None and plain.calib_parity["puzzles"] == 16
     assert default_graph(b, "ort") == "segment.int8-cpufused"
