@@ -157,9 +157,9 @@ def test_fusion_before_and_after_quantization(case, tmp_path):
 
 
 @pytest.mark.parametrize("scales", ["tensor", "row"])
-def test_a_quantized_gate_up_projection_becomes_one_integer_matmul_per_half(case, tmp_path, scales):
-    """After dynamic quantization (per-tensor, or the cpu flavour's per-row scales) the SwiGLU gate|up
-    projection is split like the float one: no Split copy, and the same numbers to the bit."""
+def test_a_quantized_projection_split_on_its_last_axis_becomes_one_integer_matmul_per_chunk(case, tmp_path, scales):
+    """After dynamic quantization (per-tensor, or the cpu flavour's per-row scales) the qkv and SwiGLU
+    gate|up projections are split like the float ones: no Split copy, and the same numbers to the bit."""
     if case["pos"] != "rope":
         pytest.skip("one position encoding is enough")
     from onnxruntime.quantization import QuantType, quantize_dynamic
