@@ -742,9 +742,10 @@ def _split_integer(view: _View, split: onnx.NodeProto, b: _Builder, ranks: dict[
             or view.only_consumer(mmi.output[0]) is not cast or view.only_consumer(scale.output[0]) is not out_mul):
         return False
     w = view.const(mmi.input[1])
-    w_zp = view.const(mmi.input[3]) if len(mmi.input) > 3 and mmi.input[3] else None
+    has_zp = len(mmi.input) > 3 and bool(mmi.input[3])
+    w_zp = view.const(mmi.input[3]) if has_zp else None
     j = next((k for k in (0, 1) if scale.input[k] in view.consts), None)
-    if w is None or w.ndim != 2 or j is None or (len(mmi.input) > 3 and mmi.input[3] and w_zp is None):
+    if w is None or w.ndim != 2 or j is None or (has_zp and w_zp is None):
         return False
     w_scale = view.const(scale.input[j])
     rank = ranks.get(mmi.output[0]) or _trace_rank(view, mmi.output[0], ranks)
