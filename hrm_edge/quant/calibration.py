@@ -446,27 +446,22 @@ def calibrate(graph: str | Path, reader: ActCalibrationReader, method: str = "mi
 
 def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Sequence[str],
                    cache_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True,
-                   modules: dict[str, str] | None = None, axis: int = -1) -> dict[str, np.ndarray]:
+                   modules: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """Per-channel (last axis) |max| of these graph tensors over every calibration sample, cached
-    like `calibrate` (the statistics SmoothQuant needs); `axis=-2`: per row instead (the static row
-    scales of `hrm_edge.quant.row_scales.static_row_scales`), for the tensors of rank 3 or more (the
-    others are left out of the result).
+    like `calibrate` (the statistics SmoothQuant needs).
 
     modules: graph tensor -> the name of the model's Linear module that reads it: the statistics are
     then taken from the reader's PyTorch rollout (forward pre-hooks, no ONNX Runtime pass; the reader
-    must not have run its rollout yet), the maximum over the samples the reader feeds (last axis only)."""
-    if axis not in (-1, -2):
-        raise ValueError(f"axis must be -1 (channels) or -2 (rows), got {axis}")
+    must not have run its rollout yet), the maximum over the samples the reader feeds."""
     tensors = sorted(set(tensors))
-    key = calibration_key(graph, reader, "channel_absmax",
-                          {"tensors": tensors, **({"axis": axis} if axis != -1 else {})})
+    key = calibration_key(graph, reader, "channel_absmax", {"tensors": tensors})
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{key}.absmax.npz"
     if use_cache and path.is_file():
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as f:
-            return {name: f[f"t{i}"] for i, name in enumerate(tensors) if axis == -1 or f"t{i}" in f}
+            return {name: f[f"t{i}"] for i, name in enumerate(tensors)}
     _RUNS["calibrations"] += 1
-    if axis == -1 and modules is not None and reader._rollout is None and set(tensors) <= set(modules):
+    if modules is not None and reader._rollout is None and set(tensors) <= set(modules):
         reader.channel_modules = tuple(sorted(set(reader.channel_modules) | {modules[t] for t in tensors}))
         per_sample = reader.rollout.channel_absmax
         out = {}
@@ -484,20 +479,14 @@ def channel_absmax(graph: str | Path, reader: ActCalibrationReader, tensors: Seq
     try:
         for _, feeds in batches:
             for name, value in zip(tensors, session.run(tensors, feeds), strict=True):
-                if axis == -2 and value.ndim < 3:
-                    continue  # no rows: [batch, hidden]
-                a = np.abs(value)
-                if axis == -1:
-                    m = a.reshape(-1, a.shape[-1]).max(axis=0)
-                else:
-                    m = a.reshape(-1, *a.shape[-2:]).max(axis=(0, 2))
+                m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
                 out[name] = np.maximum(out[name], m) if name in out else m
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    _save_npz(path, {f"t{i}": out[name] for i, name in enumerate(tensors) if name in out})
+    _save_npz(path, {f"t{i}": out[name] for i, name in enumerate(tensors)})
     return out
 
 

@@ -15,9 +15,7 @@ where, per flavour (`hrm_edge.quant.quantize.settings_for`):
 - activations, cpu with per-row scales (`hrm_edge.quant.row_scales`): symmetric int8, one scale per row
   (last axis) computed per call: scale = max(max |x|, 1e-12) / 127, zero point 0;
 - activations, cpu static: uint8 with calibrated scale and zero point; tensorrt: int8 symmetric
-  (zero point 0, levels -128..127) with calibrated scale; tensorrt with static row scales
-  (`hrm_edge.quant.row_scales.static_row_scales`): x times a calibrated 1 / c per row is quantized so,
-  and the matmul's output is multiplied by c;
+  (zero point 0, levels -128..127) with calibrated scale;
 - a site the mixed-precision search keeps in float reads its activation unquantized (its weight may
   still be int8, dequantized at load time).
 Rounding is half to even (ONNX QuantizeLinear and `torch.round` alike). Everything else (norms,
@@ -131,9 +129,7 @@ class SiteQuant:
     call: which call of it within one segment; act: activation quantizer (None: float);
     weight / bias: fixed tensors to use instead of the module's (graph mode; torch layout [out, in]);
     int8_weight: fake-quantize the module's own weight per channel (QAT mode); smooth: SmoothQuant
-    divisor [in] (QAT mode: x / s is quantized and multiplies W * s, as the smoothed graph does);
-    row_in / row_out: static row scales [rows, 1] (graph mode): x * row_in is quantized, the output is
-    multiplied by row_out (1 / row_in up to float rounding)."""
+    divisor [in] (QAT mode: x / s is quantized and multiplies W * s, as the smoothed graph does)."""
 
     module: str
     call: int
@@ -143,8 +139,6 @@ class SiteQuant:
     bias: torch.Tensor | None = None
     int8_weight: bool = False
     smooth: torch.Tensor | None = None
-    row_in: torch.Tensor | None = None
-    row_out: torch.Tensor | None = None
 
     def forward(self, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.weight is not None else linear.weight
@@ -154,13 +148,10 @@ class SiteQuant:
             x, w = x / s, w * s.to(w.dtype)
         if self.int8_weight:
             w = int8_weight(w)
-        if self.row_in is not None:
-            x = x * self.row_in.to(device=x.device, dtype=x.dtype)
         if self.act is not None:
             x = self.act(x)
         w = w.to(device=x.device, dtype=x.dtype)
-        y = F.linear(x, w, None if bias is None else bias.to(device=x.device, dtype=x.dtype))
-        return y if self.row_out is None else y * self.row_out.to(device=y.device, dtype=y.dtype)
+        return F.linear(x, w, None if bias is None else bias.to(device=x.device, dtype=x.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,20 +318,6 @@ def _site_from_node(g: _Graph, node: onnx.NodeProto, site: Any, module: str, cal
                 sq = _site_from_node(g, inner, site, module, call)
                 sq.bias = _tensor(bias if node.op_type == "Add" else -bias)
                 return sq
-    if node.op_type == "Mul":  # static row scales: Mul(MatMul(DQ(Q(Mul(x, 1 / c))), W), c)
-        for i, j in ((0, 1), (1, 0)):
-            mm, c = g.producer.get(node.input[i]), g.const(node.input[j])
-            dq = g.producer.get(mm.input[0]) if mm is not None and mm.op_type == "MatMul" else None
-            q = g.producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            pre = g.producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
-            if c is None or pre is None or pre.op_type != "Mul":
-                continue
-            inv = next((g.const(n) for n in pre.input if g.const(n) is not None), None)
-            if inv is None:
-                continue
-            sq = _site_from_node(g, mm, site, module, call)
-            sq.row_in, sq.row_out = _tensor(inv), _tensor(c)
-            return sq
     if node.op_type == "Mul":  # dynamic: Mul(Cast(MatMulInteger(DynamicQuantizeLinear(x), Wq)), x_scale * w_scale)
         for i, j in ((0, 1), (1, 0)):
             cast = g.producer.get(node.input[i])

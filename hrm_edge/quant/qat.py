@@ -173,10 +173,7 @@ def qat_spec(flavour: str, absmax: dict[str, list[torch.Tensor]], smooth: dict[s
     """The quantizers of a QAT run: every Linear call, weights int8 per channel, activations per flavour
     (and, for cpu, per `activation_scale`: "tensor" | "row")."""
     flavour = normalize_target(flavour)
-    settings_for(flavour, activation_scale=activation_scale)  # refuses unknown scales
-    if activation_scale == "row" and flavour != "cpu":
-        raise ValueError("QAT simulates per-row activation scales for the cpu flavour only (the tensorrt graph's "
-                         "calibrated row scales are not simulated in training)")
+    settings_for(flavour, activation_scale=activation_scale)  # refuses row scales outside cpu
     spec = []
     for name, per_call in absmax.items():
         s = smooth.get(name)

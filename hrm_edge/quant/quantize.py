@@ -90,7 +90,7 @@ from hrm_edge.contract import INT8_TARGETS
 from hrm_edge.export.onnx_utils import check_graph, dedupe_initializers, graph_summary, set_metadata
 from hrm_edge.manifest import GraphEntry, Manifest
 from hrm_edge.parity import solved_metric
-from hrm_edge.quant.row_scales import ACTIVATION_SCALES, per_row_activations, static_row_scales
+from hrm_edge.quant.row_scales import ACTIVATION_SCALES, per_row_activations
 
 TARGETS = INT8_TARGETS
 PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "tensorrt": "tensorrt",
@@ -159,8 +159,7 @@ class QuantSettings:
     op_types: tuple[str, ...] = ("MatMul",)
     extra_options: dict[str, Any] = field(default_factory=dict)
     attention: bool = False  # also quantize the activation x activation MatMuls (attention scores / values)
-    # "tensor" | "row" (`row_scales`): cpu dynamic, one scale per row and call; tensorrt, one static scale per row
-    activation_scale: str = "tensor"
+    activation_scale: str = "tensor"  # cpu dynamic: "tensor" (DynamicQuantizeLinear) | "row" (`row_scales`)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -172,20 +171,18 @@ def settings_for(target: str, mode: str | None = None, per_channel: bool = True,
                  activation_scale: str = "tensor") -> QuantSettings:
     """The settings of a target (see the module docstring). `attention`: also quantize the attention
     matmuls (static modes; the dynamic mode quantizes constant-weight MatMuls only); `activation_scale`:
-    "tensor" | "row" (`hrm_edge.quant.row_scales`: per-row dynamic scales in the cpu dynamic mode, calibrated
-    per-row scales on the tensorrt target; not the cpu static mode)."""
+    "tensor" | "row" (per-row dynamic scales, `hrm_edge.quant.row_scales`; the cpu dynamic mode only)."""
     target = normalize_target(target)
     if activation_scale not in ACTIVATION_SCALES:
         raise ValueError(f"unknown activation scale {activation_scale!r}; use one of {', '.join(ACTIVATION_SCALES)}")
-    if activation_scale == "row" and target == "cpu" and mode not in (None, "dynamic"):
-        raise ValueError("per-row activation scales exist for the cpu target's dynamic mode and the tensorrt target")
+    if activation_scale == "row" and (target != "cpu" or mode not in (None, "dynamic")):
+        raise ValueError("per-row activation scales exist for the cpu target's dynamic mode only")
     if target == "tensorrt":
         if mode not in (None, "static"):
             raise ValueError("the tensorrt target is static QDQ only (TensorRT has no dynamic quantization)")
         return QuantSettings("tensorrt", "static", "QInt8", "QInt8", per_channel, WEIGHT_OPS,
                              {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                              "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}, attention,
-                             activation_scale)
+                              "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}, attention)
     mode = mode or "dynamic"
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
@@ -732,37 +729,15 @@ class Int8Pipeline:
             else []
         quantize_graph(self.fp32_path, path, settings, ranges, self.method, nodes_to_exclude=skip)
         model = onnx.load(str(path))
-        if settings.activation_scale == "row" and settings.mode == "dynamic":
+        if settings.activation_scale == "row":
             per_row_activations(model)
         if settings.mode == "static" and self.float_paths:
             keep_float_paths(model, settings.op_types)
-        if settings.activation_scale == "row" and settings.mode == "static":
-            rows = static_row_scales(model, self.row_absmax(model))
-            self.prep_info.setdefault("static_row_scales", {})[settings.target] = rows
         if self.gptq:
             changed = apply_gptq(model, self.hessians, self.fp32, self._gptq_memo)
             self.prep_info.setdefault("gptq", {})[settings.target] = {"weights": len(changed),
                                                                       "per_step": self.gptq_per_step}
         return model
-
-    def row_absmax(self, qmodel: onnx.ModelProto) -> dict[str, np.ndarray]:
-        """Per-row |max| (axis -2) over the calibration samples of every statically quantized activation of
-        `qmodel` that has rows (rank 3 or more; shape inference leaves some ranks unknown, and the pass
-        drops what turns out to have none): the static row scales (cached)."""
-        from hrm_edge.quant.calibration import channel_absmax
-
-        ranks = {v.name: len(v.type.tensor_type.shape.dim)
-                 for v in onnx.shape_inference.infer_shapes(self.fp32).graph.value_info
-                 if v.type.tensor_type.HasField("shape")}
-        inits = {t.name for t in qmodel.graph.initializer}
-        tensors = [n.input[0] for n in qmodel.graph.node
-                   if n.op_type == "QuantizeLinear" and n.input[0] not in inits and ranks.get(n.input[0], 3) >= 3]
-        if not tensors:
-            return {}
-        self.log(f"row statistics of {len(tensors)} quantized activations over {len(self.tokens)} calibration "
-                 "puzzles ...")
-        with self._phase("calibration"):
-            return channel_absmax(self.fp32_path, self.reader, tensors, self.cache_dir, self.progress, axis=-2)
 
     @property
     def hessians(self) -> dict[str, np.ndarray]:
@@ -836,7 +811,7 @@ class Int8Pipeline:
               excluded_weights: str = "int8", exclude: Sequence[str] | None = None,
               activation_scale: str = "tensor") -> Int8Build:
         """Quantize for one target, search the exclusions, write `out` and describe it.
-        `activation_scale`: "tensor" | "row" (cpu dynamic and tensorrt: `hrm_edge.quant.row_scales`)."""
+        `activation_scale`: "tensor" | "row" (cpu dynamic only: `hrm_edge.quant.row_scales`)."""
         from hrm_edge.quant.search import (
             continue_search,
             leave_one_out,
@@ -1048,23 +1023,21 @@ def _candidate(build: Int8Build) -> dict[str, Any]:
             "export_seconds": build.entry["export_seconds"]}
 
 
-def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dict[str, Any], choice: str = "auto",
-                            target: str = "cpu") -> Int8Build:
-    """The cpu dynamic or the tensorrt graph with per-tensor or per-row activation scales
-    (`hrm_edge.quant.row_scales`: dynamic per row on cpu, calibrated per row on tensorrt).
+def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dict[str, Any], choice: str = "auto"
+                            ) -> Int8Build:
+    """The cpu dynamic graph with per-tensor or per-row activation scales (`hrm_edge.quant.row_scales`).
 
-    "tensor" / "row": that one. "auto": per-tensor scales first (on cpu ONNX Runtime's fused
-    DynamicQuantizeLinear, the faster kernel; on tensorrt no extra ops); when their graph fails its
-    calibration gate or keeps more than `QAT_ADVICE_FLOAT_SHARE` of the sites in float, the per-row graph
-    is built and searched too and the better one is kept: the one that passes its gate, then the one with
-    fewer float sites (ties: per-tensor). Measured: the TRM maze demo keeps 64 of 66 sites in float per
-    tensor, 0 per row; the HRM 6x6 demo 18 of 50 per tensor, 38 per row (docs/int8.md). The report
-    records both candidates."""
+    "tensor" / "row": that one. "auto": per-tensor scales first (ONNX Runtime's fused
+    DynamicQuantizeLinear, the faster kernel); when their graph fails its calibration gate or keeps more
+    than `QAT_ADVICE_FLOAT_SHARE` of the sites in float, the per-row graph is built and searched too and
+    the better one is kept: the one that passes its gate, then the one with fewer float sites (ties:
+    per-tensor). Measured: the TRM maze demo keeps 64 of 66 sites in float per tensor, 0 per row; the
+    HRM 6x6 demo 18 of 50 per tensor, 38 per row (docs/int8.md). The report records both candidates."""
     if choice not in ACTIVATION_SCALE_CHOICES:
         raise ValueError(f"unknown activation scale {choice!r}; use one of {', '.join(ACTIVATION_SCALE_CHOICES)}")
     if choice != "auto":
-        return pipe.build(target, out, activation_scale=choice, **opts)
-    tensor = pipe.build(target, out, activation_scale="tensor", **opts)
+        return pipe.build("cpu", out, activation_scale=choice, **opts)
+    tensor = pipe.build("cpu", out, activation_scale="tensor", **opts)
     first, sites = _candidate(tensor), tensor.entry["quantization"]["sites"]
     if first["calib_passed"] and qat_advice(first["float_sites"], sites) is None:
         tensor.report["activation_scale_choice"] = {"chosen": "tensor", "why": "per-tensor scales pass with "
@@ -1072,7 +1045,7 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
         return tensor
     pipe.log(f"  per-tensor activation scales keep {first['float_sites']} of {sites} sites in float: "
              "trying per-row scales")
-    row = pipe.build(target, work / f"{graph_name(target)}.row.onnx", activation_scale="row", **opts)
+    row = pipe.build("cpu", work / "segment.int8-cpu.row.onnx", activation_scale="row", **opts)
     candidates = {"tensor": first, "row": _candidate(row)}
     standing = {k: (c["calib_passed"], -c["float_sites"]) for k, c in candidates.items()}
     chosen = row if standing["row"] > standing["tensor"] else tensor
@@ -1142,7 +1115,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                     max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
                     log: Callable[[str], None] | None = None, gate_puzzles: int = 0,
                     gate_fp16: bool = False,
-                    search_engine: str = "auto", activation_scale: str = "auto", cpu_fused: bool = True) -> None:
+                    search_engine: str = "auto", cpu_activation_scale: str = "auto", cpu_fused: bool = True) -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 
     Reads the manifest's `segment.fp32` graph file from `bundle_tmp_dir`, writes the INT8 graph
@@ -1162,8 +1135,8 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     that gate holds it to the PyTorch reference on held-out puzzles and leaves it out when it fails while
     the unfused graph passes (seeded 27M: the loop cost 276 s of a 65-min export, session 16);
     `search_engine`: "auto" | "torch" (fake-quant sensitivity and search, one ORT confirmation) | "ort"
-    (`resolve_engine`); `activation_scale`: the activation scales of the cpu dynamic and the tensorrt graphs,
-    "tensor" | "row" (`hrm_edge.quant.row_scales`) | "auto" (`choose_activation_scale`); `cpu_fused`: also write the
+    (`resolve_engine`); `cpu_activation_scale`: the cpu dynamic graph's activation scales, "tensor" |
+    "row" (`hrm_edge.quant.row_scales`) | "auto" (`choose_activation_scale`); `cpu_fused`: also write the
     cpu graph fused for ONNX Runtime's CPU EP, `segment.int8-cpufused` (`cpu_fused_build`)."""
     from hrm_edge.quant.report import write_report
 
@@ -1189,9 +1162,9 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
             mode = cpu_mode if target == "cpu" else None
             opts = {"mode": mode, "search": search, "max_excluded_share": max_excluded_share, "max_evals": max_evals,
                     "excluded_weights": excluded_weights}
-            if settings_for(target, mode).mode == "dynamic" or target == "tensorrt":
+            if target == "cpu" and settings_for(target, mode).mode == "dynamic" and cpu_activation_scale != "tensor":
                 build = choose_activation_scale(pipe, bundle_tmp_dir / f"{name}.onnx", Path(work), opts,
-                                                activation_scale, target)
+                                                cpu_activation_scale)
             else:
                 build = pipe.build(target, bundle_tmp_dir / f"{name}.onnx", **opts)
             builds.append(build)

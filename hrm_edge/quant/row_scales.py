@@ -1,4 +1,4 @@
-"""Per-row activation scales: dynamic for the cpu INT8 flavour, static for the tensorrt one (issue 21).
+"""Per-row dynamic activation scales for the cpu INT8 flavour (issue 21).
 
 ONNX Runtime's dynamic quantization (`DynamicQuantizeLinear`) gives each activation one uint8 range
 per call, over the whole tensor. Where the rows of an activation differ widely in size, that one range
@@ -34,20 +34,6 @@ tested on the ONNX Runtime this project installs.
 Every op is a standard ONNX op (opset 18: ReduceMax takes its axes as an input), so `check_graph`
 holds and any ONNX runtime runs the graph. Rounding is half to even, the same as
 `hrm_edge.quant.fakequant.dynamic_row`, which simulates it.
-
-**Static row scales** (`static_row_scales`, the tensorrt flavour). TensorRT's explicit quantization has
-one static scale per activation tensor, so the per-call reduction above is not open to it. But the rows
-that differ (axis -2 of a site's input x [..., rows, K]: the hidden channel in the TRM token MLP, the
-position elsewhere) are not the axis the matmul contracts, so a calibrated scale per row commutes with it:
-
-    x @ W  ==  c * ((x * (1 / c)) @ W)          c: float [rows, 1], |max| of each row over calibration
-
-and the Q/DQ pair moves onto x * (1 / c), whose rows all span [-1, 1] on the calibration data: one
-per-tensor static scale then resolves every row as finely as the largest one was before. The graph gets
-two Mul ops per site (TensorRT fuses them into the quantize and the GEMM epilogue), no reduction.
-Simulated in PyTorch on the maze demo (RTN weights, validation mazes, against the original;
-`scripts/int8_static_channel.py`): one static scale per tensor solves 0.8% of what fp32 solves, static
-row scales 100% with 89% halting agreement (dynamic per-row scales: 100% / 96%).
 """
 
 from __future__ import annotations
@@ -116,64 +102,6 @@ def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None =
     return rewritten
 
 
-def static_row_scales(model: onnx.ModelProto, row_absmax: dict[str, np.ndarray]) -> int:
-    """Give each statically quantized MatMul input x named in `row_absmax` (x -> QuantizeLinear ->
-    DequantizeLinear -> MatMul(., constant W) as input 0, every reader a MatMul) one calibrated scale
-    per row (module docstring), in place. `row_absmax[x]`: float [rows], |max| of each row (axis -2)
-    over the calibration samples. The tensor scale becomes scale / max(row_absmax): the range the
-    quantizer calibrated for x, carried over to x * (1 / c). Each MatMul's output keeps its name (now
-    the rescaling Mul's), so `restore_float` and the per-site errors read the same tensors.
-    Returns the number of quantized inputs rewritten."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-
-    def _constant(name: str) -> bool:  # an initializer, or DequantizeLinear of one (TensorRT's int8 weights)
-        node = producer.get(name)
-        return name in inits or (node is not None and node.op_type == "DequantizeLinear" and node.input[0] in inits)
-
-    replaced: set[str] = set()  # tensor scales the rewritten sites no longer read
-    before: dict[int, list[onnx.NodeProto]] = {}  # id(node) -> nodes to insert in front of it
-    after: dict[int, list[onnx.NodeProto]] = {}
-    rewritten = 0
-    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
-        x = q.input[0]
-        dqs = readers.get(q.output[0], [])
-        if x not in row_absmax or x in inits or len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
-            continue
-        dq = dqs[0]
-        mms = readers.get(dq.output[0], [])
-        if not mms or any(m.op_type != "MatMul" or m.input[0] != dq.output[0] or not _constant(m.input[1])
-                          for m in mms) or dq.input[1] not in inits or q.input[1] != dq.input[1]:
-            continue
-        replaced.add(dq.input[1])
-        c = np.maximum(np.asarray(row_absmax[x], np.float32), ROW_EPS).reshape(-1, 1)
-        p = f"{x}_rows"
-        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32) / np.float32(c.max())
-        g.initializer.extend([numpy_helper.from_array(c, p), numpy_helper.from_array(np.float32(1.0) / c, p + "_inv"),
-                              numpy_helper.from_array(np.asarray(scale, np.float32), p + "_scale")])
-        before.setdefault(id(q), []).append(helper.make_node("Mul", [x, p + "_inv"], [p + "_normed"], name=p + "_in"))
-        q.input[0] = p + "_normed"
-        q.input[1] = dq.input[1] = p + "_scale"
-        for k, mm in enumerate(mms):
-            y = mm.output[0]
-            mm.output[0] = f"{y}_rows_normed"
-            after.setdefault(id(mm), []).append(helper.make_node("Mul", [mm.output[0], p], [y], name=f"{p}_out{k}"))
-        rewritten += 1
-    if rewritten:
-        nodes = [m for n in g.node for m in (*before.get(id(n), []), n, *after.get(id(n), []))]
-        del g.node[:]
-        g.node.extend(nodes)
-        used = {i for n in g.node for i in n.input}
-        for t in [t for t in g.initializer if t.name in replaced and t.name not in used]:
-            g.initializer.remove(t)
-    return rewritten
-
-
 def _bias_apart(g: onnx.GraphProto, quantized: set[str]) -> None:
     """Rewrite every Add of a constant bias after a per-row site (MatMulInteger -> Cast -> Mul -> Add) as
     Sub of the negated bias (the same float result), in place, so that ORT's MatMulIntegerToFloat fusion
@@ -200,4 +128,4 @@ def _bias_apart(g: onnx.GraphProto, quantized: set[str]) -> None:
                 break
 
 
-__all__ = ["ACTIVATION_SCALES", "ROW_EPS", "ROW_LEVELS", "ROW_ZERO_POINT", "per_row_activations", "static_row_scales"]
+__all__ = ["ACTIVATION_SCALES", "ROW_EPS", "ROW_LEVELS", "ROW_ZERO_POINT", "per_row_activations"]

@@ -85,7 +85,7 @@ def test_cpu_sites_with_row_scales_quantize_each_row_on_its_own(tiny_ckpt):
     absmax = site_absmax(model, load_puzzle_set(calib_data_dir("sudoku"), split="calib").inputs[:4])
     row, tensor = qat_spec("cpu", absmax, {}, "row"), qat_spec("cpu", absmax, {})
     assert {s.act.kind for s in row} == {"row"} and {s.act.kind for s in tensor} == {"dynamic"}
-    with pytest.raises(ValueError, match="cpu flavour only"):
+    with pytest.raises(ValueError, match="cpu target's dynamic mode only"):
         qat_spec("tensorrt", absmax, {}, "row")
 
 

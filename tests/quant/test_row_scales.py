@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hrm_edge.quant.fakequant import dynamic_row
 from hrm_edge.quant.quantize import QuantSettings, quantize_graph, settings_for
-from hrm_edge.quant.row_scales import per_row_activations, static_row_scales
+from hrm_edge.quant.row_scales import per_row_activations
 from hrm_edge.runtimes.ort.loader import make_session
 
 D, N = 64, 48
@@ -126,10 +126,10 @@ def test_the_simulation_is_the_graph(graphs):
     assert np.abs(got - sim).max() <= 1e-5 * np.abs(sim).max()
 
 
-def test_row_scales_are_for_the_cpu_dynamic_and_the_tensorrt_graphs():
-    with pytest.raises(ValueError, match="cpu target's dynamic mode and the tensorrt target"):
-        settings_for("cpu", "static", activation_scale="row")
-    assert settings_for("tensorrt", activation_scale="row").activation_scale == "row"
+@pytest.mark.parametrize(("target", "mode"), [("tensorrt", None), ("cpu", "static")])
+def test_row_scales_are_for_the_cpu_dynamic_graph_only(target, mode):
+    with pytest.raises(ValueError, match="cpu target's dynamic mode only"):
+        settings_for(target, mode, activation_scale="row")
 
 
 def test_the_settings_record_the_activation_scale():
@@ -159,104 +159,3 @@ def test_an_explicit_choice_builds_one_graph(demo, tmp_path):
     assert built.entry["quantization"]["activation_scale"] == "row"
     assert "activation_scale_choice" not in built.report
     assert not (tmp_path / "segment.int8-cpu.row.onnx").exists()
-
-
-# ----------------------------------------------------------------------------------------------
-# static row scales (the tensorrt graph): `static_row_scales`
-
-ROWS = 8
-
-
-def _static_graph() -> tuple[onnx.ModelProto, np.ndarray]:
-    """TensorRT's form of one site, x [batch, ROWS, D] -> Q/DQ (int8, zero point 0, the per-tensor scale
-    of the calibration |max|, as ORT's symmetric quantizer writes it) -> MatMul(., DQ(int8 W)), and the
-    calibration activations its scale was taken from."""
-    calib = np.stack([_activations(seed) for seed in range(4)])  # [4, ROWS, D], rows spanning 1000x
-    w = np.random.default_rng(0).standard_normal((D, N)).astype(np.float32)
-    w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-    inits = [numpy_helper.from_array(np.float32(2 * np.abs(calib).max() / 255), "x_scale"),
-             numpy_helper.from_array(np.int8(0), "x_zero_point"),
-             numpy_helper.from_array(np.round(w / w_scale).astype(np.int8), "w_q"),
-             numpy_helper.from_array(w_scale, "w_scale"),
-             numpy_helper.from_array(np.zeros(N, np.int8), "w_zero_point")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"], name="q"),
-             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"], name="dq"),
-             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero_point"], ["w"], name="dq_w", axis=1),
-             helper.make_node("MatMul", ["x_dq", "w"], ["y"], name="mm")]
-    graph = helper.make_graph(nodes, "site", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", ROWS, D])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", ROWS, N])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), calib
-
-
-def _dq_weight(model: onnx.ModelProto) -> np.ndarray:
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    return inits["w_q"].astype(np.float32) * inits["w_scale"].reshape(1, -1)
-
-
-def _static_rows() -> tuple[onnx.ModelProto, onnx.ModelProto, np.ndarray]:
-    tensor, calib = _static_graph()
-    row = onnx.load_from_string(tensor.SerializeToString())
-    assert static_row_scales(row, {"x": np.abs(calib).max(axis=(0, 2))}) == 1
-    onnx.checker.check_model(row)
-    return tensor, row, calib
-
-
-def test_static_rows_quantize_x_over_its_calibrated_row_max_and_scale_back():
-    _, row, calib = _static_rows()
-    c = np.abs(calib).max(axis=(0, 2))[:, None]
-    s = {t.name: numpy_helper.to_array(t) for t in row.graph.initializer}[row.graph.node[1].input[1]]
-    assert s == pytest.approx(2 / 255, rel=1e-6)  # the tensor's calibrated range, carried over: x / c spans [-1, 1]
-    x = calib[:2]
-    expected = c * (np.clip(np.round(x * (np.float32(1) / c) / s), -128, 127) * s) @ _dq_weight(row)
-    got = _run(row, x)
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
-
-
-def test_static_rows_keep_the_small_rows_that_one_static_scale_rounds_away():
-    tensor, row, calib = _static_rows()
-    x = calib[:1]
-    exact = x @ _dq_weight(row)
-
-    def small_row_error(model: onnx.ModelProto) -> float:
-        return float(np.linalg.norm(_run(model, x)[0, 0] - exact[0, 0]) / np.linalg.norm(exact[0, 0]))
-
-    assert small_row_error(row) < 0.02
-    assert small_row_error(tensor) > 0.5
-
-
-def test_static_rows_keep_tensorrts_form():
-    """Per-tensor int8 Q/DQ with zero point 0 on the MatMul input, two constant Muls, the output's name kept."""
-    _, row, _ = _static_rows()
-    ops = [n.op_type for n in row.graph.node]
-    assert ops == ["Mul", "QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "MatMul", "Mul"]
-    assert row.graph.node[-1].output[0] == "y"
-    inits = {t.name: numpy_helper.to_array(t) for t in row.graph.initializer}
-    q = row.graph.node[1]
-    assert inits[q.input[1]].size == 1 and inits[q.input[2]].dtype == np.int8 and int(inits[q.input[2]]) == 0
-    assert "x_scale" not in inits  # the per-tensor scale it replaced is gone
-
-
-def test_a_tensor_without_row_statistics_is_left_alone():
-    tensor, _ = _static_graph()
-    before = tensor.SerializeToString()
-    assert static_row_scales(tensor, {}) == 0
-    assert tensor.SerializeToString() == before
-
-
-def test_the_row_statistics_span_exactly_the_calibrated_range(demo):
-    """`static_row_scales` carries the tensor's calibrated scale over to x / c (scale / max c): right because
-    the largest row |max| is the tensor's calibrated |max| (the same samples, minmax). HRM 6x6 demo: every
-    quantized activation of rank 3 has row statistics, one per position (the logits' rows leave out the
-    puzzle-embedding positions); the halting head's [batch, hidden] input has none."""
-    pipe = demo["pipe"]
-    graph = onnx.load(str(demo["graphs"]["tensorrt"]))
-    rows = pipe.row_absmax(graph)
-    ranges = pipe.calibration.tensors()
-    positions = pipe.model.config.total_len
-    quantized = {n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"} - \
-        {t.name for t in graph.graph.initializer}
-    assert len(rows) == len(quantized) - 1
-    for name, c in rows.items():
-        assert c.shape[0] <= positions
-        lo, hi = (np.asarray(v).item() for v in ranges[name].range_value)
-        assert float(c.max()) == pytest.approx(max(abs(lo), abs(hi)), rel=1e-6)
