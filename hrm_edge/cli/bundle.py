@@ -106,9 +106,9 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
                    "float sites still store int8 weights, so the file stays small, but they compute in float).")
 @click.option("--int8-activation-scale", "activation_scale", type=click.Choice(["auto", "tensor", "row"]),
               default="auto", show_default=True,
-              help="cpu INT8 graph: one activation range per tensor (ONNX Runtime's DynamicQuantizeLinear), one "
-                   "scale per row (token) or auto: per-tensor, and per-row too when per-tensor keeps more than 10% "
-                   "of the sites in float or fails; the better graph is kept (docs/int8.md).")
+              help="INT8 graphs (cpu and tensorrt): one activation scale per tensor (cpu: per call; tensorrt: "
+                   "calibrated), one per row (token) and call, or auto: per-tensor, and per-row too when per-tensor "
+                   "keeps more than 10% of the sites in float or fails; the better graph is kept (docs/int8.md).")
 @click.option("--qat-steps", type=click.IntRange(0), default=0, show_default=True,
               help="With --int8: first fine-tune N steps with fake quantization (`hrm-edge qat`; run in "
                    "OUTPUT-qat, resumable), export the fine-tuned model; the gate stays against CKPT.")
@@ -164,7 +164,7 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
         from hrm_edge.quant.qat import QatConfig, run_qat
 
         flavour = (int8_targets or (("tensorrt",) if target == "jetson" else ("cpu",)))[0]
-        scale = "row" if activation_scale == "row" and flavour == "cpu" else "tensor"  # auto: per-tensor first
+        scale = "row" if activation_scale == "row" else "tensor"  # auto: per-tensor first
         run = run_qat(ck, Path(output).parent / f"{Path(output).name}-qat",
                       QatConfig(flavour=flavour, activation_scale=scale, steps=qat_steps), resume=True,
                       log=lambda m: click.echo(m, err=True))
@@ -194,7 +194,7 @@ def export_cmd(ckpt: str, output: str, task: str | None, seq_len: int | None, fp
             calib_rows = calib if rows is None else calib_for_kept_ids(calib, rows.kept_original_ids)
             add_int8_graphs(tmp, manifest, exported, calib_rows, targets=targets, method=calib_method,
                             calib_size=calib_size, search=search, max_excluded_share=max_float_share,
-                            cpu_activation_scale=activation_scale, cpu_fused=cpu_fused,
+                            activation_scale=activation_scale, cpu_fused=cpu_fused,
                             log=lambda m: click.echo(m, err=True),
                             gate_puzzles=len(_puzzle_set(golden_data, task, "val", gate_puzzles)),  # estimate
                             gate_fp16="fp16" in gated)

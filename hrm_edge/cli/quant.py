@@ -17,8 +17,8 @@ from hrm_edge.files import check_output_dir
 @click.option("--flavour", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
               help="The INT8 graph to simulate: cpu (uint8 activations per call) or tensorrt (int8, zero point 0).")
 @click.option("--activation-scale", type=click.Choice(["tensor", "row"]), default="tensor", show_default=True,
-              help="cpu: one activation range per tensor, or one scale per row as `export "
-                   "--int8-activation-scale row` builds it.")
+              help="one activation scale per tensor (cpu: per call; tensorrt: calibrated), or one per row and "
+                   "call as `export --int8-activation-scale row` builds it.")
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Optimizer steps in all.")
 @click.option("--lr", type=float, default=1e-5, show_default=True,
               help="Peak learning rate (AdamW); 1e-4 moved the halting head (bench/latest/session8-qat).")
@@ -47,8 +47,6 @@ def qat(ckpt: str, output: str, flavour: str, activation_scale: str, steps: int,
     out = check_output_dir(output, "--output")
     ck = load_for_cli(ckpt, task, None)
     distill = DistillWeights(task=task_weight) if objective == "distill" else None
-    if activation_scale == "row" and flavour != "cpu":
-        raise click.UsageError("--activation-scale row is for the cpu flavour")
     cfg = QatConfig(flavour=flavour, activation_scale=activation_scale, steps=steps, lr=lr, batch_size=batch_size,
                     distill=distill, pool_size=pool_size,
                     checkpoint_every=checkpoint_every, max_minutes=minutes, seed=seed)

@@ -12,8 +12,8 @@ where, per flavour (`hrm_edge.quant.quantize.settings_for`):
 - activations, cpu (dynamic, the default): uint8, asymmetric, range computed per call over the
   whole tensor, 0 included (ONNX DynamicQuantizeLinear: scale = (max(0, max x) - min(0, min x)) / 255,
   zero point = round(-min / scale));
-- activations, cpu with per-row scales (`hrm_edge.quant.row_scales`): symmetric int8, one scale per row
-  (last axis) computed per call: scale = max(max |x|, 1e-12) / 127, zero point 0;
+- activations with per-row scales (`hrm_edge.quant.row_scales`, cpu and tensorrt): symmetric int8, one
+  scale per row (last axis) computed per call: scale = max(max |x|, 1e-12) / 127, zero point 0;
 - activations, cpu static: uint8 with calibrated scale and zero point; tensorrt: int8 symmetric
   (zero point 0, levels -128..127) with calibrated scale;
 - a site the mixed-precision search keeps in float reads its activation unquantized (its weight may
@@ -317,6 +317,16 @@ def _site_from_node(g: _Graph, node: onnx.NodeProto, site: Any, module: str, cal
             if bias is not None and inner is not None:
                 sq = _site_from_node(g, inner, site, module, call)
                 sq.bias = _tensor(bias if node.op_type == "Add" else -bias)
+                return sq
+    if node.op_type == "Mul":  # tensorrt per row: Mul(MatMul(DQ(Q(Div(x, s), 1, 0)), W), s)
+        for i, j in ((0, 1), (1, 0)):
+            mm = g.producer.get(node.input[i])
+            dq = g.producer.get(mm.input[0]) if mm is not None and mm.op_type == "MatMul" else None
+            q = g.producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            div = g.producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+            if div is not None and div.op_type == "Div" and div.input[1] == node.input[j]:
+                sq = _site_from_node(g, mm, site, module, call)
+                sq.act = ActQuant("row")
                 return sq
     if node.op_type == "Mul":  # dynamic: Mul(Cast(MatMulInteger(DynamicQuantizeLinear(x), Wq)), x_scale * w_scale)
         for i, j in ((0, 1), (1, 0)):

@@ -56,7 +56,7 @@ class QatError(HrmEdgeError):
 @dataclass(frozen=True, kw_only=True)
 class QatConfig:
     """flavour: "cpu" | "tensorrt" (the INT8 graph the fine-tune simulates); activation_scale: "tensor" |
-    "row" (cpu only: the graph's activation scales, `hrm_edge.quant.row_scales`); steps: optimizer steps in all
+    "row" (the graph's activation scales, `hrm_edge.quant.row_scales`); steps: optimizer steps in all
     (a resumed run stops there too); lr: peak learning rate after `warmup_steps`; batch_size: ACT slots;
     calib_batches: training batches whose activations set the static scales; smooth_alpha: SmoothQuant
     strength (the exporter's default; None: off); distill: the objective's weights (None: the trainer's
@@ -171,15 +171,17 @@ def smoothing(model: nn.Module, absmax: dict[str, list[torch.Tensor]], alpha: fl
 def qat_spec(flavour: str, absmax: dict[str, list[torch.Tensor]], smooth: dict[str, torch.Tensor],
              activation_scale: str = "tensor") -> list[SiteQuant]:
     """The quantizers of a QAT run: every Linear call, weights int8 per channel, activations per flavour
-    (and, for cpu, per `activation_scale`: "tensor" | "row")."""
+    and `activation_scale` ("tensor" | "row": the same per-row int8 in both flavours)."""
     flavour = normalize_target(flavour)
-    settings_for(flavour, activation_scale=activation_scale)  # refuses row scales outside cpu
+    settings_for(flavour, activation_scale=activation_scale)  # refuses an unknown scale
     spec = []
     for name, per_call in absmax.items():
         s = smooth.get(name)
         for call, amax in enumerate(per_call):
-            if flavour == "cpu":
-                act = ActQuant("row" if activation_scale == "row" else "dynamic")
+            if activation_scale == "row":
+                act = ActQuant("row")
+            elif flavour == "cpu":
+                act = ActQuant("dynamic")
             else:
                 top = float((amax / s).max() if s is not None else amax.max())
                 act = ActQuant("static", max(top, 1e-8) / 127.0, 0, S8)

@@ -90,7 +90,7 @@ from hrm_edge.contract import INT8_TARGETS
 from hrm_edge.export.onnx_utils import check_graph, dedupe_initializers, graph_summary, set_metadata
 from hrm_edge.manifest import GraphEntry, Manifest
 from hrm_edge.parity import solved_metric
-from hrm_edge.quant.row_scales import ACTIVATION_SCALES, per_row_activations
+from hrm_edge.quant.row_scales import ACTIVATION_SCALES, per_row_activations, per_row_qdq
 
 TARGETS = INT8_TARGETS
 PRESETS = {"cpu": "cpu", "avx512_vnni": "cpu", "avx2": "cpu", "arm64": "cpu", "tensorrt": "tensorrt",
@@ -103,7 +103,8 @@ DEFAULT_SMOOTH_ALPHA = 0.85
 # puzzles each): a search that just passed on calibration (99.2% exact agreement, 96.1% halting) gave
 # 98.0% / 95.3% on validation.
 SEARCH_MARGIN = {"min_solved_agreement": 0.005, "min_halting_agreement": 0.02}
-SEARCH_CACHE_VERSION = 4  # 2: halting margin in the sensitivity score; 3: the search engine; 4: early stop
+# 2: halting margin in the sensitivity score; 3: the search engine; 4: early stop; 5: tensorrt per-row scales
+SEARCH_CACHE_VERSION = 5
 
 
 # `export --int8` names the QAT command when the search keeps more than this share of the sites in float:
@@ -159,7 +160,8 @@ class QuantSettings:
     op_types: tuple[str, ...] = ("MatMul",)
     extra_options: dict[str, Any] = field(default_factory=dict)
     attention: bool = False  # also quantize the activation x activation MatMuls (attention scores / values)
-    activation_scale: str = "tensor"  # cpu dynamic: "tensor" (DynamicQuantizeLinear) | "row" (`row_scales`)
+    # "tensor" (cpu: DynamicQuantizeLinear; tensorrt: calibrated) | "row" (one scale per row and call, `row_scales`)
+    activation_scale: str = "tensor"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -171,18 +173,20 @@ def settings_for(target: str, mode: str | None = None, per_channel: bool = True,
                  activation_scale: str = "tensor") -> QuantSettings:
     """The settings of a target (see the module docstring). `attention`: also quantize the attention
     matmuls (static modes; the dynamic mode quantizes constant-weight MatMuls only); `activation_scale`:
-    "tensor" | "row" (per-row dynamic scales, `hrm_edge.quant.row_scales`; the cpu dynamic mode only)."""
+    "tensor" | "row" (per-row dynamic scales, `hrm_edge.quant.row_scales`: the cpu dynamic mode and the
+    tensorrt target)."""
     target = normalize_target(target)
     if activation_scale not in ACTIVATION_SCALES:
         raise ValueError(f"unknown activation scale {activation_scale!r}; use one of {', '.join(ACTIVATION_SCALES)}")
-    if activation_scale == "row" and (target != "cpu" or mode not in (None, "dynamic")):
-        raise ValueError("per-row activation scales exist for the cpu target's dynamic mode only")
+    if activation_scale == "row" and target == "cpu" and mode not in (None, "dynamic"):
+        raise ValueError("per-row activation scales exist for the cpu target's dynamic mode and the tensorrt target")
     if target == "tensorrt":
         if mode not in (None, "static"):
             raise ValueError("the tensorrt target is static QDQ only (TensorRT has no dynamic quantization)")
         return QuantSettings("tensorrt", "static", "QInt8", "QInt8", per_channel, WEIGHT_OPS,
                              {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                              "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}, attention)
+                              "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}, attention,
+                             activation_scale)
     mode = mode or "dynamic"
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
@@ -729,10 +733,12 @@ class Int8Pipeline:
             else []
         quantize_graph(self.fp32_path, path, settings, ranges, self.method, nodes_to_exclude=skip)
         model = onnx.load(str(path))
-        if settings.activation_scale == "row":
+        if settings.activation_scale == "row" and settings.mode == "dynamic":
             per_row_activations(model)
         if settings.mode == "static" and self.float_paths:
             keep_float_paths(model, settings.op_types)
+        if settings.activation_scale == "row" and settings.mode == "static":
+            per_row_qdq(model)
         if self.gptq:
             changed = apply_gptq(model, self.hessians, self.fp32, self._gptq_memo)
             self.prep_info.setdefault("gptq", {})[settings.target] = {"weights": len(changed),
@@ -811,7 +817,7 @@ class Int8Pipeline:
               excluded_weights: str = "int8", exclude: Sequence[str] | None = None,
               activation_scale: str = "tensor") -> Int8Build:
         """Quantize for one target, search the exclusions, write `out` and describe it.
-        `activation_scale`: "tensor" | "row" (cpu dynamic only: `hrm_edge.quant.row_scales`)."""
+        `activation_scale`: "tensor" | "row" (cpu dynamic and tensorrt: `hrm_edge.quant.row_scales`)."""
         from hrm_edge.quant.search import (
             continue_search,
             leave_one_out,
@@ -1023,12 +1029,14 @@ def _candidate(build: Int8Build) -> dict[str, Any]:
             "export_seconds": build.entry["export_seconds"]}
 
 
-def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dict[str, Any], choice: str = "auto"
-                            ) -> Int8Build:
-    """The cpu dynamic graph with per-tensor or per-row activation scales (`hrm_edge.quant.row_scales`).
+def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dict[str, Any], choice: str = "auto",
+                            target: str = "cpu") -> Int8Build:
+    """The cpu dynamic or the tensorrt graph with per-tensor or per-row activation scales
+    (`hrm_edge.quant.row_scales`).
 
-    "tensor" / "row": that one. "auto": per-tensor scales first (ONNX Runtime's fused
-    DynamicQuantizeLinear, the faster kernel); when their graph fails its calibration gate or keeps more
+    "tensor" / "row": that one. "auto": per-tensor scales first (cpu: ONNX Runtime's fused
+    DynamicQuantizeLinear, the faster kernel; tensorrt: no per-call reduction); when their graph fails its
+    calibration gate or keeps more
     than `QAT_ADVICE_FLOAT_SHARE` of the sites in float, the per-row graph is built and searched too and
     the better one is kept: the one that passes its gate, then the one with fewer float sites (ties:
     per-tensor). Measured: the TRM maze demo keeps 64 of 66 sites in float per tensor, 0 per row; the
@@ -1036,8 +1044,8 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
     if choice not in ACTIVATION_SCALE_CHOICES:
         raise ValueError(f"unknown activation scale {choice!r}; use one of {', '.join(ACTIVATION_SCALE_CHOICES)}")
     if choice != "auto":
-        return pipe.build("cpu", out, activation_scale=choice, **opts)
-    tensor = pipe.build("cpu", out, activation_scale="tensor", **opts)
+        return pipe.build(target, out, activation_scale=choice, **opts)
+    tensor = pipe.build(target, out, activation_scale="tensor", **opts)
     first, sites = _candidate(tensor), tensor.entry["quantization"]["sites"]
     if first["calib_passed"] and qat_advice(first["float_sites"], sites) is None:
         tensor.report["activation_scale_choice"] = {"chosen": "tensor", "why": "per-tensor scales pass with "
@@ -1045,7 +1053,7 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
         return tensor
     pipe.log(f"  per-tensor activation scales keep {first['float_sites']} of {sites} sites in float: "
              "trying per-row scales")
-    row = pipe.build("cpu", work / "segment.int8-cpu.row.onnx", activation_scale="row", **opts)
+    row = pipe.build(target, work / f"{graph_name(target)}.row.onnx", activation_scale="row", **opts)
     candidates = {"tensor": first, "row": _candidate(row)}
     standing = {k: (c["calib_passed"], -c["float_sites"]) for k, c in candidates.items()}
     chosen = row if standing["row"] > standing["tensor"] else tensor
@@ -1115,7 +1123,7 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
                     max_excluded_share: float = 1.0, excluded_weights: str = "int8", gptq: bool = True,
                     log: Callable[[str], None] | None = None, gate_puzzles: int = 0,
                     gate_fp16: bool = False,
-                    search_engine: str = "auto", cpu_activation_scale: str = "auto", cpu_fused: bool = True) -> None:
+                    search_engine: str = "auto", activation_scale: str = "auto", cpu_fused: bool = True) -> None:
     """Add `segment.int8-<target>` graphs to a bundle being written (`write_bundle`'s `extra_steps`).
 
     Reads the manifest's `segment.fp32` graph file from `bundle_tmp_dir`, writes the INT8 graph
@@ -1135,8 +1143,8 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
     that gate holds it to the PyTorch reference on held-out puzzles and leaves it out when it fails while
     the unfused graph passes (seeded 27M: the loop cost 276 s of a 65-min export, session 16);
     `search_engine`: "auto" | "torch" (fake-quant sensitivity and search, one ORT confirmation) | "ort"
-    (`resolve_engine`); `cpu_activation_scale`: the cpu dynamic graph's activation scales, "tensor" |
-    "row" (`hrm_edge.quant.row_scales`) | "auto" (`choose_activation_scale`); `cpu_fused`: also write the
+    (`resolve_engine`); `activation_scale`: the activation scales of the cpu dynamic and the tensorrt graphs,
+    "tensor" | "row" (`hrm_edge.quant.row_scales`) | "auto" (`choose_activation_scale`); `cpu_fused`: also write the
     cpu graph fused for ONNX Runtime's CPU EP, `segment.int8-cpufused` (`cpu_fused_build`)."""
     from hrm_edge.quant.report import write_report
 
@@ -1162,9 +1170,9 @@ def add_int8_graphs(bundle_tmp_dir: Path, manifest: Manifest, ck: Any, calib: An
             mode = cpu_mode if target == "cpu" else None
             opts = {"mode": mode, "search": search, "max_excluded_share": max_excluded_share, "max_evals": max_evals,
                     "excluded_weights": excluded_weights}
-            if target == "cpu" and settings_for(target, mode).mode == "dynamic" and cpu_activation_scale != "tensor":
+            if settings_for(target, mode).mode == "dynamic" or target == "tensorrt":
                 build = choose_activation_scale(pipe, bundle_tmp_dir / f"{name}.onnx", Path(work), opts,
-                                                cpu_activation_scale)
+                                                activation_scale, target)
             else:
                 build = pipe.build(target, bundle_tmp_dir / f"{name}.onnx", **opts)
             builds.append(build)

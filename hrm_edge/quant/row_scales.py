@@ -1,4 +1,4 @@
-"""Per-row dynamic activation scales for the cpu INT8 flavour (issue 21).
+"""Per-row dynamic activation scales for the cpu and tensorrt INT8 flavours (issue 21).
 
 ONNX Runtime's dynamic quantization (`DynamicQuantizeLinear`) gives each activation one uint8 range
 per call, over the whole tensor. Where the rows of an activation differ widely in size, that one range
@@ -34,6 +34,20 @@ tested on the ONNX Runtime this project installs.
 Every op is a standard ONNX op (opset 18: ReduceMax takes its axes as an input), so `check_graph`
 holds and any ONNX runtime runs the graph. Rounding is half to even, the same as
 `hrm_edge.quant.fakequant.dynamic_row`, which simulates it.
+
+**The tensorrt flavour** (`per_row_qdq`). TensorRT's explicit quantization takes a Q/DQ pair with a
+constant scale, so the scale per row and call cannot be the Q/DQ scale. It does not have to be: the
+integers above are round(x / s), and s is one number per row of x, a row the matmul does not contract,
+so it can be divided out in float before a Q/DQ pair of scale 1 and multiplied back after the matmul:
+
+    s = max(max |x| over the last axis, 1e-12) / 127                     float [..., rows, 1]
+    y = MatMul(DequantizeLinear(QuantizeLinear(x / s, 1, int8 0)), DQ(W_q)) * s
+
+The Q/DQ pair is per-tensor, int8, zero point 0, its scale a constant: TensorRT's form, built into an
+int8 GEMM; the reduction and the two elementwise ops run in float beside it. The integers are the cpu
+graph's (stored as int8, not uint8 + 128), so the same simulation (`dynamic_row`) holds for both. A
+static scale per row (calibrated |max| of each row; tried in session 19, `scripts/int8_static_channel.py`)
+does not follow the carry from call to call: on the maze demo it kept 60 of 66 sites in float.
 """
 
 from __future__ import annotations
@@ -55,7 +69,23 @@ _CONSTANTS = {  # name -> value, shared by every rewritten site
     "row_scale_inv_levels": np.array(1.0 / ROW_LEVELS, np.float32),
     "row_scale_unit": np.array(1.0, np.float32),
     "row_scale_zero_point": np.array(ROW_ZERO_POINT, np.uint8),
+    "row_scale_zero_point_s8": np.array(0, np.int8),
 }
+
+
+def _row_scale(x: str, p: str, scale: str) -> list[onnx.NodeProto]:
+    """The nodes computing `scale` = max(max |x| over the last axis, ROW_EPS) / ROW_LEVELS, names prefixed `p`."""
+    return [
+        helper.make_node("Abs", [x], [p + "_abs"], name=p + "_abs"),
+        helper.make_node("ReduceMax", [p + "_abs", "row_scale_axes"], [p + "_absmax"], keepdims=1, name=p + "_absmax"),
+        helper.make_node("Max", [p + "_absmax", "row_scale_eps"], [p + "_floor"], name=p + "_floor"),
+        helper.make_node("Mul", [p + "_floor", "row_scale_inv_levels"], [scale], name=p + "_scale"),
+    ]
+
+
+def _add_constants(g: onnx.GraphProto, names: Collection[str]) -> None:
+    have = {t.name for t in g.initializer}
+    g.initializer.extend(numpy_helper.from_array(_CONSTANTS[n], n) for n in names if n not in have)
 
 
 def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None = None) -> int:
@@ -69,7 +99,6 @@ def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None =
     for node in g.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    have = {t.name for t in g.initializer}
     nodes: list[onnx.NodeProto] = []
     rewritten = 0
     for k, node in enumerate(g.node):
@@ -82,11 +111,7 @@ def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None =
         x, (q, scale, zero_point) = node.input[0], node.output
         p = f"{node.name or 'dql'}_{k}_row"
         nodes += [
-            helper.make_node("Abs", [x], [p + "_abs"], name=p + "_abs"),
-            helper.make_node("ReduceMax", [p + "_abs", "row_scale_axes"], [p + "_absmax"], keepdims=1,
-                             name=p + "_absmax"),
-            helper.make_node("Max", [p + "_absmax", "row_scale_eps"], [p + "_floor"], name=p + "_floor"),
-            helper.make_node("Mul", [p + "_floor", "row_scale_inv_levels"], [scale], name=p + "_scale"),
+            *_row_scale(x, p, scale),
             helper.make_node("Div", [x, scale], [p + "_scaled"], name=p + "_div"),
             helper.make_node("QuantizeLinear", [p + "_scaled", "row_scale_unit", "row_scale_zero_point"], [q],
                              name=p + "_quantize"),
@@ -98,8 +123,55 @@ def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None =
         _bias_apart(g, {n.output[0] for n in nodes if n.name.endswith("_row_quantize")})
         del g.node[:]
         g.node.extend(nodes)
-        g.initializer.extend(numpy_helper.from_array(v, n) for n, v in _CONSTANTS.items() if n not in have)
+        _add_constants(g, ("row_scale_axes", "row_scale_eps", "row_scale_inv_levels", "row_scale_unit",
+                           "row_scale_zero_point"))
     return rewritten
+
+
+def per_row_qdq(model: onnx.ModelProto) -> int:
+    """Rewrite every activation Q/DQ pair of a static QDQ graph that feeds only MatMuls as their first
+    input (x -> QuantizeLinear -> DequantizeLinear -> MatMul(., W)) into per-row scales in TensorRT's form
+    (module docstring), in place: x / s is quantized with scale 1 and an int8 zero point 0, and each
+    MatMul's output is multiplied by s; the output keeps its name (now the Mul's), so `restore_float`
+    and the per-site errors read the same tensors. Returns the number of Q/DQ pairs rewritten."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    before: dict[int, list[onnx.NodeProto]] = {}  # id(node) -> nodes that go in front of it / after it
+    after: dict[int, list[onnx.NodeProto]] = {}
+    replaced: set[str] = set()  # the calibrated scales and zero points of the rewritten pairs
+    for k, q in enumerate(g.node):
+        x = q.input[0]
+        dqs = readers.get(q.output[0], []) if q.op_type == "QuantizeLinear" else []
+        if x in inits or len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
+            continue
+        dq = dqs[0]
+        mms = readers.get(dq.output[0], [])
+        if not mms or any(m.op_type != "MatMul" or m.input[0] != dq.output[0] for m in mms):
+            continue
+        p = f"{q.name or 'q'}_{k}_row"
+        replaced.update(i for i in (*q.input[1:], *dq.input[1:]) if i in inits)
+        before[id(q)] = [*_row_scale(x, p, p + "_s"), helper.make_node("Div", [x, p + "_s"], [p + "_scaled"],
+                                                                       name=p + "_div")]
+        q.input[:] = [p + "_scaled", "row_scale_unit", "row_scale_zero_point_s8"]
+        dq.input[:] = [q.output[0], "row_scale_unit", "row_scale_zero_point_s8"]
+        for j, mm in enumerate(mms):
+            y = mm.output[0]
+            mm.output[0] = f"{y}_per_row"
+            after[id(mm)] = [helper.make_node("Mul", [mm.output[0], p + "_s"], [y], name=f"{p}_rescale{j}")]
+    if before:
+        nodes = [m for n in g.node for m in (*before.get(id(n), []), n, *after.get(id(n), []))]
+        del g.node[:]
+        g.node.extend(nodes)
+        _add_constants(g, ("row_scale_axes", "row_scale_eps", "row_scale_inv_levels", "row_scale_unit",
+                           "row_scale_zero_point_s8"))
+        used = {i for n in g.node for i in n.input}
+        for t in [t for t in g.initializer if t.name in replaced and t.name not in used]:
+            g.initializer.remove(t)
+    return len(before)
 
 
 def _bias_apart(g: onnx.GraphProto, quantized: set[str]) -> None:
@@ -128,4 +200,4 @@ def _bias_apart(g: onnx.GraphProto, quantized: set[str]) -> None:
                 break
 
 
-__all__ = ["ACTIVATION_SCALES", "ROW_EPS", "ROW_LEVELS", "ROW_ZERO_POINT", "per_row_activations"]
+__all__ = ["ACTIVATION_SCALES", "ROW_EPS", "ROW_LEVELS", "ROW_ZERO_POINT", "per_row_activations", "per_row_qdq"]

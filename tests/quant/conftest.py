@@ -11,8 +11,8 @@ DEMO = "checkpoints/sudoku6-demo/model.pt"
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """The trained HRM 6x6 demo, its calibration puzzles, its Int8Pipeline on the first 64 of them (the
-    lines it logged) and its all-int8 graphs of both flavours (no search), the cpu one also with
-    per-row activation scales ("cpu-row"). Built with one torch thread."""
+    lines it logged) and its all-int8 graphs of both flavours (no search), each also with per-row
+    activation scales ("cpu-row", "tensorrt-row"). Built with one torch thread."""
     from hrm_edge.export.graphs import export_segment
     from hrm_edge.model.checkpoint import load_checkpoint
     from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
@@ -32,6 +32,8 @@ def demo(tmp_path_factory):
                             log=logs.append, targets=("cpu", "tensorrt"))
         graphs = {t: pipe.build(t, root / f"int8-{t}.onnx", search=False).path for t in ("cpu", "tensorrt")}
         graphs["cpu-row"] = pipe.build("cpu", root / "int8-cpu-row.onnx", search=False, activation_scale="row").path
+        graphs["tensorrt-row"] = pipe.build("tensorrt", root / "int8-tensorrt-row.onnx", search=False,
+                                            activation_scale="row").path
     finally:
         torch.set_num_threads(threads)
     return {"model": model, "calib": calib, "fp32": pipe.fp32, "graphs": graphs, "pipe": pipe, "logs": logs,

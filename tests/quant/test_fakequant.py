@@ -1,6 +1,6 @@
 """The PyTorch fake-quant simulation equals the exported INT8 graph (ONNX Runtime), on the trained
-HRM 6x6 demo (checkpoints/sudoku6-demo), for the cpu (dynamic uint8; and per-row symmetric int8,
-`hrm_edge.quant.row_scales`) and tensorrt (symmetric int8) flavours.
+HRM 6x6 demo (checkpoints/sudoku6-demo), for the cpu (dynamic uint8) and tensorrt (static symmetric
+int8) flavours, each also with per-row symmetric int8 (`hrm_edge.quant.row_scales`).
 
 Tolerances, and why they are two:
 - one site, fed the INT8 graph's own input tensor: relative L2 error <= 1e-5 (measured <= 2.3e-7:
@@ -28,7 +28,7 @@ from hrm_edge.runtimes.ort.loader import make_session
 from hrm_edge.runtimes.ort.runner import OrtSegmentRunner
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-FLAVOURS = ("cpu", "tensorrt", "cpu-row")
+FLAVOURS = ("cpu", "tensorrt", "cpu-row", "tensorrt-row")
 
 
 

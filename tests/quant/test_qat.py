@@ -80,13 +80,12 @@ def test_tensorrt_sites_use_symmetric_int8_with_calibrated_scales(tiny_ckpt):
         float((absmax[down.module][down.call] / down.smooth).max()) / 127)
 
 
-def test_cpu_sites_with_row_scales_quantize_each_row_on_its_own(tiny_ckpt):
+def test_sites_with_row_scales_quantize_each_row_on_its_own(tiny_ckpt):
     model = load_checkpoint(tiny_ckpt).model.float().eval()
     absmax = site_absmax(model, load_puzzle_set(calib_data_dir("sudoku"), split="calib").inputs[:4])
     row, tensor = qat_spec("cpu", absmax, {}, "row"), qat_spec("cpu", absmax, {})
     assert {s.act.kind for s in row} == {"row"} and {s.act.kind for s in tensor} == {"dynamic"}
-    with pytest.raises(ValueError, match="cpu target's dynamic mode only"):
-        qat_spec("tensorrt", absmax, {}, "row")
+    assert {s.act.kind for s in qat_spec("tensorrt", absmax, {}, "row")} == {"row"}  # the same integers
 
 
 def test_a_run_resumes_only_with_its_own_activation_scales(tiny_ckpt, tmp_path):

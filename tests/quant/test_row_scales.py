@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hrm_edge.quant.fakequant import dynamic_row
 from hrm_edge.quant.quantize import QuantSettings, quantize_graph, settings_for
-from hrm_edge.quant.row_scales import per_row_activations
+from hrm_edge.quant.row_scales import per_row_activations, per_row_qdq
 from hrm_edge.runtimes.ort.loader import make_session
 
 D, N = 64, 48
@@ -126,10 +126,10 @@ def test_the_simulation_is_the_graph(graphs):
     assert np.abs(got - sim).max() <= 1e-5 * np.abs(sim).max()
 
 
-@pytest.mark.parametrize(("target", "mode"), [("tensorrt", None), ("cpu", "static")])
-def test_row_scales_are_for_the_cpu_dynamic_graph_only(target, mode):
-    with pytest.raises(ValueError, match="cpu target's dynamic mode only"):
-        settings_for(target, mode, activation_scale="row")
+def test_row_scales_are_for_the_cpu_dynamic_and_the_tensorrt_graphs():
+    with pytest.raises(ValueError, match="cpu target's dynamic mode and the tensorrt target"):
+        settings_for("cpu", "static", activation_scale="row")
+    assert settings_for("tensorrt", activation_scale="row").activation_scale == "row"
 
 
 def test_the_settings_record_the_activation_scale():
@@ -159,3 +159,85 @@ def test_an_explicit_choice_builds_one_graph(demo, tmp_path):
     assert built.entry["quantization"]["activation_scale"] == "row"
     assert "activation_scale_choice" not in built.report
     assert not (tmp_path / "segment.int8-cpu.row.onnx").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the tensorrt graph: `per_row_qdq`
+
+ROWS = 8
+
+
+def _qdq_site(per_row: bool) -> onnx.ModelProto:
+    """TensorRT's form of one site, x [batch, ROWS, D] -> Q/DQ (int8, zero point 0, a calibrated
+    per-tensor scale) -> MatMul(., DQ(int8 W per channel)) -> y, rewritten per row when `per_row`."""
+    w = np.random.default_rng(0).standard_normal((D, N)).astype(np.float32)
+    w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    inits = [numpy_helper.from_array(np.float32(2 * 1000 * 4 / 255), "x_scale"),
+             numpy_helper.from_array(np.int8(0), "x_zero_point"),
+             numpy_helper.from_array(np.round(w / w_scale).astype(np.int8), "w_q"),
+             numpy_helper.from_array(w_scale, "w_scale"),
+             numpy_helper.from_array(np.zeros(N, np.int8), "w_zero_point")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"], name="q"),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero_point"], ["w"], name="dq_w", axis=1),
+             helper.make_node("MatMul", ["x_dq", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "site", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, ROWS, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, ROWS, N])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    if per_row:
+        assert per_row_qdq(model) == 1
+        onnx.checker.check_model(model)
+    return model
+
+
+def _dq_weight(model: onnx.ModelProto) -> np.ndarray:
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return inits["w_q"].astype(np.float32) * inits["w_scale"].reshape(1, -1)
+
+
+def _batch() -> np.ndarray:
+    return np.stack([_activations(1), _activations(2)])  # [2, ROWS, D], rows spanning 1000x
+
+
+def test_the_tensorrt_graph_quantizes_each_row_with_its_own_scale_per_call():
+    model, x = _qdq_site(per_row=True), _batch()
+    scale = np.abs(x).max(axis=-1, keepdims=True) * np.float32(1 / 127)
+    expected = (np.round(x / scale) * scale) @ _dq_weight(model)  # the cpu graph's integers (np.round: half to even)
+    got = _run(model, x)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    sim = dynamic_row(torch.from_numpy(x)).numpy() @ _dq_weight(model)
+    assert np.abs(got - sim).max() <= 1e-5 * np.abs(sim).max()
+
+
+def test_the_tensorrt_graph_keeps_the_small_rows_one_calibrated_scale_rounds_away():
+    x = _batch()
+
+    def small_row_error(model: onnx.ModelProto) -> float:
+        exact = x @ _dq_weight(model)
+        return float(np.linalg.norm(_run(model, x)[0, 0] - exact[0, 0]) / np.linalg.norm(exact[0, 0]))
+
+    assert small_row_error(_qdq_site(per_row=True)) < 0.02
+    assert small_row_error(_qdq_site(per_row=False)) > 0.5
+
+
+def test_the_tensorrt_graph_is_tensorrts_explicit_quantization_form(tmp_path):
+    """Q/DQ of constant scale 1 and int8 zero point 0 on the MatMul input, the row scale in float ops beside
+    it, the output's name kept; the static TensorRT 10.3 check finds nothing."""
+    from hrm_edge.runtimes.trt.check import check_trt
+
+    model = _qdq_site(per_row=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in (n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.name != "dq_w"):
+        assert float(inits[node.input[1]]) == 1.0 and inits[node.input[2]].dtype == np.int8
+        assert int(inits[node.input[2]]) == 0
+    assert model.graph.node[-1].op_type == "Mul" and model.graph.node[-1].output[0] == "y"
+    assert "x_scale" not in inits  # the calibrated scale is gone
+    onnx.save(model, str(tmp_path / "site.onnx"))
+    assert check_trt(tmp_path / "site.onnx", "10.3") == []
+
+
+def test_a_large_row_leaves_the_other_rows_unchanged_in_the_tensorrt_graph():
+    model, x = _qdq_site(per_row=True), _batch()
+    louder = x.copy()
+    louder[0, -1] *= 100.0
+    assert np.array_equal(_run(model, x)[0, :-1], _run(model, louder)[0, :-1])
