@@ -318,10 +318,10 @@ def _site_from_node(g: _Graph, node: onnx.NodeProto, site: Any, module: str, cal
                 sq = _site_from_node(g, inner, site, module, call)
                 sq.bias = _tensor(bias if node.op_type == "Add" else -bias)
                 return sq
-    if node.op_type == "Mul":  # tensorrt per row: Mul(MatMul(DQ(Q(Div(x, s), 1, 0)), W), s)
+    if node.op_type == "Mul":  # tensorrt per row: Mul(MatMul|Gemm(DQ(Q(Div(x, s), 1, 0)), W), s)
         for i, j in ((0, 1), (1, 0)):
             mm = g.producer.get(node.input[i])
-            dq = g.producer.get(mm.input[0]) if mm is not None and mm.op_type == "MatMul" else None
+            dq = g.producer.get(mm.input[0]) if mm is not None and mm.op_type in ("MatMul", "Gemm") else None
             q = g.producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
             div = g.producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
             if div is not None and div.op_type == "Div" and div.input[1] == node.input[j]:

@@ -128,12 +128,23 @@ def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None =
     return rewritten
 
 
+def _rows_commute(node: onnx.NodeProto, x: str) -> bool:
+    """Whether a per-row scale of `x` can be taken out of `node`'s output: a MatMul reading x first, or a
+    Gemm reading it untransposed whose bias (if any) is added once (beta 1)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "MatMul":
+        return node.input[0] == x
+    return (node.op_type == "Gemm" and node.input[0] == x and not attrs.get("transA", 0)
+            and (len(node.input) < 3 or not node.input[2] or attrs.get("beta", 1.0) == 1.0))
+
+
 def per_row_qdq(model: onnx.ModelProto) -> int:
-    """Rewrite every activation Q/DQ pair of a static QDQ graph that feeds only MatMuls as their first
-    input (x -> QuantizeLinear -> DequantizeLinear -> MatMul(., W)) into per-row scales in TensorRT's form
-    (module docstring), in place: x / s is quantized with scale 1 and an int8 zero point 0, and each
-    MatMul's output is multiplied by s; the output keeps its name (now the Mul's), so `restore_float`
-    and the per-site errors read the same tensors. Returns the number of Q/DQ pairs rewritten."""
+    """Rewrite every activation Q/DQ pair of a static QDQ graph that feeds only matmuls as their first
+    input (x -> QuantizeLinear -> DequantizeLinear -> MatMul(., W) or Gemm(., W[, bias])) into per-row
+    scales in TensorRT's form (module docstring), in place: x / s is quantized with scale 1 and an int8
+    zero point 0, each matmul's output is multiplied by s (a Gemm's bias is added after that); the output
+    keeps its name, so `restore_float` and the per-site errors read the same tensors. Returns the number
+    of Q/DQ pairs rewritten."""
     g = model.graph
     inits = {t.name for t in g.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -150,7 +161,7 @@ def per_row_qdq(model: onnx.ModelProto) -> int:
             continue
         dq = dqs[0]
         mms = readers.get(dq.output[0], [])
-        if not mms or any(m.op_type != "MatMul" or m.input[0] != dq.output[0] for m in mms):
+        if not mms or not all(_rows_commute(m, dq.output[0]) for m in mms):
             continue
         p = f"{q.name or 'q'}_{k}_row"
         replaced.update(i for i in (*q.input[1:], *dq.input[1:]) if i in inits)
@@ -159,9 +170,13 @@ def per_row_qdq(model: onnx.ModelProto) -> int:
         q.input[:] = [p + "_scaled", "row_scale_unit", "row_scale_zero_point_s8"]
         dq.input[:] = [q.output[0], "row_scale_unit", "row_scale_zero_point_s8"]
         for j, mm in enumerate(mms):
-            y = mm.output[0]
+            y, bias = mm.output[0], mm.input[2:3]
+            del mm.input[2:]  # a Gemm's bias is added after the row scale, not scaled by it
             mm.output[0] = f"{y}_per_row"
-            after[id(mm)] = [helper.make_node("Mul", [mm.output[0], p + "_s"], [y], name=f"{p}_rescale{j}")]
+            rescaled = f"{y}_rescaled" if bias else y
+            after[id(mm)] = [helper.make_node("Mul", [mm.output[0], p + "_s"], [rescaled], name=f"{p}_rescale{j}")]
+            if bias:
+                after[id(mm)].append(helper.make_node("Add", [rescaled, bias[0]], [y], name=f"{p}_bias{j}"))
     if before:
         nodes = [m for n in g.node for m in (*before.get(id(n), []), n, *after.get(id(n), []))]
         del g.node[:]

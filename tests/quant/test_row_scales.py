@@ -167,9 +167,10 @@ def test_an_explicit_choice_builds_one_graph(demo, tmp_path):
 ROWS = 8
 
 
-def _qdq_site(per_row: bool) -> onnx.ModelProto:
+def _qdq_site(per_row: bool, gemm: bool = False) -> onnx.ModelProto:
     """TensorRT's form of one site, x [batch, ROWS, D] -> Q/DQ (int8, zero point 0, a calibrated
-    per-tensor scale) -> MatMul(., DQ(int8 W per channel)) -> y, rewritten per row when `per_row`."""
+    per-tensor scale) -> MatMul(., DQ(int8 W per channel)) -> y, rewritten per row when `per_row`;
+    `gemm`: x [ROWS, D] -> Q/DQ -> Gemm(., W, BIAS), as the halting head is exported."""
     w = np.random.default_rng(0).standard_normal((D, N)).astype(np.float32)
     w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
     inits = [numpy_helper.from_array(np.float32(2 * 1000 * 4 / 255), "x_scale"),
@@ -180,9 +181,12 @@ def _qdq_site(per_row: bool) -> onnx.ModelProto:
     nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"], name="q"),
              helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"], name="dq"),
              helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero_point"], ["w"], name="dq_w", axis=1),
+             helper.make_node("Gemm", ["x_dq", "w", "b"], ["y"], name="mm") if gemm else
              helper.make_node("MatMul", ["x_dq", "w"], ["y"], name="mm")]
-    graph = helper.make_graph(nodes, "site", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, ROWS, D])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, ROWS, N])], inits)
+    inits.append(numpy_helper.from_array(BIAS, "b"))
+    shape = [ROWS] if gemm else [2, ROWS]
+    graph = helper.make_graph(nodes, "site", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*shape, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*shape, N])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     if per_row:
         assert per_row_qdq(model) == 1
@@ -227,7 +231,8 @@ def test_the_tensorrt_graph_is_tensorrts_explicit_quantization_form(tmp_path):
 
     model = _qdq_site(per_row=True)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in (n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.name != "dq_w"):
+    for node in (n for n in model.graph.node
+                 if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.name != "dq_w"):
         assert float(inits[node.input[1]]) == 1.0 and inits[node.input[2]].dtype == np.int8
         assert int(inits[node.input[2]]) == 0
     assert model.graph.node[-1].op_type == "Mul" and model.graph.node[-1].output[0] == "y"
@@ -241,3 +246,13 @@ def test_a_large_row_leaves_the_other_rows_unchanged_in_the_tensorrt_graph():
     louder = x.copy()
     louder[0, -1] *= 100.0
     assert np.array_equal(_run(model, x)[0, :-1], _run(model, louder)[0, :-1])
+
+
+def test_a_gemm_bias_is_added_once_after_the_row_scale():
+    """The halting head is a Gemm with its bias inside: the rewrite takes the bias out and adds it after."""
+    model, x = _qdq_site(per_row=True, gemm=True), _activations()
+    scale = np.abs(x).max(axis=-1, keepdims=True) * np.float32(1 / 127)
+    expected = (np.round(x / scale) * scale) @ _dq_weight(model) + BIAS
+    got = _run(model, x)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert [n.op_type for n in model.graph.node][-3:] == ["Gemm", "Mul", "Add"]
