@@ -55,7 +55,9 @@ Targets ("cpu" | "tensorrt"; optimum preset names map: avx512_vnni, avx2, arm64 
   (ActivationSymmetric, WeightSymmetric), Q/DQ only on MatMul/Gemm inputs (no output Q/DQ, biases
   float); norms, softmax, RoPE and the residual/carry path in float: TensorRT's
   explicit-quantization form. It runs on ORT CPU too (for parity checks); it is meant for
-  `hrm-edge build --precision int8`.
+  `hrm-edge build --precision int8`. With `activation_scale="row"` every activation pair becomes one
+  scale per row and call in that form (`hrm_edge.quant.row_scales.per_row_qdq`: x / s through a Q/DQ
+  pair of constant scale 1, the output times s); `export --int8` chooses as for cpu.
 Attention matmuls (activation x activation) stay float by default in every flavour
 (`settings_for(..., attention=True)` quantizes them): they were the largest static error source
 (open-loop error 0.0130 -> 0.0104 cpu static, 0.0156 -> 0.0104 tensorrt when left float; exact

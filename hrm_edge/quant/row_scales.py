@@ -170,13 +170,13 @@ def per_row_qdq(model: onnx.ModelProto) -> int:
         q.input[:] = [p + "_scaled", "row_scale_unit", "row_scale_zero_point_s8"]
         dq.input[:] = [q.output[0], "row_scale_unit", "row_scale_zero_point_s8"]
         for j, mm in enumerate(mms):
-            y, bias = mm.output[0], mm.input[2:3]
+            y, bias = mm.output[0], (mm.input[2] if len(mm.input) > 2 else "")
             del mm.input[2:]  # a Gemm's bias is added after the row scale, not scaled by it
             mm.output[0] = f"{y}_per_row"
             rescaled = f"{y}_rescaled" if bias else y
             after[id(mm)] = [helper.make_node("Mul", [mm.output[0], p + "_s"], [rescaled], name=f"{p}_rescale{j}")]
             if bias:
-                after[id(mm)].append(helper.make_node("Add", [rescaled, bias[0]], [y], name=f"{p}_bias{j}"))
+                after[id(mm)].append(helper.make_node("Add", [rescaled, bias], [y], name=f"{p}_bias{j}"))
     if before:
         nodes = [m for n in g.node for m in (*before.get(id(n), []), n, *after.get(id(n), []))]
         del g.node[:]
