@@ -68,6 +68,23 @@ def int8(model: torch.nn.Module, mode: str) -> Iterator[None]:
             h.remove()
 
 
+def load_demo(name: str) -> tuple[torch.nn.Module, Any, Any, int]:
+    """(the demo checkpoint's model in fp32, eval mode; its calibration and validation puzzles; its
+    halt_max_steps)."""
+    ck = load_checkpoint(f"checkpoints/{name}/model.pt")
+    model = ck.model.set_compute_dtype("float32").eval()
+    sets = [load_puzzle_set(calib_data_dir(ck.task), split=split) for split in ("calib", "val")]
+    return model, *sets, int(ck.config.halt_max_steps)
+
+
+def save_record(path: Path, key: str, rec: dict[str, Any]) -> None:
+    """Set `key` to `rec` in the JSON object at `path` (created with its folder when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[key] = rec
+    path.write_text(json.dumps(results, indent=1, default=float))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demo")
@@ -75,11 +92,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/latest/session12-row-scales"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    ck = load_checkpoint(f"checkpoints/{args.demo}/model.pt")
-    model = ck.model.set_compute_dtype("float32").eval()
-    calib = load_puzzle_set(calib_data_dir(ck.task), split="calib")
-    val = load_puzzle_set(calib_data_dir(ck.task), split="val")
-    steps = int(ck.config.halt_max_steps)
+    model, calib, val, steps = load_demo(args.demo)
     k = 32
     x, carries = reference_carries(model, torch.from_numpy(calib.inputs[:k].astype(np.int64)),
                                    torch.from_numpy(calib.puzzle_ids[:k].astype(np.int64)), steps)
@@ -96,11 +109,7 @@ def main() -> None:
             ev = loop.evaluate_runner(TorchSegmentRunner(model))
         rec[f"closed_loop_{mode}"] = {**{key: ev["metrics"][key] for key in KEYS}, "passed": ev["passed"]}
         print(args.demo, mode, json.dumps(rec[f"closed_loop_{mode}"]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "row_scales.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results[args.demo] = rec
-    path.write_text(json.dumps(results, indent=1, default=float))
+    save_record(args.out / "row_scales.json", args.demo, rec)
 
 
 if __name__ == "__main__":

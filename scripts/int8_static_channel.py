@@ -45,11 +45,10 @@ import numpy as np
 import torch
 
 from hrm_edge.act import HaltingPolicy
-from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.model.runner import TorchSegmentRunner
-from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
-from hrm_edge.quant.fakequant import int8_weight
+from hrm_edge.quant.fakequant import int8_weight, linear_calls
 from scripts.int8_noise_floor import closed_loop, linears, reference_carries
+from scripts.int8_row_scales import load_demo, save_record
 
 MODES = ("static-tensor", "static-chan", "static-row", "static-row-qf", "static-chan+row", "row")
 KEYS = ("puzzles", "solved_agreement", "halting_agreement", "accuracy_drop")
@@ -79,19 +78,14 @@ class Calls:
         return i
 
 
-@torch.inference_mode()
-def calls_per_segment(model: torch.nn.Module, x: torch.Tensor, z_H: torch.Tensor, z_L: torch.Tensor
-                      ) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    handles = [m.register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, counts[n] + 1))
-               for n, m in linears(model)]
+@contextlib.contextmanager
+def removed(handles: list) -> Iterator[None]:
+    """Remove these hook handles when the block ends."""
     try:
-        z_H, _ = model.reason(z_H, z_L, x)
-        model.heads(z_H)
+        yield
     finally:
         for h in handles:
             h.remove()
-    return dict(counts)
 
 
 @torch.inference_mode()
@@ -108,14 +102,9 @@ def calibrate(model: torch.nn.Module, x: torch.Tensor, carries: list, per_segmen
         key = (name, calls.next(name))
         amax[key] = torch.maximum(amax[key], v) if key in amax else v
 
-    handles = [m.register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n, m in linears(model)]
-    try:
+    with removed([m.register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n, m in linears(model)]):
         for z_H, z_L in carries:
-            z_H, _ = model.reason(z_H, z_L, x)
-            model.heads(z_H)
-    finally:
-        for h in handles:
-            h.remove()
+            model.heads(model.reason(z_H, z_L, x)[0])
     return amax
 
 
@@ -143,11 +132,8 @@ def int8(model: torch.nn.Module, mode: str, amax: dict[tuple[str, int], torch.Te
             return torch.nn.functional.linear(q8(x, scale), wq).to(y.dtype)
 
         handles.append(module.register_forward_hook(hook))
-    try:
+    with removed(handles):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def main() -> None:
@@ -159,17 +145,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/latest/session19-static-channel"))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    ck = load_checkpoint(f"checkpoints/{args.demo}/model.pt")
-    model = ck.model.set_compute_dtype("float32").eval()
-    calib = load_puzzle_set(calib_data_dir(ck.task), split="calib")
-    val = load_puzzle_set(calib_data_dir(ck.task), split="val")
-    steps = int(ck.config.halt_max_steps)
+    model, calib, val, steps = load_demo(args.demo)
     amax: dict[tuple[str, int], torch.Tensor] = {}
-    per_segment: dict[str, int] = {}
+    per_segment = linear_calls(model)
     for lo in range(0, min(args.calib, len(calib.inputs)), 64):
         x, carries = reference_carries(model, torch.from_numpy(calib.inputs[lo:lo + 64].astype(np.int64)),
                                        torch.from_numpy(calib.puzzle_ids[lo:lo + 64].astype(np.int64)), steps)
-        per_segment = per_segment or calls_per_segment(model, x, *carries[0])
         for k, v in calibrate(model, x, carries, per_segment).items():
             amax[k] = torch.maximum(amax[k], v) if k in amax else v
     def spread(token: bool) -> float | None:
@@ -189,11 +170,7 @@ def main() -> None:
             ev = loop.evaluate_runner(TorchSegmentRunner(model))
         rec[mode] = {**{key: ev["metrics"][key] for key in KEYS}, "passed": ev["passed"]}
         print(args.demo, mode, json.dumps(rec[mode]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "static_channel.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results[args.demo] = rec
-    path.write_text(json.dumps(results, indent=1, default=float))
+    save_record(args.out / "static_channel.json", args.demo, rec)
 
 
 if __name__ == "__main__":
