@@ -1038,11 +1038,11 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
 
     "tensor" / "row": that one. "auto": per-tensor scales first (cpu: ONNX Runtime's fused
     DynamicQuantizeLinear, the faster kernel; tensorrt: no per-call reduction); when their graph fails its
-    calibration gate or keeps more
-    than `QAT_ADVICE_FLOAT_SHARE` of the sites in float, the per-row graph is built and searched too and
-    the better one is kept: the one that passes its gate, then the one with fewer float sites (ties:
-    per-tensor). Measured: the TRM maze demo keeps 64 of 66 sites in float per tensor, 0 per row; the
-    HRM 6x6 demo 18 of 50 per tensor, 38 per row (docs/int8.md). The report records both candidates."""
+    calibration gate or keeps more than `QAT_ADVICE_FLOAT_SHARE` of the sites in float, the per-row graph
+    is built and searched too and the better one is kept: the one that passes its gate, then the one with
+    fewer float sites (ties: per-tensor). Measured (float sites per tensor / per row): the TRM maze demo
+    64 / 0 of 66 (cpu), 61 / 0 (tensorrt); the HRM 6x6 demo 18 / 38 of 50 (cpu, session 13), 42 / 9
+    (tensorrt, session 19) (docs/int8.md). The report records both candidates."""
     if choice not in ACTIVATION_SCALE_CHOICES:
         raise ValueError(f"unknown activation scale {choice!r}; use one of {', '.join(ACTIVATION_SCALE_CHOICES)}")
     if choice != "auto":

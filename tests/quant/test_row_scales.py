@@ -152,6 +152,21 @@ def test_auto_builds_both_when_per_tensor_fails_and_keeps_the_better(demo, tmp_p
     assert built.path == tmp_path / "int8.onnx" and built.path.is_file()
 
 
+def test_auto_covers_the_tensorrt_graph_with_per_row_scales_in_its_form(demo, tmp_path):
+    """The same rule for the tensorrt target: its per-tensor graph fails (no search, 64 puzzles), so auto also
+    builds the per-row graph, whose 50 activation Q/DQ pairs quantize x / s with the constant scale 1."""
+    from hrm_edge.quant.quantize import choose_activation_scale
+
+    built = choose_activation_scale(demo["pipe"], tmp_path / "int8.onnx", tmp_path, {"search": False}, "auto",
+                                    target="tensorrt")
+    choice = built.report["activation_scale_choice"]
+    assert set(choice["candidates"]) == {"tensor", "row"} and built.target == "tensorrt"
+    row = onnx.load(str(built.path if choice["chosen"] == "row" else tmp_path / "segment.int8-tensorrt.row.onnx"))
+    producer = {o: n for n in row.graph.node for o in n.output}
+    scaled = [n for n in row.graph.node if n.op_type == "QuantizeLinear" and producer[n.input[0]].op_type == "Div"]
+    assert len(scaled) == 50 and {n.input[1] for n in scaled} == {"row_scale_unit"}
+
+
 def test_an_explicit_choice_builds_one_graph(demo, tmp_path):
     from hrm_edge.quant.quantize import choose_activation_scale
 
