@@ -83,6 +83,15 @@ def _row_scale(x: str, p: str, scale: str) -> list[onnx.NodeProto]:
     ]
 
 
+def _readers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def _add_constants(g: onnx.GraphProto, names: Collection[str]) -> None:
     have = {t.name for t in g.initializer}
     g.initializer.extend(numpy_helper.from_array(_CONSTANTS[n], n) for n in names if n not in have)
@@ -95,10 +104,7 @@ def per_row_activations(model: onnx.ModelProto, inputs: Collection[str] | None =
     the rescaling Mul that read them are untouched; readers of the old zero point read the constant 128.
     Returns the number of DynamicQuantizeLinear nodes rewritten."""
     g = model.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(g)
     nodes: list[onnx.NodeProto] = []
     rewritten = 0
     for k, node in enumerate(g.node):
@@ -147,10 +153,7 @@ def per_row_qdq(model: onnx.ModelProto) -> int:
     of Q/DQ pairs rewritten."""
     g = model.graph
     inits = {t.name for t in g.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(g)
     before: dict[int, list[onnx.NodeProto]] = {}  # id(node) -> nodes that go in front of it / after it
     after: dict[int, list[onnx.NodeProto]] = {}
     replaced: set[str] = set()  # the calibrated scales and zero points of the rewritten pairs
