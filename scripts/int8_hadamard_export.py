@@ -29,8 +29,10 @@ from onnx import helper, numpy_helper
 
 import hrm_edge.quant.quantize as qz
 from hrm_edge.act import parse_policy, solve_in_batches
+from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.model.runner import TorchSegmentRunner
 from hrm_edge.parity import DEFAULT_GATES
+from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 from hrm_edge.quant.search import ClosedLoop
 from scripts.int8_rotation import signed_hadamard
 from scripts.int8_row_scales import load_demo
@@ -111,9 +113,6 @@ def main() -> None:
     t0 = time.time()
     if args.block:
         patch_pipeline(args.block)
-    from hrm_edge.model.checkpoint import load_checkpoint
-    from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
-
     ck = load_checkpoint(f"checkpoints/{args.demo}/model.pt")
     calib = load_puzzle_set(calib_data_dir(ck.task), split="calib")
     pipe = qz.Int8Pipeline(args.bundle / "segment.fp32.onnx", ck, calib, args.out / "work",
