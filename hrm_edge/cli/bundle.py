@@ -108,7 +108,8 @@ def _puzzle_set(data: str | None, task: str, split: str, limit: int | None) -> A
               default="auto", show_default=True,
               help="INT8 graphs (cpu and tensorrt): one activation scale per tensor (cpu: per call; tensorrt: "
                    "calibrated), one per row (token) and call, or auto: per-tensor, and per-row too when per-tensor "
-                   "keeps more than 10% of the sites in float or fails; the better graph is kept (docs/int8.md).")
+                   "keeps more than 10% of the sites in float or fails; the passing graph with fewer float sites is "
+                   "kept, per-tensor where neither passes (docs/int8.md).")
 @click.option("--qat-steps", type=click.IntRange(0), default=0, show_default=True,
               help="With --int8: first fine-tune N steps with fake quantization (`hrm-edge qat`; run in "
                    "OUTPUT-qat, resumable), export the fine-tuned model; the gate stays against CKPT.")

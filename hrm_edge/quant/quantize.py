@@ -1031,6 +1031,21 @@ def _candidate(build: Int8Build) -> dict[str, Any]:
             "export_seconds": build.entry["export_seconds"]}
 
 
+def keep_activation_scale(candidates: dict[str, dict[str, Any]]) -> str:
+    """Which of the two candidates (`_candidate` of the "tensor" and the "row" build) `choose_activation_scale`
+    keeps: per-row only where it passes its calibration gate and per-tensor fails it or passes with more sites
+    in float. Where neither passes, per-tensor: fewer float sites do not bring a failing graph closer to
+    passing. The TRM 9x9 demo's tensorrt graphs (session 20) both failed calibration; per-row, with 32 of 122
+    sites in float, then failed the validation gate (98.8% solved agreement), while per-tensor, with all 122,
+    had passed it in the sessions before per-row scales existed for that target."""
+    row, tensor = candidates["row"], candidates["tensor"]
+    if not row["calib_passed"]:
+        return "tensor"
+    if not tensor["calib_passed"] or row["float_sites"] < tensor["float_sites"]:
+        return "row"
+    return "tensor"
+
+
 def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dict[str, Any], choice: str = "auto",
                             target: str = "cpu") -> Int8Build:
     """The cpu dynamic or the tensorrt graph with per-tensor or per-row activation scales
@@ -1039,10 +1054,9 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
     "tensor" / "row": that one. "auto": per-tensor scales first (cpu: ONNX Runtime's fused
     DynamicQuantizeLinear, the faster kernel; tensorrt: no per-call reduction); when their graph fails its
     calibration gate or keeps more than `QAT_ADVICE_FLOAT_SHARE` of the sites in float, the per-row graph
-    is built and searched too and the better one is kept: the one that passes its gate, then the one with
-    fewer float sites (ties: per-tensor). Measured (float sites per tensor / per row): the TRM maze demo
-    64 / 0 of 66 (cpu), 61 / 0 (tensorrt); the HRM 6x6 demo 18 / 38 of 50 (cpu, session 13), 42 / 9
-    (tensorrt, session 19) (docs/int8.md). The report records both candidates."""
+    is built and searched too, and `keep_activation_scale` picks one. Measured (float sites per tensor /
+    per row): the TRM maze demo 64 / 0 of 66 (cpu), 61 / 0 (tensorrt); the HRM 6x6 demo 18 / 38 of 50
+    (cpu, session 13), 42 / 9 (tensorrt, session 19) (docs/int8.md). The report records both candidates."""
     if choice not in ACTIVATION_SCALE_CHOICES:
         raise ValueError(f"unknown activation scale {choice!r}; use one of {', '.join(ACTIVATION_SCALE_CHOICES)}")
     if choice != "auto":
@@ -1057,8 +1071,7 @@ def choose_activation_scale(pipe: Int8Pipeline, out: Path, work: Path, opts: dic
              "trying per-row scales")
     row = pipe.build(target, work / f"{graph_name(target)}.row.onnx", activation_scale="row", **opts)
     candidates = {"tensor": first, "row": _candidate(row)}
-    standing = {k: (c["calib_passed"], -c["float_sites"]) for k, c in candidates.items()}
-    chosen = row if standing["row"] > standing["tensor"] else tensor
+    chosen = row if keep_activation_scale(candidates) == "row" else tensor
     if chosen is row:
         row.path.replace(out)
         row.path, row.entry["file"], row.report["graph"] = out, out.name, out.name
@@ -1214,6 +1227,7 @@ __all__ = [
     "fold_weight_transposes",
     "gptq_int8",
     "graph_name",
+    "keep_activation_scale",
     "keep_float_paths",
     "normalize_target",
     "qat_advice",

@@ -167,6 +167,37 @@ def test_auto_covers_the_tensorrt_graph_with_per_row_scales_in_its_form(demo, tm
     assert len(scaled) == 50 and {n.input[1] for n in scaled} == {"row_scale_unit"}
 
 
+def _candidates(tensor: tuple[bool, int], row: tuple[bool, int]) -> dict:
+    return {name: {"calib_passed": passed, "float_sites": floats, "export_seconds": 1.0}
+            for name, (passed, floats) in (("tensor", tensor), ("row", row))}
+
+
+def test_auto_keeps_per_row_where_it_alone_passes():
+    """The maze demo's tensorrt export (session 19): per-tensor failed with 61 of 66 sites in float, per-row passed
+    with 0."""
+    from hrm_edge.quant.quantize import keep_activation_scale
+
+    assert keep_activation_scale(_candidates(tensor=(False, 61), row=(True, 0))) == "row"
+
+
+def test_auto_keeps_the_passing_graph_with_fewer_float_sites():
+    from hrm_edge.quant.quantize import keep_activation_scale
+
+    assert keep_activation_scale(_candidates(tensor=(True, 42), row=(True, 9))) == "row"
+    assert keep_activation_scale(_candidates(tensor=(True, 18), row=(True, 38))) == "tensor"
+    assert keep_activation_scale(_candidates(tensor=(True, 5), row=(True, 5))) == "tensor"
+
+
+def test_auto_keeps_per_tensor_where_neither_passes():
+    """The TRM 9x9 demo's tensorrt export (session 20): both failed their calibration gate, per-row with 32 of 122
+    sites in float and per-tensor with all 122; the per-row graph then failed the validation gate. Fewer float
+    sites do not make a failing graph the better bet."""
+    from hrm_edge.quant.quantize import keep_activation_scale
+
+    assert keep_activation_scale(_candidates(tensor=(False, 122), row=(False, 32))) == "tensor"
+    assert keep_activation_scale(_candidates(tensor=(True, 122), row=(False, 0))) == "tensor"
+
+
 def test_an_explicit_choice_builds_one_graph(demo, tmp_path):
     from hrm_edge.quant.quantize import choose_activation_scale
 
