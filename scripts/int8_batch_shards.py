@@ -11,29 +11,14 @@ against the whole-batch ones; all rows timed in interleaved rounds. Ratios are t
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import onnxruntime as ort
+
+from scripts.segment_timing import cpu_session, interleaved, random_feeds
 
 BATCH = 16
-
-
-def _session(path: str, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def _feeds(session: ort.InferenceSession, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = [BATCH if isinstance(d, str) else d for d in inp.shape]
-        feeds[inp.name] = (np.zeros(shape, np.int64) if "int64" in inp.type
-                           else rng.standard_normal(shape).astype(np.float32))
-    return feeds
 
 
 def main() -> None:
@@ -46,8 +31,8 @@ def main() -> None:
     runs: dict[str, Callable[[], object]] = {}
     for graph in ("fp32-cpufused", "int8-cpufused"):
         path = f"{args.bundle}/segment.{graph}.onnx"
-        whole, one, halves = _session(path, 2), _session(path, 1), (_session(path, 1), _session(path, 1))
-        feeds = _feeds(whole, rng)
+        whole, one, halves = cpu_session(path, 2), cpu_session(path, 1), (cpu_session(path, 1), cpu_session(path, 1))
+        feeds = random_feeds(whole, BATCH, rng)
         parts = [{k: v[:BATCH // 2] for k, v in feeds.items()}, {k: v[BATCH // 2:] for k, v in feeds.items()}]
 
         def sharded(halves: tuple = halves, parts: list = parts) -> list[np.ndarray]:
@@ -60,16 +45,9 @@ def main() -> None:
         runs[f"{graph} 2 threads"] = lambda s=whole, f=feeds: s.run(None, f)
         runs[f"{graph} 2 x 1 thread"] = sharded
         runs[f"{graph} 1 thread"] = lambda s=one, f=feeds: s.run(None, f)
-    for fn in runs.values():
-        fn()
-    keys, times = list(runs), {k: [] for k in runs}
-    for r in range(args.rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            t0 = time.perf_counter()
-            runs[k]()
-            times[k].append(1e3 * (time.perf_counter() - t0))
+    times = interleaved(runs, args.rounds)
     base = float(np.median(times["fp32-cpufused 2 threads"]))
-    for k in keys:
+    for k in times:
         p50 = float(np.median(times[k]))
         print(f"{k:28s} p50 {p50:8.1f} ms  x fp32 2 threads {p50 / base:.3f}")
 

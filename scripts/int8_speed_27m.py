@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import onnxruntime as ort
 
 from hrm_edge.export.fuse import fuse_model
 from hrm_edge.quant.row_scales import per_row_activations
+from scripts.segment_timing import cpu_session, interleaved, random_feeds
 
 
 def build_graphs(bundle: Path, work: Path) -> dict[str, Path]:
@@ -47,16 +47,6 @@ def build_graphs(bundle: Path, work: Path) -> dict[str, Path]:
     return graphs
 
 
-def _feeds(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = [batch if isinstance(d, str) else d for d in inp.shape]
-        feeds[inp.name] = (np.zeros(shape, np.int64) if "int64" in inp.type
-                           else rng.standard_normal(shape).astype(np.float32))
-    return feeds
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
@@ -66,24 +56,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/latest/session20-27m"))
     args = ap.parse_args()
     graphs = build_graphs(args.bundle, args.work)
-    sessions = {}
-    for name, path in graphs.items():
-        for threads in (1, 2):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            sessions[(name, threads)] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sessions = {(name, threads): cpu_session(str(path), threads) for name, path in graphs.items() for threads in (1, 2)}
     results: dict[str, dict[str, float]] = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        feeds = {key: _feeds(s, batch) for key, s in sessions.items()}
-        for key, s in sessions.items():
-            s.run(None, feeds[key])
-        times: dict[tuple[str, int], list[float]] = {key: [] for key in sessions}
-        keys = list(sessions)
-        for r in range(args.rounds):
-            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-                t = time.perf_counter()
-                sessions[key].run(None, feeds[key])
-                times[key].append(1e3 * (time.perf_counter() - t))
+        feeds = {key: random_feeds(s, batch, np.random.default_rng(0)) for key, s in sessions.items()}
+        by_name = interleaved({f"{name}@{threads}": (lambda s=s, f=feeds[(name, threads)]: s.run(None, f))
+                               for (name, threads), s in sessions.items()}, args.rounds)
+        times = {(name, threads): by_name[f"{name}@{threads}"] for name, threads in sessions}
         for (name, threads), ms in times.items():
             base = float(np.median(times[("fp32-cpufused", threads)]))
             rec = {"p50_ms": round(float(np.median(ms)), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,29 +34,9 @@ from hrm_edge.export.fuse import fuse_model
 from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 from hrm_edge.quant import quantize as qz
+from scripts.segment_timing import cpu_session, interleaved, random_feeds
 
 BATCH = 16
-
-
-def _session(model: str | bytes, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-
-def _interleaved(runs: dict[str, Any], rounds: int) -> dict[str, float]:
-    """Median ms per call of each zero-argument callable, called in rotating order `rounds` times."""
-    for fn in runs.values():
-        fn()
-        fn()
-    keys, times = list(runs), {k: [] for k in runs}
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            t0 = time.perf_counter()
-            runs[k]()
-            times[k].append(1e3 * (time.perf_counter() - t0))
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def all_int8_graph(bundle: Path, ckpt: str, work: Path) -> tuple[Path, dict[str, Any]]:
@@ -77,23 +56,15 @@ def all_int8_graph(bundle: Path, ckpt: str, work: Path) -> tuple[Path, dict[str,
     return fused_path, json.loads(report_path.read_text())
 
 
-def _feeds(session: ort.InferenceSession, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = [BATCH if isinstance(d, str) else d for d in inp.shape]
-        feeds[inp.name] = (np.zeros(shape, np.int64) if "int64" in inp.type
-                           else rng.standard_normal(shape).astype(np.float32))
-    return feeds
-
-
 def segment_speed(graphs: dict[str, Path], rounds: int) -> dict[str, Any]:
     """Median ms per batch-16 call and the ratio to fused fp32, per graph, at 1 and 2 threads."""
     out = {}
     for threads in (1, 2):
-        sessions = {k: _session(str(p), threads) for k, p in graphs.items()}
+        sessions = {k: cpu_session(str(p), threads) for k, p in graphs.items()}
         rng = np.random.default_rng(0)
-        feeds = {k: _feeds(s, rng) for k, s in sessions.items()}
-        ms = _interleaved({k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}, rounds)
+        feeds = {k: random_feeds(s, BATCH, rng) for k, s in sessions.items()}
+        times = interleaved({k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}, rounds)
+        ms = {k: float(np.median(v)) for k, v in times.items()}
         for k, v in ms.items():
             out[f"{k}@{threads}t"] = {"p50_ms": round(v, 2), "ratio_to_fp32_fused": round(v / ms["fp32-cpufused"], 3)}
             print(f"segment {threads}t {k:16s} {v:8.2f} ms  x fused fp32 {v / ms['fp32-cpufused']:.3f}", flush=True)
@@ -141,12 +112,13 @@ def site_costs(shapes: dict[str, tuple[int, int]], rows: int, rounds: int) -> di
         w_scale = (np.abs(w).max(0) / 127).astype(np.float32)
         wq = np.round(w / w_scale).astype(np.int8)
         x = (rng.standard_normal((rows, k)) * rng.uniform(0.1, 3.0, (rows, 1))).astype(np.float32)
-        sessions = {kind: _session(site_graph(kind, wq, w_scale, w).SerializeToString(), 1)
+        sessions = {kind: cpu_session(site_graph(kind, wq, w_scale, w).SerializeToString(), 1)
                     for kind in ("fp32", "row", "two-term")}
         ref = x.astype(np.float64) @ (wq.astype(np.float64) * w_scale)
         err = {kind: float(np.linalg.norm(sessions[kind].run(None, {"x": x})[0] - ref) / np.linalg.norm(ref))
                for kind in ("row", "two-term")}
-        ms = _interleaved({kind: (lambda s=s, x=x: s.run(None, {"x": x})) for kind, s in sessions.items()}, rounds)
+        times = interleaved({kind: (lambda s=s, x=x: s.run(None, {"x": x})) for kind, s in sessions.items()}, rounds)
+        ms = {k: float(np.median(v)) for k, v in times.items()}
         out[name] = {"K": k, "N": n_out, "M": rows, "fp32_ms": round(ms["fp32"], 3),
                      "row_over_fp32": round(ms["row"] / ms["fp32"], 3),
                      "two_term_over_fp32": round(ms["two-term"] / ms["fp32"], 3),
