@@ -34,6 +34,7 @@ from hrm_edge.export.fuse import fuse_model
 from hrm_edge.model.checkpoint import load_checkpoint
 from hrm_edge.puzzles.datasets import calib_data_dir, load_puzzle_set
 from hrm_edge.quant import quantize as qz
+from hrm_edge.quant.row_scales import ROW_EPS, ROW_LEVELS, ROW_ZERO_POINT
 from scripts.segment_timing import cpu_session, interleaved, random_feeds
 
 BATCH = 16
@@ -73,9 +74,10 @@ def segment_speed(graphs: dict[str, Path], rounds: int) -> dict[str, Any]:
 
 def site_graph(kind: str, wq: np.ndarray, w_scale: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
     """One site [M, K] x [K, N] as `kind` in {"fp32", "row", "two-term"} (module docstring)."""
-    consts = {"W": w, "Wq": wq, "ws": w_scale, "axes": np.array([-1], np.int64), "eps": np.array(1e-12, np.float32),
-              "inv127": np.array(1 / 127, np.float32), "one": np.array(1.0, np.float32),
-              "zp": np.array(128, np.uint8), "wzp": np.array(0, np.int8), "r_scale": np.array(1 / 254, np.float32)}
+    consts = {"W": w, "Wq": wq, "ws": w_scale, "axes": np.array([-1], np.int64),
+              "eps": np.array(ROW_EPS, np.float32), "inv127": np.array(1 / ROW_LEVELS, np.float32),
+              "one": np.array(1.0, np.float32), "zp": np.array(ROW_ZERO_POINT, np.uint8),
+              "wzp": np.array(0, np.int8), "r_scale": np.array(1 / (2 * ROW_LEVELS), np.float32)}
     n = helper.make_node
     if kind == "fp32":
         nodes, used = [n("MatMul", ["x", "W"], ["y"])], ["W"]
